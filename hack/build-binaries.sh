@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Build the local cluster's binaries from their Go modules, each into
+# $KUBETUNE_CACHE/<component>-<version>/bin, only when missing.
+#
+# Usage: hack/build-binaries.sh [component ...]   (default: all)
+# Components: kubernetes etcd kwok helm minio
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache="${KUBETUNE_CACHE:-$HOME/.cache/kubetune}"
+mkdir -p "$cache"
+
+log() { printf '[build-binaries] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+command -v go >/dev/null || die "go is not on PATH; install Go >= 1.26 (Kubernetes ${KUBERNETES_VERSION} needs it)"
+
+export CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:-} -trimpath"
+
+# The checksum database protects module downloads; Go reaches it through the
+# module proxy. When neither the proxy nor sum.golang.org serves it, say so and
+# turn it off explicitly rather than letting every download hang or fail.
+check_sumdb() {
+  local proxy sumdb
+  sumdb="$(go env GOSUMDB)"
+  [[ "$sumdb" == "off" ]] && { log "GOSUMDB=off is set by the environment: module checksums are not verified"; return; }
+  proxy="$(go env GOPROXY | cut -d, -f1 | cut -d'|' -f1)"
+  if [[ "$proxy" == http* ]] && curl -fsS -m 15 -o /dev/null "$proxy/sumdb/sum.golang.org/supported" 2>/dev/null; then
+    return
+  fi
+  if curl -fsS -m 15 -o /dev/null "https://sum.golang.org/lookup/github.com/google/uuid@v1.6.0" 2>/dev/null; then
+    return
+  fi
+  log "WARNING: the Go checksum database is unreachable (neither through $proxy nor directly);"
+  log "WARNING: setting GOSUMDB=off and GOFLAGS=-mod=mod: module checksums will NOT be verified."
+  export GOSUMDB=off
+  export GOFLAGS="$GOFLAGS -mod=mod"
+}
+
+# new_wrapper DIR: a scratch module that depends on the component's modules.
+new_wrapper() {
+  rm -rf "$1" && mkdir -p "$1"
+  (cd "$1" && go mod init kubetune.local/build >/dev/null 2>&1)
+}
+
+build_kubernetes() {
+  local v="$KUBERNETES_VERSION" out="$cache/kubernetes-$KUBERNETES_VERSION"
+  [[ -x "$out/bin/kube-apiserver" && -x "$out/bin/kubectl" && -x "$out/bin/kube-controller-manager" && -x "$out/bin/kube-scheduler" ]] && return
+  log "building kubernetes $v (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); cold this takes 20-40 minutes on 2 cores"
+  local w="$cache/.wrap-kubernetes"
+  new_wrapper "$w"
+  cd "$w"
+  # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them
+  # with ./staging/...; those replaces are ignored for a dependency, so map each
+  # one to its published release (v1.X.Y -> v0.X.Y).
+  go mod download -json "k8s.io/kubernetes@$v" > kube.json
+  local gomod staging="v0.${v#v1.}"
+  gomod="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["GoMod"])' kube.json)"
+  grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk '{print $1}' | while read -r m; do
+    go mod edit -replace "$m=$m@$staging"
+  done
+  go mod edit -require "k8s.io/kubernetes@$v"
+  local pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+  # A blank-import file makes `go mod tidy` resolve everything these mains need.
+  { echo "//go:build tools"; echo "package tools"; echo "import ("; for p in $pkgs; do echo "  _ \"$p\""; done; echo ")"; } > tools.go
+  go mod tidy -e >/dev/null 2>&1 || true
+  local minor="${v#v1.}"; minor="${minor%%.*}"
+  local date; date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  local ld="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitCommit=kubetune-module-build -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+  done
+  mkdir -p "$out/bin.tmp"
+  go build -ldflags "$ld" -o "$out/bin.tmp/" $pkgs
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  cd - >/dev/null
+}
+
+build_etcd() {
+  local v="$ETCD_VERSION" out="$cache/etcd-$ETCD_VERSION"
+  [[ -x "$out/bin/etcd" ]] && return
+  log "building etcd $v"
+  local w="$cache/.wrap-etcd"
+  new_wrapper "$w"
+  cd "$w"
+  echo -e '//go:build tools\npackage tools\nimport _ "go.etcd.io/etcd/server/v3"' > tools.go
+  go get "go.etcd.io/etcd/server/v3@$v" >/dev/null
+  go mod tidy -e >/dev/null 2>&1 || true
+  mkdir -p "$out/bin.tmp"
+  go build -ldflags "-s -w" -o "$out/bin.tmp/etcd" go.etcd.io/etcd/server/v3
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  cd - >/dev/null
+}
+
+# go_install_to OUT LDFLAGS PKG@VERSION...
+go_install_to() {
+  local out="$1" ld="$2"; shift 2
+  rm -rf "$out/bin.tmp" && mkdir -p "$out/bin.tmp"
+  GOBIN="$out/bin.tmp" go install -ldflags "$ld" "$@"
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+}
+
+build_kwok() {
+  local out="$cache/kwok-$KWOK_VERSION"
+  [[ -x "$out/bin/kwok" ]] && return
+  log "building kwok $KWOK_VERSION"
+  go_install_to "$out" "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  # kwok >= 0.8 ships no built-in stages: keep the module's stage files beside the binary.
+  local moddir; moddir="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  rm -rf "$out/stage" && cp -r "$moddir/kustomize/stage" "$out/stage" && chmod -R u+w "$out/stage"
+}
+
+build_helm() {
+  local out="$cache/helm-$HELM_VERSION"
+  [[ -x "$out/bin/helm" ]] && return
+  log "building helm $HELM_VERSION"
+  local minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+  local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+  done
+  go_install_to "$out" "$ld" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+build_minio() {
+  local out="$cache/minio-$MINIO_VERSION"
+  [[ -x "$out/bin/minio" ]] && return
+  log "building minio $MINIO_VERSION"
+  go_install_to "$out" "-s -w -X github.com/minio/minio/cmd.Version=$MINIO_VERSION" "github.com/minio/minio@$MINIO_VERSION"
+}
+
+components=("$@")
+[[ ${#components[@]} -eq 0 ]] && components=(etcd kwok helm minio kubernetes)
+check_sumdb
+for c in "${components[@]}"; do
+  case "$c" in
+    kubernetes|etcd|kwok|helm|minio) "build_$c" ;;
+    *) die "unknown component '$c' (expected: kubernetes etcd kwok helm minio)" ;;
+  esac
+  log "$c ready"
+done
