@@ -1,0 +1,52 @@
+# kubetune: the one entry point. A fresh machine needs nothing but this
+# repository, Python 3.11, Go >= 1.26 and the package registries.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CACHE       ?= $(HOME)/.cache/kubetune
+UV_VERSION  := 0.13.8
+UV          := $(CACHE)/uv-$(UV_VERSION)/bin/uv
+VENV        := .venv
+PY          := $(VENV)/bin/python
+RUN_DIR     ?= .local
+PYTEST_ARGS ?=
+
+.PHONY: help venv binaries up down status demo test lint crds model clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m pip install --quiet --disable-pip-version-check --target $(CACHE)/uv-$(UV_VERSION) uv==$(UV_VERSION)
+
+# The environment is rebuilt only when the lock file changes.
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --all-extras --python 3.11
+	@touch $@
+
+venv: $(VENV)/.synced ## create .venv from uv.lock (all extras)
+
+binaries: ## build the local cluster's binaries from Go modules into $(CACHE) (only missing ones)
+	hack/build-binaries.sh
+
+up: venv binaries ## start the local cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok, MinIO)
+	$(PY) hack/localcluster.py up --run-dir $(RUN_DIR)
+
+down: ## stop every process of the local cluster
+	@if [ -x $(PY) ]; then $(PY) hack/localcluster.py down --run-dir $(RUN_DIR); else echo "no environment, nothing to stop"; fi
+
+status: venv ## show the local cluster's processes
+	$(PY) hack/localcluster.py status --run-dir $(RUN_DIR)
+
+demo: up ## the main job: bring the local cluster up and show it working
+	$(PY) hack/demo.py --run-dir $(RUN_DIR)
+
+lint: venv ## ruff and mypy on the project's packages
+	$(VENV)/bin/ruff check api operator trainer hack tests
+	$(VENV)/bin/mypy api/kubetune_api operator/kubetune_operator trainer/kubetune_trainer hack/localcluster.py hack/localpki.py
+
+test: venv binaries lint ## everything CI runs: lint, then the whole test suite against a fresh local cluster
+	hack/run-tests.sh $(PYTEST_ARGS)
+
+clean: down ## remove the run directory and the environment (the binary cache stays)
+	rm -rf $(RUN_DIR) $(VENV)

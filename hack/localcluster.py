@@ -1,0 +1,496 @@
+"""The local cluster: a real Kubernetes control plane and a real S3 server as processes on 127.0.0.1.
+
+Every test and the demo stand on this. It starts, in order and each only once
+the previous one is really ready:
+
+    etcd -> kube-apiserver -> kube-controller-manager -> kube-scheduler
+         -> kwok (fake GPU nodes) -> MinIO (S3)
+
+All state and logs live in one run directory (default `.local/` in the
+repository). `up` writes `<run>/env`, which a user sources to get KUBECONFIG,
+the S3 endpoint and credentials, and the matching kubectl and helm on PATH.
+`down` stops every process `up` started, by pid, and leaves none behind.
+
+Usage:  python hack/localcluster.py up|down|status [--run-dir DIR] [--fake-nodes N] [--gpus-per-node N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HACK = Path(__file__).resolve().parent
+REPO = HACK.parent
+sys.path.insert(0, str(HACK))
+from localpki import CLIENTS, kubeconfig, make_pki  # noqa: E402
+
+SERVICE_CIDR = "10.96.0.0/12"
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+READY_TIMEOUT = 120.0
+
+
+class ClusterError(RuntimeError):
+    """A component failed to start or become ready; the message names it and its log."""
+
+
+def versions() -> dict[str, str]:
+    """The pinned versions from hack/versions.env."""
+    out = {}
+    for line in (HACK / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune"))
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Where the built binaries live (hack/build-binaries.sh puts them there)."""
+
+    root: Path
+    v: dict[str, str]
+
+    def _bin(self, component: str, key: str, name: str) -> Path:
+        return self.root / f"{component}-{self.v[key]}" / "bin" / name
+
+    @property
+    def etcd(self) -> Path:
+        return self._bin("etcd", "ETCD_VERSION", "etcd")
+
+    def kube(self, name: str) -> Path:
+        return self._bin("kubernetes", "KUBERNETES_VERSION", name)
+
+    @property
+    def kwok(self) -> Path:
+        return self._bin("kwok", "KWOK_VERSION", "kwok")
+
+    @property
+    def kwok_stages(self) -> Path:
+        return self.root / f"kwok-{self.v['KWOK_VERSION']}" / "stage"
+
+    @property
+    def helm(self) -> Path:
+        return self._bin("helm", "HELM_VERSION", "helm")
+
+    @property
+    def minio(self) -> Path:
+        return self._bin("minio", "MINIO_VERSION", "minio")
+
+    def all(self) -> list[Path]:
+        kube = [self.kube(n) for n in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")]
+        return [self.etcd, *kube, self.kwok, self.helm, self.minio]
+
+
+def ensure_binaries(b: Binaries) -> None:
+    """Build whatever is missing (a no-op when everything is cached)."""
+    if all(p.exists() for p in b.all()):
+        return
+    subprocess.run([str(HACK / "build-binaries.sh")], check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class State:
+    """What `up` started: persisted to <run>/state.json so `down` can stop it."""
+
+    ports: dict[str, int] = field(default_factory=dict)
+    processes: list[dict[str, object]] = field(default_factory=list)
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    fake_nodes: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> State | None:
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
+
+def _pid_alive(pid: int, exe: str) -> bool:
+    """True when `pid` runs and is still our binary (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        status = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return cmdline == exe and not status.startswith("Z")
+
+
+class LocalCluster:
+    """One local cluster rooted at a run directory."""
+
+    def __init__(self, run_dir: Path, fake_nodes: int = 2, gpus_per_node: int = 8) -> None:
+        self.run = run_dir.resolve()
+        self.pki = self.run / "pki"
+        self.logs = self.run / "logs"
+        self.state_file = self.run / "state.json"
+        self.env_file = self.run / "env"
+        self.fake_nodes = fake_nodes
+        self.gpus_per_node = gpus_per_node
+        self.bins = Binaries(cache_dir(), versions())
+        self.state = State()
+
+    # ---------------------------------------------------------------- paths
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.run / "admin.kubeconfig"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{self.state.ports['apiserver']}"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://127.0.0.1:{self.state.ports['minio']}"
+
+    def env(self) -> dict[str, str]:
+        """The variables `<run>/env` exports: what a client of this cluster needs."""
+        path = os.pathsep.join([str(self.bins.kube("kubectl").parent), str(self.bins.helm.parent)])
+        return {
+            "KUBECONFIG": str(self.admin_kubeconfig),
+            "AWS_ENDPOINT_URL": self.s3_url,
+            "AWS_ACCESS_KEY_ID": self.state.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": self.state.s3_secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "KUBETUNE_LOCAL_RUN_DIR": str(self.run),
+            "KUBETUNE_LOCAL_PATH": path,
+        }
+
+    # ---------------------------------------------------------------- lifecycle
+    def up(self) -> None:
+        previous = State.load(self.state_file)
+        if previous is not None:
+            self.state = previous
+            if self.healthy():
+                print(f"local cluster already up (run dir {self.run}); source {self.env_file}")
+                return
+            print(f"cleaning up a stale run directory {self.run}", file=sys.stderr)
+            self.down(quiet=True)
+        if self.run.exists():
+            shutil.rmtree(self.run)
+        self.logs.mkdir(parents=True)
+        ensure_binaries(self.bins)
+        names = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok", "minio", "minio-console")
+        self.state = State(
+            ports={name: free_port() for name in names},
+            s3_access_key="kubetune-" + secrets.token_hex(4),
+            s3_secret_key=secrets.token_urlsafe(24),
+            fake_nodes=self.fake_nodes,
+        )
+        make_pki(self.pki)
+        for client in CLIENTS:
+            target = self.admin_kubeconfig if client.file_stem == "admin" else self.run / f"{client.file_stem}.kubeconfig"
+            target.write_text(kubeconfig(self.api_url, self.pki, client.file_stem))
+            target.chmod(0o600)
+        try:
+            self._start_etcd()
+            self._start_apiserver()
+            self._start_controller_manager()
+            self._start_scheduler()
+            self._start_kwok()
+            self._start_minio()
+        except BaseException:
+            self.down(quiet=True)
+            raise
+        self._write_env()
+        print(f"local cluster up: {self.api_url}, S3 {self.s3_url}; source {self.env_file}")
+
+    def down(self, quiet: bool = False) -> None:
+        """Stop every process this run started (newest first) and wait until each is gone."""
+        state = State.load(self.state_file) or self.state
+        for proc in reversed(state.processes):
+            pid, exe = int(proc["pid"]), str(proc["exe"])  # type: ignore[call-overload]
+            if not _pid_alive(pid, exe):
+                continue
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while _pid_alive(pid, exe) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _pid_alive(pid, exe):
+                os.killpg(pid, signal.SIGKILL)
+                while _pid_alive(pid, exe):
+                    time.sleep(0.05)
+        if self.state_file.exists():
+            self.state_file.unlink()
+        if self.env_file.exists():
+            self.env_file.unlink()
+        if not quiet:
+            print(f"local cluster down (run dir {self.run})")
+
+    def healthy(self) -> bool:
+        if not self.state.processes:
+            return False
+        if not all(_pid_alive(int(p["pid"]), str(p["exe"])) for p in self.state.processes):  # type: ignore[call-overload]
+            return False
+        try:
+            return self._get(self.api_url + "/readyz", client="admin") == 200
+        except OSError:
+            return False
+
+    # ---------------------------------------------------------------- process helpers
+    def _spawn(self, name: str, exe: Path, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen(
+            [str(exe), *args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=self.run, env={**os.environ, **(env or {})},
+            start_new_session=True,  # survives `make up` returning; killed as a group by `down`
+        )
+        log.close()
+        self.state.processes.append({"name": name, "pid": proc.pid, "exe": str(exe)})
+        self.state.save(self.state_file)
+        return proc
+
+    def _wait(self, name: str, proc: subprocess.Popen[bytes], ready: Callable[[], bool],
+              timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ClusterError(self._failure(name, f"exited with code {proc.returncode}"))
+            try:
+                if ready():
+                    return
+            except (OSError, subprocess.SubprocessError):
+                pass
+            time.sleep(0.25)
+        raise ClusterError(self._failure(name, f"not ready after {timeout:.0f}s"))
+
+    def _failure(self, name: str, what: str) -> str:
+        log = self.logs / f"{name}.log"
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+        return f"{name} {what}; see its log {log}:\n" + "\n".join("  | " + line for line in tail)
+
+    def _ssl(self, client: str | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        if client:
+            ctx.load_cert_chain(self.pki / f"{client}.crt", self.pki / f"{client}.key")
+        return ctx
+
+    def _get(self, url: str, client: str | None = None, insecure: bool = False) -> int:
+        if insecure:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx = self._ssl(client)
+        try:
+            with urllib.request.urlopen(url, timeout=5, context=ctx if url.startswith("https") else None) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    def kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.bins.kube("kubectl")), "--kubeconfig", str(self.admin_kubeconfig), *args],
+            input=input, capture_output=True, text=True, timeout=60,
+        )
+
+    # ---------------------------------------------------------------- components
+    def _start_etcd(self) -> None:
+        p = self.state.ports
+        client, peer = f"http://127.0.0.1:{p['etcd']}", f"http://127.0.0.1:{p['etcd-peer']}"
+        proc = self._spawn("etcd", self.bins.etcd, [
+            "--name=kubetune", f"--data-dir={self.run / 'etcd'}",
+            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=kubetune={peer}",
+            "--unsafe-no-fsync",  # a test bed: speed over durability
+            "--log-level=warn",
+        ])
+        self._wait("etcd", proc, lambda: self._get(client + "/health") == 200)
+
+    def _start_apiserver(self) -> None:
+        p, pki = self.state.ports, self.pki
+        proc = self._spawn("kube-apiserver", self.bins.kube("kube-apiserver"), [
+            f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={p['apiserver']}",
+            f"--cert-dir={self.run / 'apiserver-certs'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+            "--v=1",
+        ])
+        self._wait("kube-apiserver", proc, lambda: self._get(self.api_url + "/readyz", client="admin") == 200)
+
+    def _start_controller_manager(self) -> None:
+        p, pki = self.state.ports, self.pki
+        cfg = str(self.run / "controller-manager.kubeconfig")
+        proc = self._spawn("kube-controller-manager", self.bins.kube("kube-controller-manager"), [
+            f"--kubeconfig={cfg}", f"--authentication-kubeconfig={cfg}", f"--authorization-kubeconfig={cfg}",
+            "--leader-elect=false", "--controllers=*",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--bind-address=127.0.0.1", f"--secure-port={p['controller-manager']}",
+            f"--cert-dir={self.run / 'controller-manager-certs'}",
+            "--v=1",
+        ])
+        # Ready means its controllers work: the service-account controller has
+        # made the `default` ServiceAccount that pods need to be admitted.
+        self._wait("kube-controller-manager", proc,
+                   lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default").returncode == 0)
+
+    def _start_scheduler(self) -> None:
+        port = self.state.ports["scheduler"]
+        cfg = str(self.run / "scheduler.kubeconfig")
+        proc = self._spawn("kube-scheduler", self.bins.kube("kube-scheduler"), [
+            f"--kubeconfig={cfg}", f"--authentication-kubeconfig={cfg}", f"--authorization-kubeconfig={cfg}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={port}",
+            f"--cert-dir={self.run / 'scheduler-certs'}",
+            "--v=1",
+        ])
+        self._wait("kube-scheduler", proc,
+                   lambda: self._get(f"https://127.0.0.1:{port}/readyz", insecure=True) == 200)
+
+    def _start_kwok(self) -> None:
+        stages = self.bins.kwok_stages
+        files = [stages / "node/fast/node-initialize.yaml",
+                 stages / "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+                 stages / "pod/fast/pod-ready.yaml", stages / "pod/fast/pod-complete.yaml",
+                 stages / "pod/fast/pod-delete.yaml"]
+        config = self.run / "kwok-stages.yaml"
+        config.write_text("\n---\n".join(f.read_text() for f in files))
+        proc = self._spawn("kwok", self.bins.kwok, [
+            f"--kubeconfig={self.run / 'kwok.kubeconfig'}", f"--config={config}",
+            f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
+            "--node-lease-duration-seconds=40",
+            f"--server-address=127.0.0.1:{self.state.ports['kwok']}",
+        ])
+        nodes = [fake_gpu_node(f"kwok-gpu-{i}", self.gpus_per_node) for i in range(self.fake_nodes)]
+        if nodes:
+            result = self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+            if result.returncode != 0:
+                raise ClusterError(f"creating fake nodes failed: {result.stderr.strip()}")
+        self._wait("kwok", proc, lambda: self._ready_fake_nodes() >= self.fake_nodes)
+
+    def _ready_fake_nodes(self) -> int:
+        out = self.kubectl("get", "nodes", "-o", "json")
+        if out.returncode != 0:
+            return 0
+        ready = 0
+        for node in json.loads(out.stdout)["items"]:
+            if node["metadata"].get("annotations", {}).get(FAKE_NODE_ANNOTATION) != "fake":
+                continue
+            conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+            ready += conditions.get("Ready") == "True"
+        return ready
+
+    def _start_minio(self) -> None:
+        p = self.state.ports
+        proc = self._spawn("minio", self.bins.minio, [
+            "server", "--quiet", f"--address=127.0.0.1:{p['minio']}",
+            f"--console-address=127.0.0.1:{p['minio-console']}", str(self.run / "minio"),
+        ], env={"MINIO_ROOT_USER": self.state.s3_access_key, "MINIO_ROOT_PASSWORD": self.state.s3_secret_key,
+                "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"})
+        self._wait("minio", proc, lambda: self._get(self.s3_url + "/minio/health/ready") == 200)
+        self._wait("minio", proc, self._bucket_round_trip, timeout=30)
+
+    def _bucket_round_trip(self) -> bool:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=self.s3_url, region_name="us-east-1",
+                          aws_access_key_id=self.state.s3_access_key,
+                          aws_secret_access_key=self.state.s3_secret_key)
+        bucket = "kubetune-readiness"
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key="probe", Body=b"ok")
+        ok = s3.get_object(Bucket=bucket, Key="probe")["Body"].read() == b"ok"
+        s3.delete_object(Bucket=bucket, Key="probe")
+        s3.delete_bucket(Bucket=bucket)
+        return ok
+
+    def _write_env(self) -> None:
+        env = self.env()
+        lines = [f"export {k}={v}" for k, v in env.items() if k != "KUBETUNE_LOCAL_PATH"]
+        lines.append(f'export PATH="{env["KUBETUNE_LOCAL_PATH"]}:$PATH"')
+        self.env_file.write_text("# source this file: the local cluster's client settings\n" + "\n".join(lines) + "\n")
+        self.env_file.chmod(0o600)  # it holds the S3 secret key
+
+
+def fake_gpu_node(name: str, gpus: int) -> dict[str, object]:
+    """A Node that kwok keeps Ready and whose pods it marks Running."""
+    capacity = {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": str(gpus),
+                "ephemeral-storage": "1Ti"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                       "type": "kwok", "nvidia.com/gpu.present": "true"},
+        },
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("KUBETUNE_LOCAL_RUN_DIR", REPO / ".local")))
+    parser.add_argument("--fake-nodes", type=int, default=int(os.environ.get("KUBETUNE_FAKE_NODES", "2")))
+    parser.add_argument("--gpus-per-node", type=int, default=int(os.environ.get("KUBETUNE_FAKE_NODE_GPUS", "8")))
+    args = parser.parse_args(argv)
+    cluster = LocalCluster(args.run_dir, args.fake_nodes, args.gpus_per_node)
+    try:
+        if args.command == "up":
+            cluster.up()
+        elif args.command == "down":
+            cluster.down()
+        else:
+            state = State.load(cluster.state_file)
+            if state is None:
+                print("local cluster is down")
+                return 1
+            cluster.state = state
+            print("local cluster is " + ("up" if cluster.healthy() else "unhealthy (run `make up` to restart it)"))
+            for proc in state.processes:
+                alive = _pid_alive(int(proc["pid"]), str(proc["exe"]))  # type: ignore[call-overload]
+                print(f"  {proc['name']:<24} pid {proc['pid']:<8} {'running' if alive else 'GONE'}")
+            return 0 if cluster.healthy() else 1
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The local cluster behaves like a real one: scheduling, garbage collection, RBAC, versions.
+
+Every later test stands on these facts, so they are checked against the real
+processes, the way a user of the cluster would observe them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from localcluster import versions
+
+pytestmark = pytest.mark.cluster
+
+
+def gpu_pod(name: str, gpus: int) -> str:
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"containers": [{
+            "name": "main", "image": "busybox",
+            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+        }]},
+    })
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.3)
+
+
+def test_server_reports_the_pinned_version(cluster) -> None:
+    out = json.loads(cluster.kubectl("version", "-o", "json").stdout)
+    assert out["serverVersion"]["gitVersion"] == versions()["KUBERNETES_VERSION"]
+    assert out["clientVersion"]["gitVersion"] == versions()["KUBERNETES_VERSION"]
+
+
+def test_fake_gpu_nodes_are_ready_with_gpu_capacity(cluster) -> None:
+    nodes = json.loads(cluster.kubectl("get", "nodes", "-l", "type=kwok", "-o", "json").stdout)["items"]
+    assert len(nodes) >= 2
+    for node in nodes:
+        assert node["status"]["allocatable"]["nvidia.com/gpu"] == "8"
+        ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+        assert ready == "True", node["metadata"]["name"]
+
+
+def test_gpu_pod_is_scheduled_and_runs_while_an_oversized_one_stays_pending(cluster, namespace) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=gpu_pod("fits", 8))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=gpu_pod("too-big", 9))
+
+    def pod(name: str) -> dict:
+        return json.loads(cluster.kubectl("get", "pod", name, "-n", namespace, "-o", "json").stdout)
+
+    running = wait_for(lambda: (p := pod("fits"))["status"].get("phase") == "Running" and p, what="pod fits Running")
+    assert running["spec"]["nodeName"].startswith("kwok-gpu-")
+
+    def unschedulable() -> dict | None:
+        conds = {c["type"]: c for c in pod("too-big")["status"].get("conditions", [])}
+        cond = conds.get("PodScheduled")
+        return cond if cond and cond.get("reason") == "Unschedulable" else None
+
+    cond = wait_for(unschedulable, what="too-big to be reported unschedulable")
+    assert "Insufficient nvidia.com/gpu" in cond["message"]
+    assert pod("too-big")["status"]["phase"] == "Pending"
+
+
+def test_deleting_an_owner_deletes_its_children(cluster, namespace) -> None:
+    cluster.kubectl("create", "configmap", "owner", "-n", namespace)
+    uid = cluster.kubectl("get", "configmap", "owner", "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
+    child = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "child", "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(child))
+    cluster.kubectl("delete", "configmap", "owner", "-n", namespace)
+    wait_for(lambda: cluster.kubectl("get", "configmap", "child", "-n", namespace, check=False).returncode != 0,
+             what="the garbage collector to delete the child")
+
+
+def test_rbac_refuses_a_service_account_without_a_role(cluster, namespace) -> None:
+    import urllib.error
+    import urllib.request
+
+    cluster.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
+    who = f"system:serviceaccount:{namespace}:nobody"
+    assert cluster.kubectl("auth", "can-i", "list", "pods", "-n", namespace, "--as", who, check=False).stdout.strip() == "no"
+
+    token = cluster.kubectl("create", "token", "nobody", "-n", namespace).stdout.strip()
+    url = f"{cluster.local.api_url}/api/v1/namespaces/{namespace}/pods"
+
+    def request_status() -> int:
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, context=cluster.local._ssl(None), timeout=10) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    assert request_status() == 403
+
+    # The same account with a Role is allowed: the refusal above was RBAC, not a broken token.
+    cluster.kubectl("create", "role", "pod-reader", "--verb=list", "--resource=pods", "-n", namespace)
+    cluster.kubectl("create", "rolebinding", "nobody-reads", "--role=pod-reader",
+                    f"--serviceaccount={namespace}:nobody", "-n", namespace)
+    assert cluster.kubectl("auth", "can-i", "list", "pods", "-n", namespace, "--as", who, check=False).stdout.strip() == "yes"
+    wait_for(lambda: request_status() == 200, timeout=20, what="the RoleBinding to take effect")

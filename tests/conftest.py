@@ -1,0 +1,120 @@
+"""Fixtures every test tier shares: the real local cluster, fresh namespaces, fresh buckets.
+
+The `cluster` fixture reuses a cluster started with `make up` when one is
+healthy; otherwise it starts one for the session and stops it at the end, so
+`make test` needs nothing running beforehand.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from localcluster import REPO, LocalCluster, State
+
+
+@dataclass
+class ClusterHandle:
+    """What a test needs to talk to the local cluster."""
+
+    local: LocalCluster
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.local.admin_kubeconfig
+
+    @property
+    def env(self) -> dict[str, str]:
+        """os.environ plus the cluster's client settings (KUBECONFIG, AWS_*, kubectl/helm on PATH)."""
+        env = {**os.environ, **self.local.env()}
+        env["PATH"] = env.pop("KUBETUNE_LOCAL_PATH") + os.pathsep + os.environ.get("PATH", "")
+        return env
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the cluster's kubectl as the admin user; raise with its stderr when `check` and it fails."""
+        result = subprocess.run(
+            [str(self.local.bins.kube("kubectl")), *args],
+            input=input, capture_output=True, text=True, env=self.env, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def api_client(self) -> Any:
+        """A kubernetes.client.ApiClient authenticated as the admin user."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def s3_client(self) -> Any:
+        import boto3
+
+        env = self.local.env()
+        return boto3.client(
+            "s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ClusterHandle]:
+    run_dir = Path(os.environ.get("KUBETUNE_LOCAL_RUN_DIR", REPO / ".local"))
+    local = LocalCluster(run_dir)
+    state = State.load(local.state_file)
+    if state is not None:
+        local.state = state
+        if local.healthy():
+            yield ClusterHandle(local)  # started by `make up`: leave it running
+            return
+    local.up()
+    try:
+        yield ClusterHandle(local)
+    finally:
+        local.down()
+
+
+def _dns_label(text: str, limit: int) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit].strip("-")
+
+
+@pytest.fixture
+def namespace(cluster: ClusterHandle, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting)."""
+    name = f"t-{_dns_label(request.node.name, 40)}-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", name)
+    # Pods are only admitted once the namespace's `default` ServiceAccount exists.
+    deadline = time.monotonic() + 30
+    while cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"namespace {name}: no default ServiceAccount after 30s"
+        time.sleep(0.2)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def s3(cluster: ClusterHandle) -> Any:
+    """A boto3 S3 client for the local MinIO."""
+    return cluster.s3_client()
+
+
+@pytest.fixture
+def bucket(s3: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty bucket per test, emptied and removed afterwards."""
+    name = f"t-{_dns_label(request.node.name, 40)}-{secrets.token_hex(3)}"
+    s3.create_bucket(Bucket=name)
+    yield name
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=name):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=name, Delete={"Objects": keys})
+    s3.delete_bucket(Bucket=name)
