@@ -17,6 +17,7 @@ Usage:  python hack/localcluster.py up|down|status [--run-dir DIR] [--fake-nodes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -240,6 +241,10 @@ class LocalCluster:
                 os.killpg(pid, signal.SIGKILL)
                 while _pid_alive(pid, exe):
                     time.sleep(0.05)
+        for proc in state.processes:
+            # Reap the ones this process started itself, so no zombie is left behind.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(proc["pid"]), os.WNOHANG)  # type: ignore[call-overload]
         if self.state_file.exists():
             self.state_file.unlink()
         if self.env_file.exists():
