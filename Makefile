@@ -11,7 +11,7 @@ PY          := $(VENV)/bin/python
 RUN_DIR     ?= .local
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries up down status demo test lint crds model clean
+.PHONY: help venv binaries up down status demo test lint crds operator clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,7 +43,14 @@ demo: up ## the main job: bring the local cluster up and show it working
 
 lint: venv ## ruff and mypy on the project's packages
 	$(VENV)/bin/ruff check api operator trainer hack tests
+	$(PY) hack/gen_api.py --check
 	$(VENV)/bin/mypy api/kubetune_api operator/kubetune_operator trainer/kubetune_trainer hack/localcluster.py hack/localpki.py
+
+crds: venv ## regenerate crds/ and docs/api.md from the typed model in api/
+	$(PY) hack/gen_api.py
+
+operator: venv ## run the operator against the current KUBECONFIG (source .local/env for the local cluster)
+	$(PY) -m kubetune_operator
 
 test: venv binaries lint ## everything CI runs: lint, then the whole test suite against a fresh local cluster
 	hack/run-tests.sh $(PYTEST_ARGS)

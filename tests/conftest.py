@@ -118,3 +118,12 @@ def bucket(s3: Any, request: pytest.FixtureRequest) -> Iterator[str]:
         if keys:
             s3.delete_objects(Bucket=name, Delete={"Objects": keys})
     s3.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: ClusterHandle) -> None:
+    """The FineTuneJob CRD (and kopf's peering CRDs) installed and Established."""
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    names = [n for n in cluster.kubectl("get", "crd", "-o", "name").stdout.split() if "kubetune.io" in n or "kopf.dev" in n]
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""The kubetune operator: FineTuneJob -> worker pods, status, gang restarts (see handlers.py)."""

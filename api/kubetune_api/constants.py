@@ -1,0 +1,86 @@
+"""Names shared by the operator and the trainer: the resource's identity, labels,
+phases, condition types and reasons.
+
+They live in one place (as JobSet and Kubeflow Trainer keep theirs) so that the
+operator writing a condition and a dashboard or test reading it can never spell
+it differently.
+"""
+
+from typing import Final
+
+GROUP: Final = "kubetune.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "FineTuneJob"
+LIST_KIND: Final = "FineTuneJobList"
+PLURAL: Final = "finetunejobs"
+SINGULAR: Final = "finetunejob"
+SHORT_NAMES: Final = ("ftj",)
+CATEGORIES: Final = ("kubetune",)
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+
+# Every child object of a job carries this label with the job's name.
+JOB_NAME_LABEL: Final = f"{GROUP}/job-name"
+
+# A FineTuneJob's name becomes part of pod host names and of a Service name
+# (a DNS-1035 label of at most 63 characters); the rest is left for suffixes
+# such as "-worker-12".
+MAX_JOB_NAME_LENGTH: Final = 50
+
+# The GPU resource every worker pod requests (spec.resources.gpusPerNode of it).
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+
+# Where a worker pod mounts the PersistentVolumeClaim named in a pvc:// URI:
+# pvc://<claim>/<path> is the file or folder <PVC_MOUNT_ROOT>/<claim>/<path>.
+PVC_MOUNT_ROOT: Final = "/mnt/kubetune/pvc"
+
+# Keys read from the Secret named by spec.storage.credentialsSecret.
+S3_ACCESS_KEY_ID_KEY: Final = "AWS_ACCESS_KEY_ID"
+S3_SECRET_ACCESS_KEY_KEY: Final = "AWS_SECRET_ACCESS_KEY"
+S3_SESSION_TOKEN_KEY: Final = "AWS_SESSION_TOKEN"  # optional key
+
+# status.phase
+PHASE_PENDING: Final = "Pending"
+PHASE_RUNNING: Final = "Running"
+PHASE_RESTARTING: Final = "Restarting"
+PHASE_SUSPENDED: Final = "Suspended"
+PHASE_SUCCEEDED: Final = "Succeeded"
+PHASE_FAILED: Final = "Failed"
+PHASES: Final = (
+    PHASE_PENDING,
+    PHASE_RUNNING,
+    PHASE_RESTARTING,
+    PHASE_SUSPENDED,
+    PHASE_SUCCEEDED,
+    PHASE_FAILED,
+)
+TERMINAL_PHASES: Final = frozenset({PHASE_SUCCEEDED, PHASE_FAILED})
+
+# status.conditions[].type, after the kstatus convention (Ready, Reconciling,
+# Stalled) plus the terminal outcomes that `kubectl wait --for=condition=...` uses.
+CONDITION_READY: Final = "Ready"
+CONDITION_RECONCILING: Final = "Reconciling"
+CONDITION_STALLED: Final = "Stalled"
+CONDITION_SUCCEEDED: Final = "Succeeded"
+CONDITION_FAILED: Final = "Failed"
+CONDITION_TYPES: Final = (
+    CONDITION_READY,
+    CONDITION_RECONCILING,
+    CONDITION_STALLED,
+    CONDITION_SUCCEEDED,
+    CONDITION_FAILED,
+)
+
+# status.conditions[].reason (CamelCase, as metav1.Condition requires).
+REASON_INVALID_SPEC: Final = "InvalidSpec"
+REASON_CREATING_WORKERS: Final = "CreatingWorkers"
+REASON_WAITING_FOR_WORKERS: Final = "WaitingForWorkers"
+REASON_WORKERS_RUNNING: Final = "WorkersRunning"
+REASON_WORKER_FAILED: Final = "WorkerFailed"
+REASON_INFRASTRUCTURE_FAILURE: Final = "InfrastructureFailure"
+REASON_RESTARTING: Final = "Restarting"
+REASON_SUSPENDED: Final = "Suspended"
+REASON_RESUMED: Final = "Resumed"
+REASON_TRAINING_COMPLETE: Final = "TrainingComplete"
+REASON_BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"
+REASON_DEADLINE_EXCEEDED: Final = "DeadlineExceeded"

@@ -1,0 +1,95 @@
+"""What a job runs on: machines, GPUs, pod resources and placement.
+
+Part of the FineTuneJob spec (see spec.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from .base import ApiModel, EmptyMeansUnset, Rule
+from .constants import GPU_RESOURCE
+from .kube import FreeForm, ObjectName, Quantity
+
+_Quantities = Annotated[dict[str, Quantity], Field(max_length=16)]
+
+
+def _no_gpu_rule(field: str) -> Rule:
+    return Rule(
+        field=field,
+        cel=f"!has(self.{field}) || !('{GPU_RESOURCE}' in self.{field})",
+        message=f"may not name {GPU_RESOURCE}; set resources.gpusPerNode instead",
+        holds=lambda r: GPU_RESOURCE not in (getattr(r, field) or {}),
+        reason="FieldValueForbidden",
+    )
+
+
+class ResourcesSpec(ApiModel):
+    """How many machines and GPUs the job uses, and where its pods may run."""
+
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Worker pods, one per machine; each runs gpusPerNode training processes.",
+    )
+    gpus_per_node: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description=f"GPUs ({GPU_RESOURCE}) each worker pod requests, and training processes "
+        "it runs. 0: one process on CPU (tests and demos).",
+    )
+    requests: _Quantities | None = Field(
+        default=None,
+        description='Resources each worker pod requests besides GPUs, e.g. {cpu: "32", '
+        "memory: 256Gi}. Unset: none beyond the GPUs.",
+    )
+    limits: _Quantities | None = Field(
+        default=None,
+        description="Resource limits of each worker pod besides GPUs, e.g. {memory: 300Gi}. "
+        "Unset: none beyond the GPUs.",
+    )
+    node_selector: (
+        Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] | None
+    ) = Field(
+        default=None,
+        description="Node labels a machine must have to run a worker, as in a Pod. Unset: any.",
+    )
+    tolerations: Annotated[list[FreeForm], Field(max_length=32)] | None = Field(
+        default=None,
+        description="Taints the workers tolerate, as in a Pod's tolerations (key, operator, "
+        "value, effect, tolerationSeconds). Unset: none.",
+    )
+    affinity: FreeForm | None = Field(
+        default=None,
+        description="Node and pod affinity of the workers, as in a Pod's affinity. Unset: none.",
+    )
+    priority_class_name: Annotated[ObjectName | None, EmptyMeansUnset()] = Field(
+        default=None,
+        description="PriorityClass of the worker pods; a higher one may pre-empt other pods. "
+        "Unset or empty: the cluster's default priority.",
+    )
+    scheduler_name: Annotated[ObjectName | None, EmptyMeansUnset()] = Field(
+        default=None,
+        description="Scheduler that places the worker pods, e.g. a gang scheduler. Unset or "
+        "empty: the default scheduler.",
+    )
+
+    RULES = (_no_gpu_rule("requests"), _no_gpu_rule("limits"))
+
+    @property
+    def processes_per_node(self) -> int:
+        """Training processes in each worker pod (torchrun --nproc-per-node)."""
+        return max(self.gpus_per_node, 1)
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all nodes."""
+        return self.nodes * self.processes_per_node
+
+    @property
+    def total_gpus(self) -> int:
+        return self.nodes * self.gpus_per_node

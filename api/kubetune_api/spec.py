@@ -1,0 +1,244 @@
+"""The FineTuneJob spec: what to fine-tune, on what, how, and where it goes.
+
+The single source of truth for the spec. The CRD's schema (`crd.py`) and the
+field reference in docs/api.md are generated from these models; the operator
+and the trainer get a validated, frozen instance from `parse.parse_spec`.
+Descriptions are written for `kubectl explain`: what the field does, its unit,
+and what leaving it out means (the CRD adds "Default: ..." where there is one).
+The parts live in locations.py, training.py and resources.py; this module
+assembles them, holds the rules that span parts, and re-exports them all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+from pydantic import Field
+
+from .base import NOT_SPACE, ApiModel, EmptyMeansUnset, ListMap, Matches, Rule, defaulted
+from .kube import EnvFromSource, EnvVar, LocalObjectReference, PullPolicy, Volume, VolumeMount
+from .locations import (
+    AddressingStyle,
+    CheckpointSpec,
+    DatasetFields,
+    DatasetFormat,
+    DatasetSpec,
+    ModelSpec,
+    OutputSpec,
+    StorageSpec,
+)
+from .resources import ResourcesSpec
+from .training import (
+    DeepSpeedSpec,
+    LoraSpec,
+    LrScheduler,
+    MethodSpec,
+    MethodType,
+    Offload,
+    Precision,
+    TrainingSpec,
+)
+from .uris import parse_uri
+
+__all__ = [
+    "AddressingStyle",
+    "CheckpointSpec",
+    "DatasetFields",
+    "DatasetFormat",
+    "DatasetSpec",
+    "DeepSpeedSpec",
+    "FineTuneJobSpec",
+    "LoraSpec",
+    "LrScheduler",
+    "MethodSpec",
+    "MethodType",
+    "ModelSpec",
+    "Offload",
+    "OutputSpec",
+    "Precision",
+    "ResourcesSpec",
+    "RunPolicySpec",
+    "StorageSpec",
+    "TrainingSpec",
+]
+
+
+class RunPolicySpec(ApiModel):
+    """Retries, time limits and suspension: the only part of a spec that may change later."""
+
+    backoff_limit: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description="Restarts after a trainer failure (a non-zero exit) before the job fails. "
+        "Infrastructure failures (node lost, pod evicted or pre-empted) do not count.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=31_536_000,
+        description="Seconds from the job's start after which it fails with reason "
+        "DeadlineExceeded; time spent suspended counts. Unset: no limit.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        le=31_536_000,
+        description="Seconds after the job succeeds or fails before it is deleted with its "
+        "children (the model and checkpoints in storage stay). Unset: never deleted.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="true deletes the worker pods and keeps everything else; false again "
+        "recreates them, and training resumes from the latest committed checkpoint.",
+    )
+
+
+_VOLUME_MOUNTS_RULE = Rule(
+    field="volumeMounts",
+    cel="!has(self.volumeMounts) || self.volumeMounts.all(m, "
+    "has(self.volumes) && self.volumes.exists(v, v.name == m.name))",
+    message="must each name a volume listed in spec.volumes",
+    holds=lambda s: all(
+        any(v.name == m.name for v in s.volumes or ()) for m in s.volume_mounts or ()
+    ),
+)
+
+
+class FineTuneJobSpec(ApiModel):
+    """Desired state of a FineTuneJob. Only runPolicy may change after creation."""
+
+    model: ModelSpec = Field(description="The pretrained model to start from. Required.")
+    dataset: DatasetSpec = Field(description="The records to train and evaluate on. Required.")
+    method: MethodSpec = defaulted(MethodSpec, "Which weights are trained: all, or LoRA adapters.")
+    training: TrainingSpec = Field(
+        description="Length of training, optimizer and batch settings. Required (for epochs or "
+        "maxSteps)."
+    )
+    deepspeed: DeepSpeedSpec = defaulted(
+        DeepSpeedSpec, "How DeepSpeed shards the training state over the GPUs."
+    )
+    resources: ResourcesSpec = defaulted(
+        ResourcesSpec, "How many machines and GPUs the job uses, and where its pods may run."
+    )
+    image: Annotated[
+        Annotated[
+            str,
+            Field(max_length=512),
+            Matches(f"{NOT_SPACE}+", "a container image reference without spaces"),
+        ]
+        | None,
+        EmptyMeansUnset(),
+    ] = Field(
+        default=None,
+        description="Container image of the workers; it must contain the kubetune trainer. "
+        "Unset or empty: the trainer image the operator was deployed with.",
+    )
+    image_pull_policy: PullPolicy | None = Field(
+        default=None,
+        description="When the image is pulled: Always, IfNotPresent or Never. Unset: "
+        "Kubernetes' default (Always for :latest or no tag, IfNotPresent otherwise).",
+    )
+    image_pull_secrets: (
+        Annotated[list[LocalObjectReference], Field(max_length=16), ListMap("name")] | None
+    ) = Field(
+        default=None,
+        description="Secrets with registry credentials for pulling the image, as in a Pod. "
+        "Unset: none.",
+    )
+    env: Annotated[list[EnvVar], Field(max_length=128), ListMap("name")] | None = Field(
+        default=None,
+        description="Extra environment variables of every trainer process, as in a container "
+        "(value, or valueFrom a Secret or ConfigMap key). Unset: none.",
+    )
+    env_from: Annotated[list[EnvFromSource], Field(max_length=32)] | None = Field(
+        default=None,
+        description="Secrets and ConfigMaps whose keys all become environment variables, as in "
+        "a container. Unset: none.",
+    )
+    volumes: Annotated[list[Volume], Field(max_length=64), ListMap("name")] | None = Field(
+        default=None,
+        description="Extra pod volumes, exactly as in a Pod (for pvc:// URIs the operator adds "
+        "the volumes itself). Unset: none.",
+    )
+    volume_mounts: (
+        Annotated[list[VolumeMount], Field(max_length=64), ListMap("mountPath")] | None
+    ) = Field(
+        default=None,
+        description="Where the volumes appear in the trainer container, as in a container. "
+        "Unset: none.",
+    )
+    checkpoint: CheckpointSpec = defaulted(
+        CheckpointSpec, "Where and how often training state is saved, so a job can resume."
+    )
+    output: OutputSpec = Field(description="Where the fine-tuned model goes. Required.")
+    storage: StorageSpec = defaulted(
+        StorageSpec, "How the job reaches the S3-compatible store of its s3:// URIs."
+    )
+    run_policy: RunPolicySpec = defaulted(
+        RunPolicySpec,
+        "Retries, time limits and suspension; the only part of the spec that may change after "
+        "creation.",
+    )
+
+    # Fields (camelCase) that may change after creation; every other spec field
+    # is immutable, enforced by the CRD's transition rules.
+    MUTABLE_FIELDS: ClassVar[frozenset[str]] = frozenset({"runPolicy"})
+
+    RULES = (
+        Rule(
+            field="training.globalBatchSize",
+            # The guards keep a schema error elsewhere (microBatchSize: 0) from
+            # also surfacing as a "modulus by zero" here.
+            cel="!has(self.training.globalBatchSize) || self.training.microBatchSize < 1 || "
+            "self.resources.nodes < 1 || self.training.globalBatchSize % "
+            "(self.training.microBatchSize * self.resources.nodes * "
+            "(self.resources.gpusPerNode > 0 ? self.resources.gpusPerNode : 1)) == 0",
+            message="must be a multiple of microBatchSize x resources.nodes x "
+            "resources.gpusPerNode (a node without GPUs counts as 1)",
+            explain=lambda s: (
+                "must be a multiple of microBatchSize x resources.nodes x "
+                f"resources.gpusPerNode = {s.training.micro_batch_size * s.resources.world_size} "
+                f"(got {s.training.global_batch_size})"
+            ),
+            holds=lambda s: (
+                s.training.global_batch_size is None
+                or s.training.global_batch_size
+                % (s.training.micro_batch_size * s.resources.world_size)
+                == 0
+            ),
+        ),
+        Rule(
+            field="training.evalEverySteps",
+            cel="!has(self.training.evalEverySteps) || (has(self.dataset.eval) && "
+            "self.dataset.eval != '') || has(self.dataset.evalSplit)",
+            message="needs evaluation records: set dataset.eval or dataset.evalSplit, or remove it",
+            holds=lambda s: s.training.eval_every_steps is None or s.dataset.has_eval,
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            field="output.mergeLora",
+            cel="!self.output.mergeLora || self.method.type == 'lora'",
+            message="applies only to method type lora; set it to false or use method type lora",
+            holds=lambda s: not s.output.merge_lora or s.method.type == "lora",
+            reason="FieldValueForbidden",
+        ),
+        _VOLUME_MOUNTS_RULE,
+    )
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all nodes (nodes x max(gpusPerNode, 1))."""
+        return self.resources.world_size
+
+    @property
+    def checkpoint_uri(self) -> str:
+        """Where checkpoints go: checkpoint.uri, or <output.uri>/checkpoints/."""
+        return self.checkpoint.uri or parse_uri(self.output.uri).child("checkpoints") + "/"
+
+    def pvc_claims(self) -> list[str]:
+        """PersistentVolumeClaims named by pvc:// URIs, which every worker must mount."""
+        uris = [self.model.uri, self.dataset.train, self.dataset.eval, self.checkpoint_uri]
+        uris.append(self.output.uri)
+        claims = {parse_uri(u).location for u in uris if u and u.startswith("pvc://")}
+        return sorted(claims)

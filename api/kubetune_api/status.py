@@ -1,0 +1,210 @@
+"""The FineTuneJob status: what the operator and the trainer report.
+
+The operator writes everything but `progress` and `progressText`, which rank 0
+of the trainer patches while it trains. Unlike the spec, these models are
+lenient when reading (unknown keys are ignored, so an older operator can read a
+status a newer trainer wrote) and the CRD constrains the status only as far as
+readers rely on it: types, non-negative counters, known phases.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic.alias_generators import to_camel
+
+from .base import ListMap
+from .constants import TERMINAL_PHASES
+
+Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def _rfc3339(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
+"""A point in time, written as RFC 3339 in UTC to the second (like metav1.Time)."""
+
+Count = Annotated[int, Field(ge=0)]
+
+
+class StatusModel(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="ignore",
+        allow_inf_nan=False,
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+    def to_manifest(self) -> dict[str, object]:
+        """The status as JSON-ready data (camelCase, unset fields left out), e.g. for a patch."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Condition(StatusModel):
+    """One aspect of the job's state, in the shape of metav1.Condition."""
+
+    type: str = Field(
+        max_length=316,
+        description="Ready, Reconciling, Stalled, Succeeded or Failed.",
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    observed_generation: Count | None = Field(
+        default=None,
+        description="metadata.generation of the spec this condition was computed from.",
+    )
+    last_transition_time: Timestamp = Field(description="When status last changed.")
+    reason: str = Field(
+        max_length=1024, description="CamelCase reason of the last transition, e.g. InvalidSpec."
+    )
+    message: str = Field(default="", max_length=32768, description="Human-readable details.")
+
+
+class WorkersStatus(StatusModel):
+    """Worker pods of the current attempt."""
+
+    ready: Count = Field(default=0, description="Worker pods running and ready.")
+    total: Count = Field(default=0, description="Worker pods the job needs (spec.resources.nodes).")
+    attempt: Count = Field(
+        default=1,
+        description="Gang attempt the workers belong to: 1, plus one for every gang restart.",
+    )
+    launched: bool = Field(
+        default=False,
+        description="Every worker of this attempt has been created (a worker missing after that "
+        "was lost, and restarts the gang).",
+    )
+
+
+class RestartsStatus(StatusModel):
+    """Gang restarts so far, by cause."""
+
+    infrastructure: Count = Field(
+        default=0,
+        description="After a node was lost or a pod evicted, pre-empted or deleted; free.",
+    )
+    application: Count = Field(
+        default=0, description="After the trainer failed; counted against runPolicy.backoffLimit."
+    )
+
+
+class ProgressStatus(StatusModel):
+    """Training progress, reported by the trainer's rank 0."""
+
+    step: Count | None = Field(default=None, description="Optimizer steps completed.")
+    total_steps: Count | None = Field(default=None, description="Optimizer steps of the whole run.")
+    epoch: float | None = Field(
+        default=None, ge=0, description="Epochs completed, fractional, e.g. 1.25."
+    )
+    loss: float | None = Field(
+        default=None, description="Training loss, averaged since the last report."
+    )
+    eval_loss: float | None = Field(
+        default=None, description="Loss on the evaluation records, latest."
+    )
+    learning_rate: float | None = Field(default=None, ge=0, description="Current learning rate.")
+    tokens_per_second: float | None = Field(
+        default=None, ge=0, description="Training throughput over all GPUs, in tokens per second."
+    )
+    eta_seconds: Count | None = Field(
+        default=None, description="Estimated seconds until the last step completes."
+    )
+    updated_at: Timestamp | None = Field(
+        default=None, description="When this progress was reported."
+    )
+
+
+class CheckpointRef(StatusModel):
+    """A committed checkpoint."""
+
+    step: Count = Field(description="Step the checkpoint was taken after.")
+    uri: str = Field(max_length=2048, description="Folder of the checkpoint.")
+    committed_at: Timestamp | None = Field(
+        default=None, description="When its manifest was written."
+    )
+
+
+class CheckpointsStatus(StatusModel):
+    """Checkpoints in checkpoint.uri."""
+
+    latest: CheckpointRef | None = Field(
+        default=None, description="The newest committed checkpoint."
+    )
+    committed: Count = Field(default=0, description="Committed checkpoints kept in storage.")
+
+
+class OutputStatus(StatusModel):
+    """The fine-tuned model, once written."""
+
+    uri: str | None = Field(
+        default=None, max_length=2048, description="Folder holding the final model."
+    )
+
+
+class FineTuneJobStatus(StatusModel):
+    """Observed state of a FineTuneJob."""
+
+    observed_generation: Count | None = Field(
+        default=None, description="metadata.generation of the spec the operator last acted on."
+    )
+    phase: Phase | None = Field(
+        default=None,
+        description="Pending, Running, Restarting, Suspended, Succeeded or Failed; the last two "
+        "are final.",
+    )
+    conditions: Annotated[list[Condition], Field(max_length=32), ListMap("type")] | None = Field(
+        default=None,
+        description="Ready, Reconciling and Stalled (kstatus), and Succeeded or Failed at the "
+        "end; wait with `kubectl wait --for=condition=Succeeded ftj/NAME`.",
+    )
+    start_time: Timestamp | None = Field(
+        default=None, description="When the operator first started it."
+    )
+    completion_time: Timestamp | None = Field(
+        default=None, description="When it reached Succeeded or Failed."
+    )
+    workers: WorkersStatus | None = Field(
+        default=None, description="Worker pods of the current attempt."
+    )
+    restarts: RestartsStatus | None = Field(
+        default=None, description="Gang restarts so far, by cause."
+    )
+    progress: ProgressStatus | None = Field(
+        default=None, description="Training progress (the trainer)."
+    )
+    progress_text: str | None = Field(
+        default=None,
+        max_length=64,
+        description='Progress as "step/totalSteps" for `kubectl get`, written with progress.',
+    )
+    checkpoints: CheckpointsStatus | None = Field(
+        default=None, description="Committed checkpoints."
+    )
+    output: OutputStatus | None = Field(
+        default=None, description="The fine-tuned model, once written."
+    )
+    message: str | None = Field(
+        default=None, max_length=32768, description="Human-readable summary of the last transition."
+    )
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of that type, if present."""
+        return next((c for c in self.conditions or () if c.type == type_), None)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+
+def progress_text(step: int, total_steps: int | None) -> str:
+    """The printer column's text: "1200/3000", or "1200" while the total is unknown."""
+    return f"{step}/{total_steps}" if total_steps else str(step)

@@ -1,0 +1,94 @@
+"""Every kopf handler of the operator, registered in this one module.
+
+Handlers are glue: they unpack kopf's arguments and call `reconcile`, which
+reads the job fresh and is safe to run any number of times. Handler ids are
+part of the operator's API (kopf tracks progress under them), so each has an
+explicit, stable `id=`.
+
+What wakes a reconcile of a job:
+  - the job is created, its spec changes, or the operator (re)starts;
+  - any of its worker pods changes (pods carry the job-name label);
+  - the operator-wide resync loop (resync.py), for deadlines and TTLs and as
+    a safety net. It is deliberately not a kopf timer: kopf keeps a finalizer
+    on every object that has a timer, and a FineTuneJob should never be stuck
+    in deletion because its operator is down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes.client.rest import ApiException
+
+from kubetune_api.constants import GROUP, JOB_NAME_LABEL, PLURAL, VERSION
+
+from .kube import Kube
+from .reconcile import reconcile
+from .resync import ResyncLoop
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+SETTINGS = Settings.from_env()
+
+
+def _api_client(pool_size: int) -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = pool_size
+    return client.ApiClient(configuration)
+
+
+@kopf.on.startup(id="configure")
+def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    # The operator records its own Events; kopf's per-handler ones would be noise.
+    settings.posting.enabled = False
+    settings.execution.max_workers = SETTINGS.workers
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    if SETTINGS.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(SETTINGS.metrics_port)
+    memo.kube = Kube(_api_client(SETTINGS.workers + 2), SETTINGS.api_qps, SETTINGS.api_burst)
+    memo.resync = ResyncLoop(memo.kube, SETTINGS)
+    memo.resync.start()
+
+
+@kopf.on.cleanup(id="stop-resync")
+def stop_resync(memo: Any, **_: Any) -> None:
+    memo.resync.stop()
+
+
+def _run(memo: Any, namespace: str | None, name: str) -> None:
+    assert namespace, "FineTuneJobs are namespaced"
+    try:
+        reconcile(memo.kube, namespace, name, SETTINGS.trainer_image)
+    except ApiException as e:
+        # Transient (a conflict, a timeout, the API server restarting): try again soon.
+        raise kopf.TemporaryError(f"reconcile of {namespace}/{name}: API error {e.status} {e.reason}", delay=5) from e
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")
+@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create")
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-spec-change")
+def on_job(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    _run(memo, namespace, name)
+
+
+@kopf.on.event("v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT}, id="worker-changed")
+def on_worker(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    assert namespace, "pods are namespaced"
+    try:
+        reconcile(memo.kube, namespace, labels[JOB_NAME_LABEL], SETTINGS.trainer_image)
+    except ApiException as e:
+        log.warning("reconcile of %s/%s after a worker change failed: %s; the resync will retry",
+                    namespace, labels[JOB_NAME_LABEL], e.reason)

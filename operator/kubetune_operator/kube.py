@@ -1,0 +1,161 @@
+"""The operator's only door to the Kubernetes API.
+
+Everything else in the operator is pure; this module reads jobs and pods,
+creates children if absent, deletes pods (guarded by their uid, so a newer pod
+of the same name is never hit), patches status and records Events. Calls are
+rate limited on the client side (QPS with a burst), and every API error is
+counted by operation for the metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from kubetune_api.constants import GROUP, JOB_NAME_LABEL, KIND, PLURAL, VERSION
+
+from . import metrics
+
+Manifest = dict[str, Any]
+
+
+class RateLimiter:
+    """A token bucket: `qps` calls per second on average, up to `burst` at once."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self.qps, self.burst = qps, burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.qps)
+                self.stamp = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                wait = (1 - self.tokens) / self.qps
+            time.sleep(wait)
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient, qps: float = 50.0, burst: int = 100) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.limiter = RateLimiter(qps, burst)
+        self.requests = 0  # API calls made, for the benchmark and metrics
+
+    def _call(self, operation: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.limiter.acquire()
+        self.requests += 1
+        metrics.API_REQUESTS.labels(operation).inc()
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as e:
+            if e.status not in (404, 409):
+                metrics.API_ERRORS.labels(operation, str(e.status)).inc()
+            raise
+
+    # ---------------------------------------------------------------- reads
+    def get_job(self, namespace: str, name: str) -> Manifest | None:
+        try:
+            job: Manifest = self._call("get_job", self.custom.get_namespaced_custom_object,
+                                       GROUP, VERSION, namespace, PLURAL, name)
+            return job
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list_jobs(self, namespaces: tuple[str, ...] = ()) -> list[Manifest]:
+        """Every FineTuneJob in the watched namespaces (all of them when none are given)."""
+        if not namespaces:
+            found = self._call("list_jobs", self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+            return list(found["items"])
+        jobs: list[Manifest] = []
+        for ns in namespaces:
+            found = self._call("list_jobs", self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL)
+            jobs += found["items"]
+        return jobs
+
+    def list_workers(self, namespace: str, job: str) -> list[Manifest]:
+        # Raw JSON: the pods are handled as plain manifests, like everything else in the operator.
+        pods: Any = self._call("list_pods", self.core.list_namespaced_pod, namespace,
+                               label_selector=f"{JOB_NAME_LABEL}={job}", _preload_content=False)
+        return list(json.loads(pods.data)["items"])
+
+    # ---------------------------------------------------------------- writes
+    def create_if_absent(self, manifest: Manifest) -> bool:
+        """Create the object; False (and no error) when one of that name exists."""
+        kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
+        creators: dict[str, Callable[..., Any]] = {
+            "Pod": self.core.create_namespaced_pod,
+            "Service": self.core.create_namespaced_service,
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "ServiceAccount": self.core.create_namespaced_service_account,
+            "Role": self.rbac.create_namespaced_role,
+            "RoleBinding": self.rbac.create_namespaced_role_binding,
+        }
+        create = creators[kind]
+        try:
+            self._call(f"create_{kind.lower()}", create, ns, manifest)
+            return True
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        try:
+            self._call("delete_pod", self.core.delete_namespaced_pod, name, namespace, body=body)
+        except ApiException as e:
+            # Gone already, or a different pod now has that name: nothing to do.
+            if e.status not in (404, 409):
+                raise
+
+    def patch_status(self, namespace: str, name: str, status: Manifest) -> None:
+        self._call("patch_status", self.custom.patch_namespaced_custom_object_status,
+                   GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        body = client.V1DeleteOptions(propagation_policy="Background",
+                                      preconditions=client.V1Preconditions(uid=uid))
+        try:
+            self._call("delete_job", self.custom.delete_namespaced_custom_object,
+                       GROUP, VERSION, namespace, PLURAL, name, body=body)
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
+    def record_event(self, job: Manifest, type_: str, reason: str, message: str) -> None:
+        """An Event on the FineTuneJob (core/v1, as `kubectl describe` shows them)."""
+        meta = job["metadata"]
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"],
+                namespace=meta["namespace"], uid=meta["uid"],
+                resource_version=meta.get("resourceVersion"),
+            ),
+            type=type_, reason=reason, message=message[:1024],
+            first_timestamp=now, last_timestamp=now, count=1,
+            source=client.V1EventSource(component="kubetune-operator"),
+            reporting_component="kubetune.io/operator", reporting_instance="kubetune-operator",
+        )
+        # An Event is best effort: never fail a reconcile over one.
+        with contextlib.suppress(ApiException):
+            self._call("create_event", self.core.create_namespaced_event, meta["namespace"], event)

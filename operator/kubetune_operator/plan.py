@@ -1,0 +1,335 @@
+"""One reconcile decision: from what exists to what to do, as a pure function.
+
+`plan()` reads the job's spec and status, its worker pods and the time, and
+returns a `Plan`: the operator-owned part of the status to write, the workers
+to create or delete, the Events to record, and when to look again. Nothing here
+calls the API, reads the clock or the environment; `reconcile.py` carries the
+plan out, in an order that keeps every step safe to repeat after a crash:
+
+    create workers -> write status -> delete workers -> delete the job (TTL)
+
+Creating before the status write means `workers.launched` is only recorded
+once every worker exists; writing before deleting means a restart is counted
+before its evidence (the failed pods) disappears, so it is never counted twice
+nor mistaken for a worker that vanished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubetune_api import FineTuneJobSpec
+from kubetune_api.constants import (
+    CONDITION_FAILED,
+    CONDITION_READY,
+    CONDITION_RECONCILING,
+    CONDITION_STALLED,
+    CONDITION_SUCCEEDED,
+    PHASE_FAILED,
+    PHASE_PENDING,
+    PHASE_RESTARTING,
+    PHASE_RUNNING,
+    PHASE_SUCCEEDED,
+    PHASE_SUSPENDED,
+    REASON_BACKOFF_LIMIT_EXCEEDED,
+    REASON_CREATING_WORKERS,
+    REASON_DEADLINE_EXCEEDED,
+    REASON_INVALID_SPEC,
+    REASON_RESTARTING,
+    REASON_RESUMED,
+    REASON_SUSPENDED,
+    REASON_TRAINING_COMPLETE,
+    REASON_WAITING_FOR_WORKERS,
+    REASON_WORKERS_RUNNING,
+    TERMINAL_PHASES,
+)
+
+from .failures import Cause, WorkerFailure, classify, gang_failure
+from .workers import ATTEMPT_LABEL, RANK_LABEL
+
+Manifest = dict[str, Any]
+
+# How soon to look again while something is in flight (pods starting or going);
+# pod events usually wake the operator sooner.
+POLL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything a decision depends on, read once per reconcile."""
+
+    name: str  # the job's name
+    generation: int
+    status: Manifest  # the job's .status as it is (may be empty)
+    pods: list[Manifest]  # the job's worker pods, any attempt
+    now: datetime
+
+
+@dataclass
+class Plan:
+    status: Manifest  # operator-owned status fields, written with a merge patch
+    attempt: int = 1
+    ensure_children: bool = False
+    create_ranks: list[int] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    delete_job: bool = False
+    restart_cause: Cause | None = None
+
+
+def _ts(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_ts(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _condition(old: list[Manifest], type_: str, status: str, reason: str, message: str,
+               now: datetime, generation: int) -> Manifest:
+    """A metav1.Condition whose lastTransitionTime only moves when its status does."""
+    previous = next((c for c in old if c.get("type") == type_), None)
+    since = previous["lastTransitionTime"] if previous and previous.get("status") == status else _ts(now)
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since, "observedGeneration": generation}
+
+
+def conditions_for(phase: str, reason: str, message: str, old: list[Manifest],
+                   now: datetime, generation: int) -> list[Manifest]:
+    """kstatus conditions (Ready, Reconciling, Stalled) plus the terminal Succeeded/Failed."""
+    in_progress = phase in (PHASE_PENDING, PHASE_RESTARTING)
+    out = [
+        _condition(old, CONDITION_READY, "True" if phase == PHASE_RUNNING else "False", reason, message, now, generation),
+        _condition(old, CONDITION_RECONCILING, "True" if in_progress else "False", reason, message, now, generation),
+        _condition(old, CONDITION_STALLED, "True" if phase == PHASE_FAILED else "False", reason, message, now, generation),
+    ]
+    if phase == PHASE_SUCCEEDED:
+        out.append(_condition(old, CONDITION_SUCCEEDED, "True", reason, message, now, generation))
+    if phase == PHASE_FAILED:
+        out.append(_condition(old, CONDITION_FAILED, "True", reason, message, now, generation))
+    return out
+
+
+def _rank(pod: Manifest) -> int:
+    return int(pod["metadata"].get("labels", {}).get(RANK_LABEL, "-1"))
+
+
+def _attempt(pod: Manifest) -> int:
+    return int(pod["metadata"].get("labels", {}).get(ATTEMPT_LABEL, "0"))
+
+
+def _is_ready(pod: Manifest) -> bool:
+    status = pod.get("status", {})
+    if status.get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+
+
+def _waiting_reason(pods: list[Manifest]) -> str:
+    """Why workers are not running yet, in the scheduler's or kubelet's own words."""
+    for pod in sorted(pods, key=_rank):
+        name = pod["metadata"]["name"]
+        for cond in pod.get("status", {}).get("conditions") or ():
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return f"; {name}: {cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}".rstrip(": ")
+        for cs in pod.get("status", {}).get("containerStatuses") or ():
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+                return f"; {name}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    return ""
+
+
+class _Builder:
+    """Accumulates one plan's status fields and events."""
+
+    def __init__(self, obs: Observed, nodes: int) -> None:
+        self.obs = obs
+        old = obs.status
+        self.old_phase: str | None = old.get("phase")
+        restarts = old.get("restarts") or {}
+        self.restarts = {"infrastructure": int(restarts.get("infrastructure", 0)),
+                         "application": int(restarts.get("application", 0))}
+        self.launched = bool((old.get("workers") or {}).get("launched", False))
+        self.start_time = old.get("startTime") or _ts(obs.now)
+        self.nodes = nodes
+        self.plan = Plan(status={})
+
+    @property
+    def attempt(self) -> int:
+        return 1 + self.restarts["infrastructure"] + self.restarts["application"]
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.plan.events.append(Event(type_, reason, message))
+
+    def finish(self, phase: str, reason: str, message: str, ready: int = 0) -> Plan:
+        obs = self.obs
+        status: Manifest = {
+            "observedGeneration": obs.generation,
+            "phase": phase,
+            "conditions": conditions_for(phase, reason, message, obs.status.get("conditions") or [],
+                                         obs.now, obs.generation),
+            "startTime": self.start_time,
+            "workers": {"ready": ready, "total": self.nodes, "launched": self.launched, "attempt": self.attempt},
+            "restarts": dict(self.restarts),
+            "message": message,
+        }
+        if phase in TERMINAL_PHASES:
+            status["completionTime"] = obs.status.get("completionTime") or _ts(obs.now)
+        self.plan.status = status
+        self.plan.attempt = self.attempt
+        return self.plan
+
+
+def plan_invalid(obs: Observed, problem: str) -> Plan:
+    """A spec that got past admission but not the parse step: Failed, no workers."""
+    b = _Builder(obs, nodes=0)
+    b.plan.delete_pods = [p["metadata"]["name"] for p in obs.pods if not p["metadata"].get("deletionTimestamp")]
+    if b.old_phase != PHASE_FAILED:
+        b.event("Warning", REASON_INVALID_SPEC, problem)
+    return b.finish(PHASE_FAILED, REASON_INVALID_SPEC, problem)
+
+
+def _terminal(b: _Builder, spec: FineTuneJobSpec) -> Plan:
+    """Succeeded or Failed already: stop leftover workers and honour the TTL."""
+    obs = b.obs
+    phase = str(b.old_phase)
+    # Completed workers stay (their logs are useful); running ones go.
+    b.plan.delete_pods = [p["metadata"]["name"] for p in obs.pods
+                          if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+                          and not p["metadata"].get("deletionTimestamp")]
+    plan = b.finish(phase, _last_reason(obs.status, phase), obs.status.get("message") or "")
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    done = _parse_ts(plan.status.get("completionTime"))
+    if ttl is not None and done is not None:
+        remaining = (done + timedelta(seconds=ttl) - obs.now).total_seconds()
+        if remaining <= 0:
+            plan.delete_job = True
+        else:
+            plan.requeue_after = remaining
+    return plan
+
+
+def _last_reason(status: Manifest, phase: str) -> str:
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == phase:
+            return str(cond.get("reason"))
+    return phase
+
+
+def plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
+    b = _Builder(obs, spec.resources.nodes)
+    if b.old_phase in TERMINAL_PHASES:
+        return _terminal(b, spec)
+
+    live = [p for p in obs.pods if not _being_replaced(p, b.attempt)]
+    stale = [p for p in obs.pods if _being_replaced(p, b.attempt)]
+    b.plan.delete_pods = [p["metadata"]["name"] for p in stale if not p["metadata"].get("deletionTimestamp")]
+
+    if spec.run_policy.suspend:
+        b.launched = False
+        b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")]
+        if b.old_phase != PHASE_SUSPENDED:
+            b.event("Normal", REASON_SUSPENDED, "suspended: worker pods deleted; resume continues from the last checkpoint")
+        return b.finish(PHASE_SUSPENDED, REASON_SUSPENDED, "suspended (spec.runPolicy.suspend)")
+
+    if b.old_phase == PHASE_SUSPENDED:
+        b.start_time = _ts(obs.now)  # like a Job: the active deadline restarts on resume
+        b.event("Normal", REASON_RESUMED, "resumed: recreating worker pods")
+
+    deadline = spec.run_policy.active_deadline_seconds
+    if deadline is not None:
+        started = _parse_ts(b.start_time) or obs.now
+        remaining = (started + timedelta(seconds=deadline) - obs.now).total_seconds()
+        if remaining <= 0:
+            message = f"exceeded spec.runPolicy.activeDeadlineSeconds ({deadline}s)"
+            b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")]
+            b.event("Warning", REASON_DEADLINE_EXCEEDED, message)
+            return b.finish(PHASE_FAILED, REASON_DEADLINE_EXCEEDED, message)
+        b.plan.requeue_after = remaining
+
+    failures: list[WorkerFailure] = [f for p in live if (f := classify(p)) is not None]
+    present = {_rank(p) for p in live}
+    if b.launched:
+        for rank in range(spec.resources.nodes):
+            if rank not in present:
+                name = f"{obs.name}-worker-{rank}"
+                failures.append(WorkerFailure(Cause.INFRASTRUCTURE, name, "WorkerLost",
+                                              f"worker {name} disappeared (deleted, or its node was lost)"))
+    failure = gang_failure(failures)
+    if failure is not None:
+        return _after_failure(b, spec, failure, live)
+
+    if len(live) == spec.resources.nodes and all(p.get("status", {}).get("phase") == "Succeeded" for p in live):
+        message = f"all {spec.resources.nodes} workers completed"
+        b.event("Normal", REASON_TRAINING_COMPLETE, message)
+        return b.finish(PHASE_SUCCEEDED, REASON_TRAINING_COMPLETE, message)
+
+    if not b.launched:
+        b.plan.ensure_children = True
+        if stale:
+            # Same names as the new workers: wait until the old ones are gone.
+            b.plan.requeue_after = _sooner(b.plan.requeue_after, 1.0)
+            return b.finish(PHASE_RESTARTING, REASON_RESTARTING,
+                            f"waiting for {len(stale)} worker(s) of the previous attempt to terminate")
+        b.plan.create_ranks = sorted(set(range(spec.resources.nodes)) - present)
+        if b.plan.create_ranks and b.old_phase is None:
+            b.event("Normal", REASON_CREATING_WORKERS,
+                    f"creating {spec.resources.nodes} worker pod(s) x {spec.resources.processes_per_node} process(es)")
+        b.launched = True
+
+    ready = sum(_is_ready(p) for p in live)
+    if ready == spec.resources.nodes:
+        message = f"all {ready} workers running (attempt {b.attempt})"
+        if b.old_phase != PHASE_RUNNING:
+            b.event("Normal", REASON_WORKERS_RUNNING, message)
+        return b.finish(PHASE_RUNNING, REASON_WORKERS_RUNNING, message, ready)
+    b.plan.requeue_after = _sooner(b.plan.requeue_after, POLL_SECONDS)
+    if b.old_phase == PHASE_RUNNING:
+        return b.finish(PHASE_RUNNING, REASON_WORKERS_RUNNING,
+                        f"{ready}/{spec.resources.nodes} workers ready", ready)
+    phase = PHASE_RESTARTING if b.attempt > 1 else PHASE_PENDING
+    reason = REASON_RESTARTING if b.attempt > 1 else REASON_WAITING_FOR_WORKERS
+    message = f"waiting for workers: {ready}/{spec.resources.nodes} ready (attempt {b.attempt})" + _waiting_reason(live)
+    return b.finish(phase, reason, message, ready)
+
+
+def _being_replaced(pod: Manifest, attempt: int) -> bool:
+    return _attempt(pod) != attempt
+
+
+def _sooner(current: float | None, candidate: float) -> float:
+    return candidate if current is None else min(current, candidate)
+
+
+def _after_failure(b: _Builder, spec: FineTuneJobSpec, failure: WorkerFailure, live: list[Manifest]) -> Plan:
+    limit = spec.run_policy.backoff_limit
+    if failure.cause is Cause.APPLICATION and b.restarts["application"] >= limit:
+        # The end: stop the workers still running, keep the finished ones for `kubectl logs`.
+        b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")
+                               and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+        message = f"backoff limit reached ({limit} restart(s) after trainer failures); last: {failure.message}"
+        b.event("Warning", REASON_BACKOFF_LIMIT_EXCEEDED, message)
+        return b.finish(PHASE_FAILED, REASON_BACKOFF_LIMIT_EXCEEDED, message)
+    # A restart replaces every worker: the new ones take the same names.
+    b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")]
+    b.restarts[failure.cause.value] += 1
+    b.launched = False
+    b.plan.restart_cause = failure.cause
+    b.plan.requeue_after = _sooner(b.plan.requeue_after, 1.0)
+    budget = "" if failure.cause is Cause.INFRASTRUCTURE else \
+        f"; {limit - b.restarts['application']} application restart(s) left"
+    message = f"restarting all workers (attempt {b.attempt}) after {failure.cause.value} failure: {failure.message}{budget}"
+    b.event("Warning", REASON_RESTARTING, message)
+    return b.finish(PHASE_RESTARTING, REASON_RESTARTING, message)

@@ -1,0 +1,190 @@
+"""The worker pods of a FineTuneJob: one per node, each running torchrun.
+
+A pure function of the job, its spec and the gang attempt. Every worker of an
+attempt is built the same way except for its rank; workers use static
+rendezvous at rank 0's stable DNS name, so ranks are fixed by pod, not by
+arrival, and a recreated gang finds itself again under the same names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune_api import FineTuneJobSpec
+from kubetune_api.constants import (
+    GPU_RESOURCE,
+    PVC_MOUNT_ROOT,
+    S3_ACCESS_KEY_ID_KEY,
+    S3_SECRET_ACCESS_KEY_KEY,
+    S3_SESSION_TOKEN_KEY,
+)
+
+from .children import CONFIG_FILE, CONFIG_MOUNT, RENDEZVOUS_PORT, JobRef, Manifest, labels, metadata
+
+RANK_LABEL = "kubetune.io/rank"
+ATTEMPT_LABEL = "kubetune.io/attempt"
+TRAINER_CONTAINER = "trainer"
+SCRATCH_MOUNT = "/var/lib/kubetune"
+# Non-root by default; the trainer image creates this user.
+WORKER_UID = 1000
+# Used when spec.image is unset (KUBETUNE_TRAINER_IMAGE overrides it).
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+
+
+def _downward(field_path: str) -> dict[str, Any]:
+    return {"fieldRef": {"fieldPath": field_path}}
+
+
+def _secret_key(secret: str, key: str, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"secretKeyRef": ref}
+
+
+def worker_env(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int) -> list[Manifest]:
+    """The trainer's environment. S3 keys are references to the user's Secret, never copied."""
+    env: list[Manifest] = [
+        {"name": "KUBETUNE_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
+        {"name": "KUBETUNE_JOB_NAME", "value": job.name},
+        {"name": "KUBETUNE_JOB_UID", "value": job.uid},
+        {"name": "KUBETUNE_NAMESPACE", "valueFrom": _downward("metadata.namespace")},
+        {"name": "KUBETUNE_POD_NAME", "valueFrom": _downward("metadata.name")},
+        {"name": "KUBETUNE_POD_IP", "valueFrom": _downward("status.podIP")},
+        {"name": "KUBETUNE_NODE_RANK", "value": str(rank)},
+        {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)},
+        {"name": "KUBETUNE_SCRATCH_DIR", "value": SCRATCH_MOUNT},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    storage = spec.storage
+    if storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
+    if storage.region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": storage.region})
+    if storage.credentials_secret:
+        secret = storage.credentials_secret
+        env += [
+            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": _secret_key(secret, S3_ACCESS_KEY_ID_KEY)},
+            {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": _secret_key(secret, S3_SECRET_ACCESS_KEY_KEY)},
+            {"name": "AWS_SESSION_TOKEN", "valueFrom": _secret_key(secret, S3_SESSION_TOKEN_KEY, optional=True)},
+        ]
+    # The user's variables come last so they can override ours (e.g. NCCL settings).
+    env += [e.to_manifest() for e in spec.env or ()]
+    return env
+
+
+def torchrun_args(job: JobRef, spec: FineTuneJobSpec, rank: int) -> list[str]:
+    return [
+        f"--nnodes={spec.resources.nodes}",
+        f"--node-rank={rank}",
+        f"--nproc-per-node={spec.resources.processes_per_node}",
+        "--rdzv-backend=static",
+        f"--rdzv-endpoint={job.worker_dns(0)}:{RENDEZVOUS_PORT}",
+        # Restarts are gang-wide and decided by the operator, never by torchrun alone.
+        "--max-restarts=0",
+        "-m", "kubetune_trainer",
+    ]
+
+
+def _volumes(job: JobRef, spec: FineTuneJobSpec) -> tuple[list[Manifest], list[Manifest]]:
+    volumes: list[Manifest] = [
+        {"name": "config", "configMap": {"name": job.config_map_name}},
+        # NCCL and the data loaders need far more shared memory than a container's 64 MiB default.
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        # Local staging of checkpoint shards before they stream to S3.
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "scratch", "mountPath": SCRATCH_MOUNT},
+    ]
+    for claim in spec.pvc_claims():
+        name = f"pvc-{claim}"[:63].rstrip("-")
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": name, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}"})
+    volumes += [v.to_manifest() for v in spec.volumes or ()]
+    mounts += [m.to_manifest() for m in spec.volume_mounts or ()]
+    return volumes, mounts
+
+
+def _resources(spec: FineTuneJobSpec) -> Manifest:
+    res = spec.resources
+    requests = {k: str(v) for k, v in (res.requests or {}).items()}
+    limits = {k: str(v) for k, v in (res.limits or {}).items()}
+    if res.gpus_per_node:
+        # Extended resources are set as limits; the scheduler takes requests from them.
+        limits[GPU_RESOURCE] = str(res.gpus_per_node)
+    out: Manifest = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int,
+                     default_image: str = DEFAULT_TRAINER_IMAGE) -> Manifest:
+    """Worker `rank` of gang attempt `attempt`; `default_image` runs it when spec.image is unset."""
+    volumes, mounts = _volumes(job, spec)
+    meta_labels = {**labels(job, "worker"), RANK_LABEL: str(rank), ATTEMPT_LABEL: str(attempt)}
+    container: Manifest = {
+        "name": TRAINER_CONTAINER,
+        "image": spec.image or default_image,
+        "command": ["torchrun"],
+        "args": torchrun_args(job, spec, rank),
+        "env": worker_env(job, spec, rank, attempt),
+        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        # The trainer writes its one-line failure reason here; the operator reports it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+        },
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    if spec.env_from:
+        container["envFrom"] = [e.to_manifest() for e in spec.env_from]
+
+    res = spec.resources
+    pod_spec: Manifest = {
+        "restartPolicy": "Never",  # a failed worker fails the gang; the operator restarts it
+        "hostname": job.worker_name(rank),
+        "subdomain": job.service_name,
+        "serviceAccountName": job.service_account_name,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = list(res.tolerations)
+    if res.affinity:
+        pod_spec["affinity"] = res.affinity
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+    if res.scheduler_name:
+        pod_spec["schedulerName"] = res.scheduler_name
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [s.to_manifest() for s in spec.image_pull_secrets]
+
+    meta = metadata(job, job.worker_name(rank), "worker")
+    meta["labels"] = meta_labels
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
+
+
+def build_workers(job: JobRef, spec: FineTuneJobSpec, attempt: int,
+                  default_image: str = DEFAULT_TRAINER_IMAGE) -> list[Manifest]:
+    return [build_worker_pod(job, spec, rank, attempt, default_image) for rank in range(spec.resources.nodes)]

@@ -1,0 +1,139 @@
+"""Helpers for operator tests: the operator as a real process, a job builder, kubectl on jobs.
+
+`ftj()` builds FineTuneJob manifests for tests (a test builder in the JobSet
+style: defaults that are valid, overrides by keyword).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from localcluster import REPO, free_port
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition", interval: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except AssertionError as e:
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def ftj(name: str, nodes: int = 2, gpus: int = 8, **spec: Any) -> dict[str, Any]:
+    """A valid FineTuneJob on `nodes` x `gpus`; keyword arguments are merged into its spec."""
+    base = {
+        "model": {"uri": "s3://models/smollm2-135m-instruct/"},
+        "dataset": {"train": "s3://datasets/chat/train.jsonl", "format": "chat"},
+        "training": {"maxSteps": 100, "microBatchSize": 1},
+        "resources": {"nodes": nodes, "gpusPerNode": gpus},
+        "image": "registry.example.com/kubetune/trainer:test",
+        "output": {"uri": f"s3://models/{name}/"},
+        "storage": {"endpoint": "http://minio.example:9000", "credentialsSecret": "s3-credentials"},
+    }
+    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
+            "spec": deep_merge(base, spec)}
+
+
+class OperatorProcess:
+    """`python -m kubetune_operator` as a child process, killable like a crashed pod."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+
+    def start(self) -> None:
+        self.metrics_port, health = free_port(), free_port()
+        env = {**self.env, "KUBETUNE_METRICS_PORT": str(self.metrics_port), "KUBETUNE_HEALTH_PORT": str(health),
+               "KUBETUNE_RESYNC_SECONDS": "2", "KUBETUNE_LOG_LEVEL": "INFO"}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "kubetune_operator", "--standalone"],
+                                         env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited with {self.proc.returncode}; see {self.log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=60, what="the operator's liveness endpoint")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+
+class Jobs:
+    """kubectl on FineTuneJobs and their pods in one namespace."""
+
+    def __init__(self, cluster: Any, namespace: str) -> None:
+        self.cluster, self.ns = cluster, namespace
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.cluster.kubectl("apply", "-n", self.ns, "-f", "-", input=json.dumps(manifest))
+
+    def get(self, name: str) -> dict[str, Any]:
+        return dict(json.loads(self.cluster.kubectl("get", "ftj", name, "-n", self.ns, "-o", "json").stdout))
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name).get("status") or {})
+
+    def pods(self, name: str) -> list[dict[str, Any]]:
+        out = self.cluster.kubectl("get", "pods", "-n", self.ns, "-l", f"kubetune.io/job-name={name}", "-o", "json")
+        return sorted(json.loads(out.stdout)["items"], key=lambda p: p["metadata"]["name"])
+
+    def patch_spec(self, name: str, patch: dict[str, Any]) -> None:
+        self.cluster.kubectl("patch", "ftj", name, "-n", self.ns, "--type=merge", "-p", json.dumps({"spec": patch}))
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        out = self.cluster.kubectl("get", "events", "-n", self.ns, "--field-selector",
+                                   f"involvedObject.kind=FineTuneJob,involvedObject.name={name}", "-o", "json")
+        return list(json.loads(out.stdout)["items"])
+
+    def terminate_worker(self, pod: str, exit_code: int, message: str = "") -> None:
+        """Mark a worker's trainer container terminated, through the status subresource, as a kubelet does."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                      "message": message, "startedAt": now, "finishedAt": now}
+        status = {"status": {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
+            "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0,
+                                   "image": "registry.example.com/kubetune/trainer:test", "imageID": "",
+                                   "state": {"terminated": terminated}}],
+        }}
+        self.cluster.kubectl("patch", "pod", pod, "-n", self.ns, "--subresource=status", "--type=merge",
+                             "-p", json.dumps(status))

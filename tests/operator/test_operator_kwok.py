@@ -1,0 +1,207 @@
+"""The operator against the local cluster, with kwok GPU nodes standing in for GPU machines.
+
+Each test does what a user (or a kubelet, or a cluster failure) does to a job
+and checks what the user would look at: the job's status and Events, and the
+pods, Service, ConfigMap and RBAC objects that exist.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+from harness import Jobs, ftj, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def running(jobs: Jobs, name: str, attempt: int = 1) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        status = jobs.status(name)
+        pods = jobs.pods(name)
+        ok = (status.get("phase") == "Running" and (status.get("workers") or {}).get("ready") == len(pods)
+              and all(p["metadata"]["labels"]["kubetune.io/attempt"] == str(attempt) for p in pods))
+        return status if ok else None
+
+    return dict(wait_for(check, timeout=60, what=f"{name} Running (attempt {attempt})"))
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions", []) if c["type"] == type_)
+
+
+def test_two_node_job_gets_its_children_and_runs(operator, jobs: Jobs, cluster) -> None:
+    jobs.apply(ftj("llama", nodes=2, gpus=8))
+    status = running(jobs, "llama")
+    assert status["workers"] == {**status["workers"], "ready": 2, "total": 2}
+    assert status["observedGeneration"] == 1
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "Reconciling")["status"] == "False"
+    assert status["restarts"] == {"infrastructure": 0, "application": 0}
+
+    ns = jobs.ns
+    svc = json.loads(cluster.kubectl("get", "service", "llama", "-n", ns, "-o", "json").stdout)
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"] == {"kubetune.io/job-name": "llama"}
+    config = json.loads(cluster.kubectl("get", "configmap", "llama-config", "-n", ns, "-o", "json").stdout)
+    trainer_config = json.loads(config["data"]["config.json"])
+    assert trainer_config["spec"]["resources"]["nodes"] == 2
+    assert trainer_config["derived"]["worldSize"] == 16
+    for kind in ("serviceaccount", "role", "rolebinding"):
+        cluster.kubectl("get", kind, "llama-worker", "-n", ns)
+
+    pods = jobs.pods("llama")
+    assert [p["metadata"]["name"] for p in pods] == ["llama-worker-0", "llama-worker-1"]
+    gpu_nodes = set(cluster.kubectl("get", "nodes", "-l", "nvidia.com/gpu.present=true", "-o", "name").stdout.split())
+    for rank, pod in enumerate(pods):
+        assert f"node/{pod['spec']['nodeName']}" in gpu_nodes
+        assert pod["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
+        container = pod["spec"]["containers"][0]
+        assert container["command"] == ["torchrun"]
+        assert f"--node-rank={rank}" in container["args"]
+        assert "--nnodes=2" in container["args"] and "--nproc-per-node=8" in container["args"]
+        assert f"--rdzv-endpoint=llama-worker-0.llama.{ns}.svc:29500" in container["args"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        env = {e["name"]: e for e in container["env"]}
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}
+        assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["spec"]["volumes"]
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert pod["spec"]["hostname"] == f"llama-worker-{rank}" and pod["spec"]["subdomain"] == "llama"
+
+    reasons = {e["reason"] for e in jobs.events("llama")}
+    assert {"CreatingWorkers", "WorkersRunning"} <= reasons
+
+
+def _request(cluster, method: str, path: str, token: str, body: dict[str, Any] | None = None) -> int:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{cluster.local.api_url}{path}", data=data, method=method, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"})
+    try:
+        with urllib.request.urlopen(req, context=cluster.local._ssl(None), timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def test_a_jobs_service_account_may_patch_only_its_own_status(operator, jobs: Jobs, cluster) -> None:
+    jobs.apply(ftj("mine", nodes=1))
+    jobs.apply(ftj("theirs", nodes=1))
+    running(jobs, "mine")
+    running(jobs, "theirs")
+    ns = jobs.ns
+    token = cluster.kubectl("create", "token", "mine-worker", "-n", ns).stdout.strip()
+    base = f"/apis/kubetune.io/v1alpha1/namespaces/{ns}/finetunejobs"
+    progress = {"status": {"progress": {"step": 7, "totalSteps": 100}}}
+    assert _request(cluster, "PATCH", f"{base}/mine/status", token, progress) == 200
+    assert jobs.status("mine")["progress"]["step"] == 7
+    assert _request(cluster, "PATCH", f"{base}/theirs/status", token, progress) == 403
+    assert _request(cluster, "PATCH", f"{base}/mine", token, {"spec": {"image": "evil"}}) == 403
+    assert _request(cluster, "GET", f"/api/v1/namespaces/{ns}/secrets", token) == 403
+    who = f"--as=system:serviceaccount:{ns}:mine-worker"
+    assert cluster.kubectl("auth", "can-i", "get", "secrets", "-n", ns, who, check=False).stdout.strip() == "no"
+
+
+def test_deleting_a_worker_restarts_the_gang_for_free(operator, jobs: Jobs, cluster) -> None:
+    jobs.apply(ftj("gang", nodes=2, runPolicy={"backoffLimit": 0}))
+    running(jobs, "gang")
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in jobs.pods("gang")}
+    cluster.kubectl("delete", "pod", "gang-worker-1", "-n", jobs.ns, "--wait=false")
+    status = running(jobs, "gang", attempt=2)
+    assert status["restarts"] == {"infrastructure": 1, "application": 0}
+    after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in jobs.pods("gang")}
+    assert set(after) == set(before) and not set(after.values()) & set(before.values()), "every worker is new"
+    assert any(e["reason"] == "Restarting" and "infrastructure" in e["message"] for e in jobs.events("gang"))
+
+
+def test_trainer_failures_spend_the_backoff_limit_then_fail_the_job(operator, jobs: Jobs) -> None:
+    jobs.apply(ftj("flaky", nodes=2, runPolicy={"backoffLimit": 1}))
+    running(jobs, "flaky")
+    jobs.terminate_worker("flaky-worker-1", 1, "error: CUDA out of memory")
+    status = running(jobs, "flaky", attempt=2)
+    assert status["restarts"] == {"infrastructure": 0, "application": 1}
+
+    jobs.terminate_worker("flaky-worker-0", 1, "error: dataset s3://datasets/x.jsonl not found")
+    status = wait_for(lambda: (s := jobs.status("flaky")).get("phase") == "Failed" and s, what="flaky Failed")
+    assert condition(status, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert "dataset s3://datasets/x.jsonl not found" in status["message"]
+    assert status["restarts"]["application"] == 1
+    assert "completionTime" in status
+    wait_for(lambda: all(p["status"].get("phase") == "Failed" or p["metadata"].get("deletionTimestamp")
+                         for p in jobs.pods("flaky")), what="no worker left running")
+    assert any(e["reason"] == "BackoffLimitExceeded" for e in jobs.events("flaky"))
+
+
+def test_suspend_deletes_workers_and_resume_brings_them_back(operator, jobs: Jobs) -> None:
+    jobs.apply(ftj("pausable", nodes=2))
+    running(jobs, "pausable")
+    jobs.patch_spec("pausable", {"runPolicy": {"suspend": True}})
+    wait_for(lambda: jobs.status("pausable").get("phase") == "Suspended" and not jobs.pods("pausable"),
+             what="Suspended with no pods")
+    jobs.patch_spec("pausable", {"runPolicy": {"suspend": False}})
+    status = running(jobs, "pausable")
+    assert status["restarts"] == {"infrastructure": 0, "application": 0}, "a suspension is not a restart"
+    assert {"Suspended", "Resumed"} <= {e["reason"] for e in jobs.events("pausable")}
+
+
+def test_active_deadline_fails_the_job(operator, jobs: Jobs) -> None:
+    jobs.apply(ftj("slow", nodes=1, runPolicy={"activeDeadlineSeconds": 4}))
+    status = wait_for(lambda: (s := jobs.status("slow")).get("phase") == "Failed" and s, timeout=30,
+                      what="slow to fail by deadline")
+    assert condition(status, "Failed")["reason"] == "DeadlineExceeded"
+    wait_for(lambda: not [p for p in jobs.pods("slow") if not p["metadata"].get("deletionTimestamp")],
+             what="the workers to be deleted")
+
+
+def test_success_then_ttl_deletes_the_job_and_its_children(operator, jobs: Jobs, cluster) -> None:
+    jobs.apply(ftj("done", nodes=2, runPolicy={"ttlSecondsAfterFinished": 3}))
+    running(jobs, "done")
+    for pod in ("done-worker-0", "done-worker-1"):
+        jobs.terminate_worker(pod, 0)
+    status = wait_for(lambda: (s := jobs.status("done")).get("phase") == "Succeeded" and s, what="done Succeeded")
+    assert condition(status, "Succeeded")["status"] == "True"
+    ns = jobs.ns
+    wait_for(lambda: cluster.kubectl("get", "ftj", "done", "-n", ns, check=False).returncode != 0,
+             timeout=30, what="the TTL to delete the job")
+    wait_for(lambda: cluster.kubectl("get", "configmap,service,pods", "-n", ns, "-l", "kubetune.io/job-name=done",
+                                     "-o", "name").stdout.strip() == "", timeout=30,
+             what="the garbage collector to delete the children")
+
+
+def test_operator_metrics_count_jobs_and_restarts(operator, jobs: Jobs) -> None:
+    jobs.apply(ftj("counted", nodes=1))
+    running(jobs, "counted")
+    text = operator.metrics()
+    assert 'kubetune_jobs{phase="Running"}' in text
+    assert "kubetune_reconcile_duration_seconds_count" in text
+    assert "kubetune_api_requests_total" in text
+
+
+def test_invalid_spec_past_admission_fails_with_the_field_and_no_pods(operator, jobs: Jobs, cluster) -> None:
+    """An older, laxer CRD (say, not upgraded with the operator) let a bad spec in."""
+    import yaml
+    from localcluster import REPO
+
+    crd_file = REPO / "crds" / "kubetune.io_finetunejobs.yaml"
+    lax = yaml.safe_load(crd_file.read_text())
+    version = lax["spec"]["versions"][0]
+    version["schema"]["openAPIV3Schema"]["properties"]["spec"] = {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    version.pop("selectableFields", None)  # they name spec fields the lax schema no longer has
+    try:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(lax))
+        bad = ftj("bad", nodes=1, training={"maxSteps": 10, "microBatchSize": 0})
+        wait_for(lambda: cluster.kubectl("create", "-n", jobs.ns, "-f", "-", input=json.dumps(bad),
+                                         check=False).returncode == 0, what="the lax CRD to admit the bad job")
+        status = wait_for(lambda: (s := jobs.status("bad")).get("phase") == "Failed" and s, what="bad Failed")
+    finally:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_file))
+    assert condition(status, "Failed")["reason"] == "InvalidSpec"
+    assert "spec.training.microBatchSize" in status["message"]
+    assert jobs.pods("bad") == []
+    assert any(e["reason"] == "InvalidSpec" for e in jobs.events("bad"))
