@@ -11,7 +11,7 @@ PY          := $(VENV)/bin/python
 RUN_DIR     ?= .local
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries up down status demo test lint crds operator clean
+.PHONY: help venv binaries up down status demo test lint chart-lint crds operator clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,7 +29,7 @@ venv: $(VENV)/.synced ## create .venv from uv.lock (all extras)
 binaries: ## build the local cluster's binaries from Go modules into $(CACHE) (only missing ones)
 	hack/build-binaries.sh
 
-up: venv binaries ## start the local cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok, MinIO)
+up: venv binaries ## start the local cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok, node agent, MinIO)
 	$(PY) hack/localcluster.py up --run-dir $(RUN_DIR)
 
 down: ## stop every process of the local cluster
@@ -44,10 +44,17 @@ demo: up ## the main job: bring the local cluster up and show it working
 lint: venv ## ruff and mypy on the project's packages
 	$(VENV)/bin/ruff check api operator trainer hack tests
 	$(PY) hack/gen_api.py --check
-	$(VENV)/bin/mypy api/kubetune_api operator/kubetune_operator trainer/kubetune_trainer hack/localcluster.py hack/localpki.py
+	$(VENV)/bin/mypy api/kubetune_api operator/kubetune_operator trainer/kubetune_trainer hack/localcluster.py hack/localpki.py hack/nodeagent
 
-crds: venv ## regenerate crds/ and docs/api.md from the typed model in api/
+crds: venv ## regenerate crds/ and docs/api.md from the typed model in api/ (and the chart's copies)
 	$(PY) hack/gen_api.py
+	cp crds/kubetune.io_finetunejobs.yaml charts/kubetune/files/crds/
+	cp crds/kopf.dev_peerings.yaml charts/kubetune/crds/
+
+chart-lint: binaries ## helm lint the chart with its defaults and with every charts/kubetune/ci/*-values.yaml
+	@helm=$$(PYTHONPATH=hack $(PY) -c 'from localcluster import Binaries, cache_dir, versions; print(Binaries(cache_dir(), versions()).helm)'); \
+	$$helm lint --strict charts/kubetune && \
+	for f in charts/kubetune/ci/*-values.yaml; do $$helm lint --strict charts/kubetune -f $$f --quiet || exit 1; done
 
 operator: venv ## run the operator against the current KUBECONFIG (source .local/env for the local cluster)
 	$(PY) -m kubetune_operator

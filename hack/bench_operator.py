@@ -28,9 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from localcluster import REPO, LocalCluster, State, fake_gpu_node
+from localcluster import FAKE_NODE_TOLERATION, REPO, LocalCluster, State, fake_gpu_node
 
 GPUS_PER_NODE = 8
+# Pods of the benchmark go to kwok's fake nodes only, never to the node agent's, where they would really run.
+KWOK_ONLY = {"tolerations": [FAKE_NODE_TOLERATION], "nodeSelector": {"type": "kwok"}}
 
 
 class Bench:
@@ -85,13 +87,14 @@ def ensure_nodes(bench: Bench, pods: int) -> None:
 
 
 def baseline(bench: Bench, pods: int) -> float:
-    ns = "bench-baseline"
+    ns = f"bench-baseline-{int(time.time())}"
     bench.kubectl("create", "namespace", ns)
     wait_until(lambda: subprocess.run([bench.kubectl_bin, "get", "sa", "default", "-n", ns], env=bench.env,
                                       capture_output=True).returncode == 0, 30, "default ServiceAccount")
     items = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"plain-{i}"},
               "spec": {"containers": [{"name": "main", "image": "busybox",
-                                       "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}} for i in range(pods)]
+                                       "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+                       **KWOK_ONLY}} for i in range(pods)]
     start = time.monotonic()
     bench.apply_many(items, ns)
     end = wait_until(lambda: bench.count_running_pods(ns) >= pods, 600, "baseline pods Running")
@@ -104,7 +107,7 @@ def job(i: int, nodes: int) -> dict[str, Any]:
             "spec": {"model": {"uri": "s3://models/base/"},
                      "dataset": {"train": "s3://data/train.jsonl", "format": "text"},
                      "training": {"maxSteps": 1000, "microBatchSize": 1},
-                     "resources": {"nodes": nodes, "gpusPerNode": 1},
+                     "resources": {"nodes": nodes, "gpusPerNode": 1, **KWOK_ONLY},
                      "image": "registry.example.com/kubetune/trainer:bench",
                      "output": {"uri": f"s3://out/bench-{i:04d}/"}}}
 
@@ -134,7 +137,7 @@ def main() -> int:
     print(f"baseline: {pods} plain pods created directly ...", flush=True)
     base = baseline(bench, pods)
 
-    ns = "bench-operator"
+    ns = f"bench-operator-{int(time.time())}"
     bench.kubectl("create", "namespace", ns)
     metrics_port = 18080
     log = Path(tempfile.mkdtemp()) / "operator.log"
@@ -155,7 +158,11 @@ def main() -> int:
         rss_kib = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{op.pid}/status").read_text()).group(1))  # type: ignore[union-attr]
     finally:
         op.terminate()
-        op.wait(timeout=30)
+        try:
+            op.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            op.kill()
+            op.wait()
         bench.kubectl("delete", "namespace", ns, "--wait=false")
         bench.kubectl("delete", "nodes", "-l", "kubetune.io/bench=true", "--wait=false")
 
@@ -170,6 +177,10 @@ def main() -> int:
     print(f"{'API calls per job (reconciles)':32}{requests / args.jobs:>12.1f}{'-':>12}")
     print(f"{'reconciles per job':32}{reconciles / args.jobs:>12.1f}{'-':>12}")
     print(f"{'operator peak RSS (MiB)':32}{rss_kib / 1024:>12.0f}{'-':>12}")
+    by_op = {m.group(1): float(m.group(2)) for m in
+             re.finditer(r'^kubetune_api_requests_total{operation="([a-z_]+)"} ([0-9.e+]+)$', text, re.M)}
+    print("API calls per job by operation: " + ", ".join(
+        f"{op} {n / args.jobs:.1f}" for op, n in sorted(by_op.items(), key=lambda kv: -kv[1])))
     print(f"\n(API calls count the operator's own reads and writes; kopf's watch streams and its\n"
           f" annotation patches are not included.) operator log: {log}")
     return 0

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from localcluster import REPO, LocalCluster, State
+from localcluster import FAKE_NODE_TOLERATION, REPO, LocalCluster, State
 
 
 def main() -> int:
@@ -44,7 +44,9 @@ def main() -> int:
     subprocess.run([kubectl, "create", "namespace", "kubetune-demo"], env=kenv, capture_output=True)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gpu-probe", "namespace": "kubetune-demo"},
            "spec": {"containers": [{"name": "main", "image": "busybox",
-                                    "resources": {"limits": {"nvidia.com/gpu": "8"}}}]}}
+                                    "resources": {"limits": {"nvidia.com/gpu": "8"}}}],
+                    # a kwok GPU node: the pod is shown Running there without running anything
+                    "tolerations": [FAKE_NODE_TOLERATION], "nodeSelector": {"type": "kwok"}}}
     deadline = time.monotonic() + 30
     while subprocess.run([kubectl, "get", "sa", "default", "-n", "kubetune-demo"], env=kenv, capture_output=True).returncode:
         if time.monotonic() > deadline:

@@ -1,17 +1,24 @@
-"""The local cluster: a real Kubernetes control plane and a real S3 server as processes on 127.0.0.1.
+"""The local cluster: a real Kubernetes control plane and a real S3 server as local processes.
 
 Every test and the demo stand on this. It starts, in order and each only once
 the previous one is really ready:
 
     etcd -> kube-apiserver -> kube-controller-manager -> kube-scheduler
-         -> kwok (fake GPU nodes) -> MinIO (S3)
+         -> kwok (fake GPU nodes) -> node agent (a node whose pods really run) -> MinIO (S3)
+
+The node agent (hack/nodeagent/) gives each pod a network namespace on a
+bridge of this cluster's own (10.244.N.0/24); the API server and MinIO listen
+on the bridge's host address, which both the machine and the pods reach.
+Without the node agent (KUBETUNE_NODE_AGENT=0) everything listens on 127.0.0.1.
 
 All state and logs live in one run directory (default `.local/` in the
 repository). `up` writes `<run>/env`, which a user sources to get KUBECONFIG,
 the S3 endpoint and credentials, and the matching kubectl and helm on PATH.
-`down` stops every process `up` started, by pid, and leaves none behind.
+`down` stops every process `up` started, by pid, removes the bridge and the
+pods' network namespaces, and leaves nothing behind.
 
 Usage:  python hack/localcluster.py up|down|status [--run-dir DIR] [--fake-nodes N] [--gpus-per-node N]
+                                                   [--node-gpus N] [--no-node-agent]
 """
 
 from __future__ import annotations
@@ -37,10 +44,15 @@ from pathlib import Path
 HACK = Path(__file__).resolve().parent
 REPO = HACK.parent
 sys.path.insert(0, str(HACK))
-from localpki import CLIENTS, kubeconfig, make_pki  # noqa: E402
+from localpki import APISERVER_KUBELET_CLIENT, CLIENTS, NODE_AGENT_SERVING, kubeconfig, make_pki  # noqa: E402
+from nodeagent import network as podnet  # noqa: E402
 
 SERVICE_CIDR = "10.96.0.0/12"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+# kwok's nodes only take pods that tolerate this: everything else goes to the node agent, where it really runs.
+FAKE_NODE_TAINT = {"key": "kubetune.io/fake-node", "value": "true", "effect": "NoSchedule"}
+FAKE_NODE_TOLERATION = {"key": "kubetune.io/fake-node", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+NODE_AGENT_NODE = "local-node-0"
 READY_TIMEOUT = 120.0
 
 
@@ -123,6 +135,7 @@ class State:
     s3_access_key: str = ""
     s3_secret_key: str = ""
     fake_nodes: int = 0
+    pod_network: int = -1  # N of the node agent's bridge ktbrN (10.244.N.0/24); -1: no node agent
 
     @classmethod
     def load(cls, path: Path) -> State | None:
@@ -150,7 +163,8 @@ def _pid_alive(pid: int, exe: str) -> bool:
 class LocalCluster:
     """One local cluster rooted at a run directory."""
 
-    def __init__(self, run_dir: Path, fake_nodes: int = 2, gpus_per_node: int = 8) -> None:
+    def __init__(self, run_dir: Path, fake_nodes: int = 2, gpus_per_node: int = 8,
+                 node_agent: bool = True, node_gpus: int = 8) -> None:
         self.run = run_dir.resolve()
         self.pki = self.run / "pki"
         self.logs = self.run / "logs"
@@ -158,6 +172,8 @@ class LocalCluster:
         self.env_file = self.run / "env"
         self.fake_nodes = fake_nodes
         self.gpus_per_node = gpus_per_node
+        self.node_agent = node_agent
+        self.node_gpus = node_gpus
         self.bins = Binaries(cache_dir(), versions())
         self.state = State()
 
@@ -167,12 +183,22 @@ class LocalCluster:
         return self.run / "admin.kubeconfig"
 
     @property
+    def pod_network(self) -> podnet.PodNetwork | None:
+        return podnet.PodNetwork(self.state.pod_network) if self.state.pod_network >= 0 else None
+
+    @property
+    def host_ip(self) -> str:
+        """Where the API server and MinIO listen: the pod network's host address, reachable from pods too."""
+        net = self.pod_network
+        return net.host_ip if net else "127.0.0.1"
+
+    @property
     def api_url(self) -> str:
-        return f"https://127.0.0.1:{self.state.ports['apiserver']}"
+        return f"https://{self.host_ip}:{self.state.ports['apiserver']}"
 
     @property
     def s3_url(self) -> str:
-        return f"http://127.0.0.1:{self.state.ports['minio']}"
+        return f"http://{self.host_ip}:{self.state.ports['minio']}"
 
     def env(self) -> dict[str, str]:
         """The variables `<run>/env` exports: what a client of this cluster needs."""
@@ -208,17 +234,21 @@ class LocalCluster:
             s3_secret_key=secrets.token_urlsafe(24),
             fake_nodes=self.fake_nodes,
         )
-        make_pki(self.pki)
-        for client in CLIENTS:
-            target = self.admin_kubeconfig if client.file_stem == "admin" else self.run / f"{client.file_stem}.kubeconfig"
-            target.write_text(kubeconfig(self.api_url, self.pki, client.file_stem))
-            target.chmod(0o600)
         try:
+            if self.node_agent:
+                self._create_pod_network()
+            make_pki(self.pki, host_ips=(self.host_ip,) if self.node_agent else ())
+            for client in CLIENTS:
+                target = self.admin_kubeconfig if client.file_stem == "admin" else self.run / f"{client.file_stem}.kubeconfig"
+                target.write_text(kubeconfig(self.api_url, self.pki, client.file_stem))
+                target.chmod(0o600)
             self._start_etcd()
             self._start_apiserver()
             self._start_controller_manager()
             self._start_scheduler()
             self._start_kwok()
+            if self.node_agent:
+                self._start_node_agent()
             self._start_minio()
         except BaseException:
             self.down(quiet=True)
@@ -245,6 +275,9 @@ class LocalCluster:
             # Reap the ones this process started itself, so no zombie is left behind.
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(int(proc["pid"]), os.WNOHANG)  # type: ignore[call-overload]
+        if state.pod_network >= 0:
+            # The agent removes its pods' namespaces when it stops; this also covers an agent that was killed.
+            podnet.destroy(podnet.PodNetwork(state.pod_network))
         if self.state_file.exists():
             self.state_file.unlink()
         if self.env_file.exists():
@@ -336,9 +369,16 @@ class LocalCluster:
 
     def _start_apiserver(self) -> None:
         p, pki = self.state.ports, self.pki
+        kubelet = [  # how it reaches the node agent's kubelet endpoint for `kubectl logs`
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki / (APISERVER_KUBELET_CLIENT + '.crt')}",
+            f"--kubelet-client-key={pki / (APISERVER_KUBELET_CLIENT + '.key')}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ] if self.node_agent else []
         proc = self._spawn("kube-apiserver", self.bins.kube("kube-apiserver"), [
             f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={p['apiserver']}",
+            f"--bind-address={self.host_ip}", f"--advertise-address={self.host_ip}", f"--secure-port={p['apiserver']}",
+            *kubelet,
             f"--cert-dir={self.run / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
@@ -418,10 +458,34 @@ class LocalCluster:
             ready += conditions.get("Ready") == "True"
         return ready
 
+    def _create_pod_network(self) -> None:
+        if os.geteuid() != 0 or shutil.which("ip") is None:
+            raise ClusterError("the node agent needs root and iproute2 (`ip`) for its pods' network namespaces; "
+                               "run as root, or set KUBETUNE_NODE_AGENT=0 for a cluster without it (kwok only)")
+        self.state.pod_network = podnet.create_bridge().index
+        self.state.save(self.state_file)
+
+    def _start_node_agent(self) -> None:
+        assert self.pod_network is not None
+        proc = self._spawn("node-agent", Path(sys.executable), [
+            "-m", "nodeagent", f"--run-dir={self.run}", f"--kubeconfig={self.run / 'node-agent.kubeconfig'}",
+            f"--network-index={self.pod_network.index}", f"--node-name={NODE_AGENT_NODE}",
+            f"--gpus={self.node_gpus}", f"--kubelet-version={self.bins.v['KUBERNETES_VERSION']}",
+            f"--serving-cert={NODE_AGENT_SERVING}",
+        ], env={"PYTHONPATH": str(HACK), "PYTHONUNBUFFERED": "1"})
+        self._wait("node-agent", proc, self._node_agent_ready)
+
+    def _node_agent_ready(self) -> bool:
+        out = self.kubectl("get", "node", NODE_AGENT_NODE, "-o", "json")
+        if out.returncode != 0:
+            return False
+        conditions = {c["type"]: c["status"] for c in json.loads(out.stdout)["status"].get("conditions", [])}
+        return conditions.get("Ready") == "True"
+
     def _start_minio(self) -> None:
         p = self.state.ports
         proc = self._spawn("minio", self.bins.minio, [
-            "server", "--quiet", f"--address=127.0.0.1:{p['minio']}",
+            "server", "--quiet", f"--address={self.host_ip}:{p['minio']}",
             f"--console-address=127.0.0.1:{p['minio-console']}", str(self.run / "minio"),
         ], env={"MINIO_ROOT_USER": self.state.s3_access_key, "MINIO_ROOT_PASSWORD": self.state.s3_secret_key,
                 "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"})
@@ -451,7 +515,7 @@ class LocalCluster:
 
 
 def fake_gpu_node(name: str, gpus: int) -> dict[str, object]:
-    """A Node that kwok keeps Ready and whose pods it marks Running."""
+    """A Node that kwok keeps Ready and whose pods it marks Running; only pods with FAKE_NODE_TOLERATION land there."""
     capacity = {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": str(gpus),
                 "ephemeral-storage": "1Ti"}
     return {
@@ -463,6 +527,7 @@ def fake_gpu_node(name: str, gpus: int) -> dict[str, object]:
             "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
                        "type": "kwok", "nvidia.com/gpu.present": "true"},
         },
+        "spec": {"taints": [FAKE_NODE_TAINT]},
         "status": {"capacity": capacity, "allocatable": capacity},
     }
 
@@ -473,8 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("KUBETUNE_LOCAL_RUN_DIR", REPO / ".local")))
     parser.add_argument("--fake-nodes", type=int, default=int(os.environ.get("KUBETUNE_FAKE_NODES", "2")))
     parser.add_argument("--gpus-per-node", type=int, default=int(os.environ.get("KUBETUNE_FAKE_NODE_GPUS", "8")))
+    parser.add_argument("--node-gpus", type=int, default=int(os.environ.get("KUBETUNE_LOCAL_NODE_GPUS", "8")),
+                        help="nvidia.com/gpu capacity of the node agent's node")
+    parser.add_argument("--no-node-agent", action="store_true", default=os.environ.get("KUBETUNE_NODE_AGENT") == "0",
+                        help="start no node agent (no root needed; only kwok's fake nodes)")
     args = parser.parse_args(argv)
-    cluster = LocalCluster(args.run_dir, args.fake_nodes, args.gpus_per_node)
+    cluster = LocalCluster(args.run_dir, args.fake_nodes, args.gpus_per_node, not args.no_node_agent, args.node_gpus)
     try:
         if args.command == "up":
             cluster.up()

@@ -42,6 +42,8 @@ CLIENTS = (
     ClientIdentity("kwok", "kubetune-kwok", ("system:masters",)),
     ClientIdentity("node-agent", "kubetune-node-agent", ("system:masters",)),
 )
+NODE_AGENT_SERVING = "node-agent-serving"
+APISERVER_KUBELET_CLIENT = "apiserver-kubelet-client"
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
@@ -72,8 +74,13 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: Any) -> x509.Cer
     )
 
 
-def make_pki(pki: Path, service_ip: str = "10.96.0.1") -> None:
-    """Write ca.{crt,key}, apiserver.{crt,key}, <client>.{crt,key} and sa.{key,pub} into `pki`."""
+def make_pki(pki: Path, service_ip: str = "10.96.0.1", host_ips: tuple[str, ...] = ()) -> None:
+    """Write ca.{crt,key}, apiserver.{crt,key}, <client>.{crt,key} and sa.{key,pub} into `pki`.
+
+    `host_ips` are further addresses the API server answers on (the pod network's
+    host address). With them come the node agent's serving certificate for its
+    kubelet endpoint and the client certificate the API server shows it.
+    """
     pki.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetune-local-ca")])
@@ -111,12 +118,21 @@ def make_pki(pki: Path, service_ip: str = "10.96.0.1") -> None:
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
         ExtendedKeyUsageOID.SERVER_AUTH,
         [x509.DNSName(d) for d in dns]
-        + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", service_ip)],
+        + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", service_ip, *host_ips)],
     )
     for client in CLIENTS:
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in client.groups]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, client.user))
         issue(client.file_stem, x509.Name(attrs), ExtendedKeyUsageOID.CLIENT_AUTH)
+    if host_ips:
+        # The API server proxies `kubectl logs` to the node agent's kubelet endpoint over TLS, both ways.
+        issue(NODE_AGENT_SERVING, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetune-node-agent")]),
+              ExtendedKeyUsageOID.SERVER_AUTH,
+              [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *host_ips)])
+        # No group: it only ever authenticates to the node agent, never to the API server.
+        issue(APISERVER_KUBELET_CLIENT,
+              x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-kubelet-client")]),
+              ExtendedKeyUsageOID.CLIENT_AUTH)
 
     # Service-account tokens are signed with an RSA key (RS256 is what the
     # API server's token issuer expects by default).

@@ -51,6 +51,9 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # The operator records its own Events; kopf's per-handler ones would be noise.
     settings.posting.enabled = False
     settings.execution.max_workers = SETTINGS.workers
+    if SETTINGS.namespaces:
+        # Namespaced install: no cluster-wide rights to scan namespaces and CRDs, and no need to.
+        settings.scanning.disabled = True
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")

@@ -51,9 +51,10 @@ from .workers import ATTEMPT_LABEL, RANK_LABEL
 
 Manifest = dict[str, Any]
 
-# How soon to look again while something is in flight (pods starting or going);
-# pod events usually wake the operator sooner.
-POLL_SECONDS = 5.0
+# How soon to look again while workers start or go. Their pod events wake the
+# operator anyway; this is the fallback should one be missed, kept long so that
+# polling never competes with real work for the API budget.
+POLL_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,17 @@ def _last_reason(status: Manifest, phase: str) -> str:
 
 
 def plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
+    decided = _plan(spec, obs)
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    if decided.status.get("phase") in TERMINAL_PHASES and ttl is not None and not decided.delete_job:
+        # Also on the pass that finishes the job: its next look is when the TTL runs out.
+        done = _parse_ts(decided.status.get("completionTime")) or obs.now
+        remaining = (done + timedelta(seconds=ttl) - obs.now).total_seconds()
+        decided.requeue_after = _sooner(decided.requeue_after, max(remaining, 0.0))
+    return decided
+
+
+def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
     b = _Builder(obs, spec.resources.nodes)
     if b.old_phase in TERMINAL_PHASES:
         return _terminal(b, spec)
@@ -280,7 +292,7 @@ def plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
         b.plan.ensure_children = True
         if stale:
             # Same names as the new workers: wait until the old ones are gone.
-            b.plan.requeue_after = _sooner(b.plan.requeue_after, 1.0)
+            b.plan.requeue_after = _sooner(b.plan.requeue_after, POLL_SECONDS)
             return b.finish(PHASE_RESTARTING, REASON_RESTARTING,
                             f"waiting for {len(stale)} worker(s) of the previous attempt to terminate")
         b.plan.create_ranks = sorted(set(range(spec.resources.nodes)) - present)
@@ -327,7 +339,7 @@ def _after_failure(b: _Builder, spec: FineTuneJobSpec, failure: WorkerFailure, l
     b.restarts[failure.cause.value] += 1
     b.launched = False
     b.plan.restart_cause = failure.cause
-    b.plan.requeue_after = _sooner(b.plan.requeue_after, 1.0)
+    b.plan.requeue_after = _sooner(b.plan.requeue_after, POLL_SECONDS)
     budget = "" if failure.cause is Cause.INFRASTRUCTURE else \
         f"; {limit - b.restarts['application']} application restart(s) left"
     message = f"restarting all workers (attempt {b.attempt}) after {failure.cause.value} failure: {failure.message}{budget}"

@@ -2,13 +2,14 @@
 
 The job is read fresh from the API server (never from a possibly stale watch
 event), so the restart counters a decision builds on are the ones last written.
-Passes over the same job never overlap within the process (a lock per job);
+Passes over the same job never overlap within the process (a slot per job);
 peering keeps a second operator process from running at the same time.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -21,13 +22,33 @@ from .kube import Kube
 from .plan import Observed, Plan, plan, plan_invalid
 from .workers import DEFAULT_TRAINER_IMAGE, build_worker_pod
 
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-_locks_guard = threading.Lock()
+# A job whose plan asked for no earlier look is still re-examined this often.
+SAFETY_RESYNC_SECONDS = 600.0
 
 
-def _lock_for(namespace: str, name: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks[(namespace, name)]
+class _Slot:
+    """Per-job guard: one pass at a time, and triggers during a pass coalesce into one more."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.dirty = False
+        self.due = 0.0  # time.monotonic() when the job wants its next look; 0: unknown, now
+
+
+def is_due(namespace: str, name: str, now: float) -> bool:
+    """True when the last plan for the job asked to be looked at again by `now` (or there was none)."""
+    with _slots_guard:
+        slot = _slots.get((namespace, name))
+    return slot is None or now >= slot.due
+
+
+_slots: defaultdict[tuple[str, str], _Slot] = defaultdict(_Slot)
+_slots_guard = threading.Lock()
+
+
+def _slot_for(namespace: str, name: str) -> _Slot:
+    with _slots_guard:
+        return _slots[(namespace, name)]
 
 
 def _changed(current: dict[str, Any], desired: dict[str, Any]) -> bool:
@@ -36,9 +57,30 @@ def _changed(current: dict[str, Any], desired: dict[str, Any]) -> bool:
 
 def reconcile(kube: Kube, namespace: str, name: str, trainer_image: str = DEFAULT_TRAINER_IMAGE,
               now: datetime | None = None) -> Plan | None:
-    """Bring one job's children and status in line with its spec; None when the job is gone."""
-    with _lock_for(namespace, name), metrics.RECONCILE_SECONDS.time():
-        return _reconcile(kube, namespace, name, trainer_image, now or datetime.now(UTC).replace(microsecond=0))
+    """Bring one job's children and status in line with its spec.
+
+    Returns the plan carried out, or None when the job is gone or when another
+    pass over the job is running right now: that pass runs once more instead,
+    so a burst of pod events costs one or two passes, not one each.
+    """
+    slot = _slot_for(namespace, name)
+    slot.dirty = True  # before trying the lock, so the running pass cannot miss it
+    result: Plan | None = None
+    while slot.dirty:
+        if not slot.lock.acquire(blocking=False):
+            return result
+        try:
+            if not slot.dirty:
+                return result
+            slot.dirty = False
+            with metrics.RECONCILE_SECONDS.time():
+                result = _reconcile(kube, namespace, name, trainer_image,
+                                    now or datetime.now(UTC).replace(microsecond=0))
+            wait = result.requeue_after if result and result.requeue_after is not None else SAFETY_RESYNC_SECONDS
+            slot.due = time.monotonic() + wait
+        finally:
+            slot.lock.release()
+    return result
 
 
 def _reconcile(kube: Kube, namespace: str, name: str, trainer_image: str, now: datetime) -> Plan | None:
@@ -83,8 +125,8 @@ def _reconcile(kube: Kube, namespace: str, name: str, trainer_image: str, now: d
 
 
 def forget_all_but(jobs: set[tuple[str, str]]) -> None:
-    """Drop the per-job locks of jobs that no longer exist."""
-    with _locks_guard:
-        for key in set(_locks) - jobs:
-            if not _locks[key].locked():
-                del _locks[key]
+    """Drop the per-job slots of jobs that no longer exist."""
+    with _slots_guard:
+        for key in set(_slots) - jobs:
+            if not _slots[key].lock.locked():
+                del _slots[key]

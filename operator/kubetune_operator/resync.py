@@ -1,14 +1,17 @@
-"""The resync loop: every unfinished job is reconciled every KUBETUNE_RESYNC_SECONDS.
+"""The resync loop: jobs are reconciled again when their last plan said so.
 
 Events drive nearly everything; this loop catches what no event announces (an
-active deadline passing, a TTL expiring) and anything an event handler missed.
-One LIST of all jobs per round, then a bounded pool of reconciles.
+active deadline passing, a TTL expiring, a wait for workers) and, every
+SAFETY_RESYNC_SECONDS, anything an event handler missed. Every
+KUBETUNE_RESYNC_SECONDS it makes one LIST of all jobs and reconciles, in a
+bounded pool, those that are due; a job running steadily costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,7 +21,7 @@ from kubetune_api.constants import TERMINAL_PHASES
 
 from . import metrics
 from .kube import Kube
-from .reconcile import forget_all_but, reconcile
+from .reconcile import forget_all_but, is_due, reconcile
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,9 @@ class ResyncLoop:
                 present = {(j["metadata"]["namespace"], j["metadata"]["name"]) for j in jobs}
                 metrics.keep_only(present)
                 forget_all_but(present)
-                due = [j["metadata"] for j in jobs if needs_resync(j)]
+                now = time.monotonic()
+                due = [j["metadata"] for j in jobs if needs_resync(j)
+                       and is_due(j["metadata"]["namespace"], j["metadata"]["name"], now)]
                 for future in [pool.submit(self._one, m["namespace"], m["name"]) for m in due]:
                     future.result()
 

@@ -10,8 +10,9 @@ The Helm chart sets these; `python -m kubetune_operator --help` prints this list
   KUBETUNE_WORKERS         reconciles that may run at once (default 8)
   KUBETUNE_API_QPS         sustained Kubernetes API calls per second (default 50)
   KUBETUNE_API_BURST       API calls allowed at once above the QPS (default 100)
-  KUBETUNE_RESYNC_SECONDS  every unfinished job is reconciled this often even without events;
-                           deadlines and TTLs are checked at this granularity (default 30)
+  KUBETUNE_RESYNC_SECONDS  how often jobs due for another look (a deadline, a TTL, workers
+                           still starting) are reconciled without an event; deadlines and
+                           TTLs are met at this granularity (default 5)
   KUBETUNE_LOG_LEVEL       DEBUG, INFO, WARNING or ERROR (default INFO)
   KUBETUNE_TRAINER_IMAGE   trainer image for jobs that leave spec.image unset
                            (default ghcr.io/kubetune/trainer:0.1.0)
@@ -48,8 +49,7 @@ class Settings:
     api_burst: int
     """KUBETUNE_API_BURST: API calls allowed at once above the QPS. Default 100."""
     resync_seconds: float
-    """KUBETUNE_RESYNC_SECONDS: how often every unfinished job is reconciled even without events
-    (deadlines and TTLs are checked at this granularity). Default 30."""
+    """KUBETUNE_RESYNC_SECONDS: how often jobs due for another look are reconciled. Default 5."""
     log_level: str
     """KUBETUNE_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR. Default INFO."""
     trainer_image: str
@@ -70,7 +70,7 @@ class Settings:
                 workers=int(_env("WORKERS", "8")),
                 api_qps=float(_env("API_QPS", "50")),
                 api_burst=int(_env("API_BURST", "100")),
-                resync_seconds=float(_env("RESYNC_SECONDS", "30")),
+                resync_seconds=float(_env("RESYNC_SECONDS", "5")),
                 log_level=level,
                 trainer_image=_env("TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
             )

@@ -10,18 +10,19 @@ import json
 import time
 
 import pytest
-from localcluster import versions
+from localcluster import FAKE_NODE_TOLERATION, versions
 
 pytestmark = pytest.mark.cluster
 
 
 def gpu_pod(name: str, gpus: int) -> str:
+    """A pod for kwok's fake GPU nodes (their taint tolerated, the node agent's node not selected)."""
     return json.dumps({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
         "spec": {"containers": [{
             "name": "main", "image": "busybox",
             "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
-        }]},
+        }], "tolerations": [FAKE_NODE_TOLERATION], "nodeSelector": {"type": "kwok"}},
     })
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from localcluster import REPO, free_port
+from localcluster import FAKE_NODE_TOLERATION, REPO, free_port
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition", interval: float = 0.3) -> Any:
@@ -43,12 +43,17 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 def ftj(name: str, nodes: int = 2, gpus: int = 8, **spec: Any) -> dict[str, Any]:
-    """A valid FineTuneJob on `nodes` x `gpus`; keyword arguments are merged into its spec."""
+    """A valid FineTuneJob on `nodes` x `gpus` of kwok's fake nodes; keyword arguments are merged into its spec.
+
+    Its workers tolerate the fake nodes' taint and select them, so they never land on
+    the node agent's node, where they would really run.
+    """
     base = {
         "model": {"uri": "s3://models/smollm2-135m-instruct/"},
         "dataset": {"train": "s3://datasets/chat/train.jsonl", "format": "chat"},
         "training": {"maxSteps": 100, "microBatchSize": 1},
-        "resources": {"nodes": nodes, "gpusPerNode": gpus},
+        "resources": {"nodes": nodes, "gpusPerNode": gpus, "tolerations": [FAKE_NODE_TOLERATION],
+                      "nodeSelector": {"type": "kwok"}},
         "image": "registry.example.com/kubetune/trainer:test",
         "output": {"uri": f"s3://models/{name}/"},
         "storage": {"endpoint": "http://minio.example:9000", "credentialsSecret": "s3-credentials"},

@@ -157,6 +157,11 @@ class TestPlan:
         late = plan(s, observed(launched(), [pod(0), pod(1)], now=NOW + timedelta(minutes=6)))
         assert late.status["phase"] == "Failed" and sorted(late.delete_pods) == ["j-worker-0", "j-worker-1"]
 
+    def test_the_pass_that_finishes_a_job_schedules_its_ttl(self) -> None:
+        done = [pod(0, phase="Succeeded", exit_code=0), pod(1, phase="Succeeded", exit_code=0)]
+        p = plan(spec(runPolicy={"ttlSecondsAfterFinished": 60}), observed(launched(), done))
+        assert p.status["phase"] == "Succeeded" and p.requeue_after == pytest.approx(60)
+
     def test_ttl_after_finished(self) -> None:
         s = spec(runPolicy={"ttlSecondsAfterFinished": 60})
         done = {**launched(phase="Succeeded"), "completionTime": ts(NOW)}

@@ -1,0 +1,70 @@
+{{/*
+The operator's permissions: exactly the calls it (and kopf for it) makes, and
+nothing on Secrets. The same rules go into the ClusterRole (watchNamespaces
+empty) or into a Role in each watched namespace. tests/chart proves them by
+running the operator with this ServiceAccount's token through a job's life.
+*/}}
+{{- define "kubetune.operatorRules" -}}
+# FineTuneJobs: kopf lists and watches them and keeps its bookkeeping in
+# kubetune.io/* annotations (patch); every reconcile reads the job fresh (get);
+# ttlSecondsAfterFinished deletes a finished job (delete).
+- apiGroups: [kubetune.io]
+  resources: [finetunejobs]
+  verbs: [get, list, watch, patch, delete]
+# The operator writes the status (patch). It never reads the subresource (get):
+# it holds get only because each job's Role grants get and patch on that one
+# job's status to the job's pods, and RBAC lets a subject grant only what it holds.
+- apiGroups: [kubetune.io]
+  resources: [finetunejobs/status]
+  verbs: [get, patch]
+# Children carry ownerReferences with blockOwnerDeletion; where the
+# OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, for
+# one), that needs update on the owner's finalizers.
+- apiGroups: [kubetune.io]
+  resources: [finetunejobs/finalizers]
+  verbs: [update]
+# Worker pods: created, watched to notice failures (list, watch), deleted for
+# gang restarts, suspension, deadlines and after failure.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [create, list, watch, delete]
+# A job's other children are only ever created (if absent): never read,
+# changed or deleted; the garbage collector deletes them with their job.
+- apiGroups: [""]
+  resources: [services, configmaps, serviceaccounts]
+  verbs: [create]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create]
+# Events on FineTuneJobs (kubectl describe ftj).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
+
+{{/*
+Cluster-wide only: kopf lists and watches CRDs to notice its resources appear,
+change or go (without this it retries, logs errors and carries on).
+*/}}
+{{- define "kubetune.clusterRules" -}}
+# kopf watches CRDs to notice its resources appear, change or go.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end }}
+
+{{/* kopf's peering: watch the peering objects, and patch our own one (resourceNames). */}}
+{{- define "kubetune.peeringRules" -}}
+{{- $name := include "kubetune.peeringName" . }}
+{{- if $name }}
+{{- $resource := ternary "kopfpeerings" "clusterkopfpeerings" (gt (len .Values.watchNamespaces) 0) }}
+# kopf's peering: it watches the peering objects and records itself in its own one.
+- apiGroups: [kopf.dev]
+  resources: [{{ $resource }}]
+  verbs: [list, watch]
+- apiGroups: [kopf.dev]
+  resources: [{{ $resource }}]
+  resourceNames: [{{ $name | quote }}]
+  verbs: [patch]
+{{- end }}
+{{- end }}

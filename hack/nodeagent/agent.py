@@ -1,0 +1,368 @@
+"""The node agent: one Node of the local cluster whose pods really run, as local processes.
+
+It does a kubelet's node-level work: registers the Node (the machine's CPUs and
+memory, and a configurable `nvidia.com/gpu` count so GPU pods schedule here),
+keeps it Ready with a Lease in kube-node-lease renewed every 10 s, watches the
+pods bound to it and hands each to a PodRunner, serves their logs to the API
+server, and keeps every pod's /etc/hosts in step with the addresses of the
+pods of its subdomain. What a pod needs from the API (ConfigMaps, Secrets,
+service-account tokens) is fetched here, with the agent's own credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+import urllib.parse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from . import network, podspec
+from .container import now_rfc3339
+from .logserver import LogServer
+from .network import PodNetwork
+from .podspec import HostEntry, Manifest
+from .runner import PodRunner
+
+log = logging.getLogger("nodeagent")
+
+NODE_LABEL = "kubetune.io/node-agent"
+LEASE_NAMESPACE = "kube-node-lease"
+LEASE_SECONDS = 40
+HEARTBEAT_SECONDS = 10
+SMP = "application/strategic-merge-patch+json"
+# What a container finds on its PATH: the project's environment first, then the system's.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _json(response: object) -> Any:
+    """The body of a call made with _preload_content=False (typed as the model, it is the raw response)."""
+    return json.loads(cast(Any, response).data)
+
+
+def _micro_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _os_image() -> str:
+    for line in _read("/etc/os-release").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip('"')
+    return "Linux"
+
+
+def _memory_kib() -> int:
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Agent:
+    def __init__(self, kubeconfig: Path, run_dir: Path, net: PodNetwork, node_name: str, gpus: int,
+                 kubelet_version: str, serving_cert: str) -> None:
+        self.api = config.new_client_from_config(config_file=str(kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.coordination = client.CoordinationV1Api(self.api)
+        server = urllib.parse.urlsplit(self.api.configuration.host)
+        self.api_host, self.api_port = server.hostname or "", server.port or 443
+        self.net = net
+        self.node_name = node_name
+        self.gpus = gpus
+        self.kubelet_version = kubelet_version
+        self.dir = run_dir / "node-agent"
+        self.pods_dir = self.dir / "pods"
+        self.pki = run_dir / "pki"
+        self.serving_cert = serving_cert
+        self.lock = threading.Lock()
+        self.runners: dict[str, PodRunner] = {}
+        self.ips: dict[str, str] = {}
+        self.hosts: dict[str, tuple[HostEntry, Path]] = {}
+        self.stopping = threading.Event()
+        self.started = now_rfc3339()
+        self.node_uid = ""
+        self.log_server: LogServer | None = None
+
+    # ------------------------------------------------------------ main loop
+    def run(self) -> None:
+        for name in network.sandboxes(self.net):  # left by an agent that was killed
+            network.remove_sandbox(name)
+        if self.pods_dir.exists():
+            shutil.rmtree(self.pods_dir)
+        self.pods_dir.mkdir(parents=True)
+        self.log_server = LogServer(self.net.host_ip, self.pki, self.serving_cert, self.container_log)
+        self.log_server.start()
+        self.register_node()
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._watch_pods, name="pod-watch", daemon=True).start()
+        log.info("node %s ready: pods on %s, kubelet endpoint %s:%d", self.node_name, self.net.subnet,
+                 self.net.host_ip, self.log_server.port)
+        while not self.stopping.wait(1):
+            pass
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop every pod's processes and remove their sandboxes; the pod objects stay, as with a kubelet."""
+        with self.lock:
+            runners = list(self.runners.values())
+        for runner in runners:
+            runner.shutdown()
+        for runner in runners:
+            runner.join(timeout=15)
+        for name in network.sandboxes(self.net):
+            network.remove_sandbox(name)
+        log.info("node agent stopped")
+
+    # ------------------------------------------------------------ the Node and its heartbeat
+    def node_status(self) -> Manifest:
+        disk = shutil.disk_usage(self.dir if self.dir.exists() else "/")
+        capacity = {"cpu": str(os.cpu_count() or 1), "memory": f"{_memory_kib()}Ki", "pods": "110",
+                    "ephemeral-storage": f"{disk.total // 1024}Ki", "nvidia.com/gpu": str(self.gpus)}
+        now = now_rfc3339()
+        conditions = [
+            ("MemoryPressure", "False", "KubeletHasSufficientMemory", "node agent has sufficient memory available"),
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure", "node agent has no disk pressure"),
+            ("PIDPressure", "False", "KubeletHasSufficientPID", "node agent has sufficient PID available"),
+            ("Ready", "True", "KubeletReady", "node agent is posting ready status"),
+        ]
+        arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+        return {
+            "capacity": capacity, "allocatable": capacity,
+            "conditions": [{"type": t, "status": s, "reason": r, "message": m, "lastHeartbeatTime": now,
+                            "lastTransitionTime": self.started} for t, s, r, m in conditions],
+            "addresses": [{"type": "InternalIP", "address": self.net.host_ip},
+                          {"type": "Hostname", "address": self.node_name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.log_server.port if self.log_server else 0}},
+            "nodeInfo": {
+                "machineID": _read("/etc/machine-id"), "systemUUID": "", "bootID": _read("/proc/sys/kernel/random/boot_id"),
+                "kernelVersion": platform.release(), "osImage": _os_image(),
+                "containerRuntimeVersion": "kubetune-node-agent://local-processes",
+                "kubeletVersion": self.kubelet_version, "kubeProxyVersion": "",
+                "operatingSystem": "linux", "architecture": arch,
+            },
+        }
+
+    def register_node(self) -> None:
+        labels = {"kubernetes.io/hostname": self.node_name, "kubernetes.io/os": "linux",
+                  "kubernetes.io/arch": self.node_status()["nodeInfo"]["architecture"], NODE_LABEL: "true"}
+        if self.gpus:
+            labels["nvidia.com/gpu.present"] = "true"
+        node: Any = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": self.node_name, "labels": labels},
+                "spec": {"podCIDR": str(self.net.subnet), "podCIDRs": [str(self.net.subnet)]},
+                "status": self.node_status()}
+        try:
+            created = self.core.create_node(node, _preload_content=False)
+            self.node_uid = _json(created)["metadata"]["uid"]
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            self.core.patch_node(self.node_name, {"metadata": {"labels": labels}}, _content_type=SMP)
+            self._post_node_status()
+            self.node_uid = _json(self.core.read_node(self.node_name, _preload_content=False))["metadata"]["uid"]
+
+    def _post_node_status(self) -> None:
+        self.core.patch_node_status(self.node_name, {"status": self.node_status()}, _content_type=SMP,
+                                    _preload_content=False)
+
+    def _renew_lease(self) -> None:
+        spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": _micro_now()}
+        try:
+            self.coordination.patch_namespaced_lease(self.node_name, LEASE_NAMESPACE, {"spec": spec},
+                                                     _content_type=SMP, _preload_content=False)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            owner = {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": self.node_uid}
+            lease: Any = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                     "metadata": {"name": self.node_name, "namespace": LEASE_NAMESPACE, "ownerReferences": [owner]},
+                     "spec": spec}
+            self.coordination.create_namespaced_lease(LEASE_NAMESPACE, lease, _preload_content=False)
+
+    def _heartbeat(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._renew_lease()
+                self._post_node_status()
+            except Exception as e:
+                log.warning("heartbeat failed: %s", e)
+            self.stopping.wait(HEARTBEAT_SECONDS)
+
+    # ------------------------------------------------------------ pods
+    def _watch_pods(self) -> None:
+        selector = f"spec.nodeName={self.node_name}"
+        while not self.stopping.is_set():
+            try:
+                listing = _json(self.core.list_pod_for_all_namespaces(
+                    field_selector=selector, _preload_content=False))
+                present = {p["metadata"]["uid"] for p in listing["items"]}
+                for pod in listing["items"]:
+                    self.on_pod(pod)
+                with self.lock:
+                    vanished = [r for uid, r in self.runners.items() if uid not in present]
+                for runner in vanished:
+                    runner.removed()
+                stream = watch.Watch().stream(
+                    self.core.list_pod_for_all_namespaces, field_selector=selector,
+                    resource_version=listing["metadata"]["resourceVersion"], allow_watch_bookmarks=True,
+                    timeout_seconds=300)
+                for event in stream:
+                    kind, pod = event["type"], event["raw_object"]
+                    if kind == "ERROR":
+                        break  # typically 410 Gone: list again
+                    if kind == "DELETED":
+                        self.on_deleted(pod)
+                    elif kind in ("ADDED", "MODIFIED"):
+                        self.on_pod(pod)
+            except Exception as e:
+                log.warning("pod watch failed (%s); listing again", e)
+                self.stopping.wait(1)
+
+    def on_pod(self, pod: Manifest) -> None:
+        uid = pod["metadata"]["uid"]
+        with self.lock:
+            runner = self.runners.get(uid)
+            if runner is None:
+                if self.stopping.is_set():
+                    return
+                runner = self.runners[uid] = PodRunner(self, pod)
+                runner.start()
+                return
+        runner.update(pod)
+
+    def on_deleted(self, pod: Manifest) -> None:
+        with self.lock:
+            runner = self.runners.get(pod["metadata"]["uid"])
+        if runner is not None:
+            runner.removed()
+
+    def forget(self, runner: PodRunner) -> None:
+        with self.lock:
+            self.runners.pop(runner.uid, None)
+        shutil.rmtree(runner.dir, ignore_errors=True)
+
+    def container_log(self, namespace: str, pod: str, container: str, previous: bool) -> tuple[Path, bool] | None:
+        with self.lock:
+            runner = next((r for r in self.runners.values() if (r.namespace, r.pod_name) == (namespace, pod)), None)
+        return runner.container_log(container, previous) if runner else None
+
+    # ------------------------------------------------------------ addresses and /etc/hosts
+    def allocate_ip(self, uid: str) -> str:
+        with self.lock:
+            if uid in self.ips:
+                return self.ips[uid]
+            used = set(self.ips.values())
+            free = next((a for a in self.net.pod_addresses() if a not in used), None)
+            if free is None:
+                raise RuntimeError(f"no free address left in {self.net.subnet}")
+            self.ips[uid] = free
+            return free
+
+    def release_ip(self, uid: str) -> None:
+        with self.lock:
+            self.ips.pop(uid, None)
+
+    def register_host(self, uid: str, entry: HostEntry, path: Path) -> None:
+        with self.lock:
+            self.hosts[uid] = (entry, path)
+            self._write_hosts(entry)
+
+    def unregister_host(self, uid: str) -> None:
+        with self.lock:
+            gone = self.hosts.pop(uid, None)
+            if gone is not None:
+                self._write_hosts(gone[0])
+
+    def _write_hosts(self, changed: HostEntry) -> None:
+        """Rewrite /etc/hosts of every pod that sees `changed` (its subdomain's pods; the pod itself)."""
+        group = [(e, p) for e, p in self.hosts.values() if (e.namespace, e.subdomain) == (changed.namespace, changed.subdomain)]
+        for entry, path in group:
+            if entry.subdomain or entry == changed:
+                text = podspec.hosts_file(entry, [e for e, _ in group if e != entry]).encode()
+                # In place, never replaced: the pod's bind mount holds on to this inode.
+                with open(path, "ab+") as f:
+                    f.seek(0)
+                    if f.read() != text:
+                        f.seek(0)
+                        f.truncate()
+                        f.write(text)
+
+    # ------------------------------------------------------------ what pods need from the API
+    def configmap(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        try:
+            cm = _json(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return podspec.configmap_data(cm)
+
+    def secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        try:
+            secret = _json(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return podspec.decode_secret(secret)
+
+    def token(self, pod: Manifest, audience: str | None, seconds: int) -> str:
+        """A service-account token for the pod's account, bound to the pod (the TokenRequest API)."""
+        meta = pod["metadata"]
+        spec: dict[str, Any] = {"expirationSeconds": seconds,
+                                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}}
+        if audience:
+            spec["audiences"] = [audience]
+        account = pod["spec"].get("serviceAccountName") or "default"
+        body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        response = self.core.create_namespaced_service_account_token(account, meta["namespace"], body,
+                                                                     _preload_content=False)
+        return str(_json(response)["status"]["token"])
+
+    def base_env(self, pod: Manifest) -> dict[str, str]:
+        """What every container's environment starts with, before the pod's own variables."""
+        env = {
+            "PATH": f"{Path(sys.executable).parent}:{SYSTEM_PATH}",
+            "HOSTNAME": str(pod["spec"].get("hostname") or pod["metadata"]["name"]),
+            "HOME": os.environ.get("HOME", "/root"),
+            "KUBERNETES_SERVICE_HOST": self.api_host,
+            "KUBERNETES_SERVICE_PORT": str(self.api_port),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(self.api_port),
+            "KUBERNETES_PORT": f"tcp://{self.api_host}:{self.api_port}",
+        }
+        for name in ("LANG", "LC_ALL", "TZ"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        return env
+
+    def patch_pod_status(self, pod: Manifest, status: Manifest) -> None:
+        meta = pod["metadata"]
+        self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status},
+                                              _content_type=SMP, _preload_content=False)
+
+    def confirm_deletion(self, pod: Manifest) -> None:
+        meta = pod["metadata"]
+        body: Any = {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}
+        try:
+            self.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=body, _preload_content=False)
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+        log.info("pod %s/%s deleted", meta["namespace"], meta["name"])
+

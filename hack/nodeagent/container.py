@@ -1,0 +1,154 @@
+"""One container of a pod as a local process: what a container runtime does for the node agent.
+
+A ContainerRun starts its container through podinit.py (which builds the
+container's view and execs the command), knows when the command really runs,
+turns an exit into the `terminated` state a kubelet reports (exit code,
+reason, termination message) and keeps each run's log. Restart decisions and
+the pod around it are the PodRunner's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .podspec import Manifest
+
+PODINIT = Path(__file__).with_name("podinit.py")
+START_ERROR_EXIT = 128  # what podinit exits with when it cannot start the command
+TERMINATION_MESSAGE_LIMIT = 4096
+FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def container_state(kind: str, **fields: Any) -> Manifest:
+    """A containerStatuses[].state; strategic merge patches merge maps, so the other states are nulled."""
+    return {"waiting": None, "running": None, "terminated": None, kind: fields}
+
+
+def signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+@dataclass
+class ContainerRun:
+    """One container of a pod, its runs so far and its current process."""
+
+    spec: Manifest
+    init: bool
+    pod_dir: Path
+    restarts: int = 0
+    runs: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: str = ""
+    state: Manifest = field(default_factory=lambda: container_state("waiting", reason="ContainerCreating"))
+    last_state: Manifest = field(default_factory=dict)
+    exit_code: int | None = None  # of the last run, once it ended
+    next_start: float = 0.0  # monotonic time of the next (re)start; inf: it will not run again
+
+    @property
+    def name(self) -> str:
+        return str(self.spec["name"])
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None
+
+    @property
+    def done(self) -> bool:
+        return self.proc is None and self.next_start == float("inf")
+
+    @property
+    def container_id(self) -> str:
+        return f"nodeagent://{self.pod_dir.name}/{self.name}/{self.runs}"
+
+    def log_path(self, run: int) -> Path:
+        return self.pod_dir / "logs" / self.name / f"{run}.log"
+
+    def _file(self, kind: str) -> Path:
+        return self.pod_dir / kind / f"{self.name}-{self.runs}"
+
+    @property
+    def termination_file(self) -> Path:
+        """The file bind-mounted at the container's terminationMessagePath for the current run."""
+        return self._file("termination")
+
+    def start(self, argv: list[str], env: dict[str, str], netns: str | None, hostname: str,
+              mounts: list[Manifest]) -> None:
+        """Start the next run with `mounts` (and its termination-message file) in its view.
+
+        Returns once the command runs, or once podinit gave up (which `exited` then reports)."""
+        if self.runs:
+            self.restarts += 1
+        self.runs += 1
+        self.termination_file.parent.mkdir(parents=True, exist_ok=True)
+        self.termination_file.write_bytes(b"")
+        self.log_path(self.runs).parent.mkdir(parents=True, exist_ok=True)
+        termination = self.spec.get("terminationMessagePath") or "/dev/termination-log"
+        mounts = [*mounts, {"source": str(self.termination_file), "target": termination, "readOnly": False}]
+        # Parents before children; sorted() is stable, so a volume at /tmp goes over the pod's /tmp.
+        mounts.sort(key=lambda m: len(Path(m["target"]).parts))
+        exec_read, exec_write = os.pipe()
+        spec = {"netns": netns, "hostname": hostname, "mounts": mounts, "argv": argv,
+                "workingDir": self.spec.get("workingDir") or "/", "podDir": str(self.pod_dir),
+                "startErrorFile": str(self._file("start").with_suffix(".error").relative_to(self.pod_dir)),
+                "terminationMessageFile": str(self.termination_file.relative_to(self.pod_dir)),
+                "execFd": exec_write}
+        spec_file = self._file("start").with_suffix(".json")
+        spec_file.parent.mkdir(parents=True, exist_ok=True)
+        spec_file.write_text(json.dumps(spec, indent=1))
+        with open(self.log_path(self.runs), "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", str(PODINIT), str(spec_file)], env=env, cwd="/",
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, pass_fds=(exec_write,),
+                start_new_session=True,  # its own process group, signalled as one
+            )
+        os.close(exec_write)
+        # Running means the command runs: the pipe closes when podinit execs it (or exits).
+        with os.fdopen(exec_read, "rb") as exec_pipe:
+            exec_pipe.read()
+        self.started_at = now_rfc3339()
+        self.exit_code = None
+        self.state = container_state("running", startedAt=self.started_at)
+
+    def exited(self, code: int) -> int:
+        """Record the end of the current run (Popen's returncode) as a kubelet reports it; the exit code."""
+        self.proc = None
+        exit_code = code if code >= 0 else 128 - code  # killed by signal N: 128+N, as a runtime reports it
+        self.exit_code = exit_code
+        start_error = self._file("start").with_suffix(".error").exists()
+        terminated = {"exitCode": exit_code, "startedAt": self.started_at, "finishedAt": now_rfc3339(),
+                      "reason": "StartError" if start_error else ("Completed" if exit_code == 0 else "Error"),
+                      "containerID": self.container_id}
+        if message := self._termination_message(exit_code):
+            terminated["message"] = message
+        self.state = container_state("terminated", **terminated)
+        return exit_code
+
+    def _termination_message(self, exit_code: int) -> str:
+        path = self.termination_file
+        message = path.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode(errors="replace") if path.exists() else ""
+        if not message.strip() and exit_code != 0 and self.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            tail = self.log_path(self.runs).read_bytes()[-FALLBACK_LOG_BYTES:].decode(errors="replace")
+            message = "\n".join(tail.splitlines()[-FALLBACK_LOG_LINES:])
+        return message
+
+    def status(self) -> Manifest:
+        """Its entry in the pod's containerStatuses (or initContainerStatuses)."""
+        status: Manifest = {"name": self.name, "image": self.spec.get("image", ""), "imageID": "",
+                            "ready": self.running and not self.init, "started": self.running,
+                            "restartCount": self.restarts, "state": self.state, "lastState": self.last_state or {}}
+        if self.runs:
+            status["containerID"] = self.container_id
+        return status

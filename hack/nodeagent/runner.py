@@ -1,0 +1,359 @@
+"""One pod on the node agent's node, from bound to deleted: what a kubelet's pod worker does.
+
+A PodRunner is a thread per pod. It builds the pod's sandbox (network
+namespace, address, /etc/hosts, /tmp), writes its volumes, runs the init
+containers one after another and then the containers together, each as a local
+process started through podinit.py, restarts them as the restartPolicy says,
+and reports every change through the pod's status subresource. When the pod is
+deleted it stops the processes (SIGTERM, the grace period, SIGKILL), removes
+the sandbox and the pod's files, and deletes the object with grace 0, as a
+kubelet confirms a termination.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import network, podspec
+from .container import START_ERROR_EXIT, ContainerRun, container_state, now_rfc3339, signal_group
+from .podspec import ConfigError, Manifest, PodContext, Unsupported
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+log = logging.getLogger("nodeagent")
+
+POLL_SECONDS = 0.2
+CONFIG_RETRY_SECONDS = 2.0
+# The kubelet's crash-loop back-off: 10 s, doubling, at most 5 min.
+BACKOFF_BASE, BACKOFF_MAX = 10.0, 300.0
+DEFAULT_GRACE_SECONDS = 30
+SHUTDOWN_GRACE_SECONDS = 3  # when the agent itself stops (`make down`)
+
+
+class PodRunner(threading.Thread):
+    def __init__(self, agent: Agent, pod: Manifest) -> None:
+        meta = pod["metadata"]
+        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        self.agent = agent
+        self.pod = pod
+        self.uid: str = meta["uid"]
+        self.namespace: str = meta["namespace"]
+        self.pod_name: str = meta["name"]
+        self.dir = agent.pods_dir / self.uid
+        self.wake = threading.Event()
+        self.gone = False  # the object no longer exists in the API
+        self.shutting_down = False  # the agent stops; the pod object stays
+        self.sandbox: str | None = None
+        self.ip: str | None = None
+        self.phase = "Pending"
+        self.reason = self.message = ""
+        self.start_time = ""
+        self.initialized = not pod["spec"].get("initContainers")
+        self.inits = [ContainerRun(c, True, self.dir) for c in pod["spec"].get("initContainers") or ()]
+        self.mains = [ContainerRun(c, False, self.dir) for c in pod["spec"]["containers"]]
+        self.volume_dirs: dict[str, Path] = {}
+        self.reported: Manifest | None = None
+        self.transitions: dict[str, tuple[str, str]] = {}
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.pod_name}"
+
+    # ------------------------------------------------------------ signals from the agent
+    def update(self, pod: Manifest) -> None:
+        self.pod = pod
+        self.wake.set()
+
+    def removed(self) -> None:
+        self.gone = True
+        self.wake.set()
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+        self.wake.set()
+
+    @property
+    def deleting(self) -> bool:
+        return self.gone or bool(self.pod["metadata"].get("deletionTimestamp"))
+
+    def _should_stop(self) -> bool:
+        return self.deleting or self.shutting_down
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait up to `seconds` or until something happens to the pod; True when the runner must stop."""
+        self.wake.wait(seconds)
+        self.wake.clear()
+        return self._should_stop()
+
+    # ------------------------------------------------------------ the lifecycle
+    def run(self) -> None:
+        try:
+            if self.pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+                self._live()
+        except Unsupported as e:
+            self._end("Failed", "Unsupported", str(e))
+        except Exception as e:
+            log.exception("pod %s: node agent error", self.key)
+            self._end("Failed", "NodeAgentError", f"{type(e).__name__}: {e}")
+        finally:
+            self._stop_containers()
+            self._remove_sandbox()
+        if self.shutting_down:
+            return
+        while not self.deleting and not self.shutting_down:
+            self._sleep(60)
+        if self.shutting_down:
+            return
+        try:
+            if not self.gone:
+                self.agent.confirm_deletion(self.pod)
+        except Exception as e:  # the namespace controller or a later event finishes it
+            log.warning("pod %s: deleting failed: %s", self.key, e)
+        self.agent.forget(self)
+
+    def _live(self) -> None:
+        """Run the pod until it is terminal or must stop."""
+        if self._should_stop():
+            return
+        if self.pod["spec"].get("hostNetwork"):
+            raise Unsupported("hostNetwork pods are not supported by the node agent")
+        self._create_sandbox()
+        while not self._prepare_volumes():
+            if self._sleep(CONFIG_RETRY_SECONDS):
+                return
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        for init in self.inits:
+            outcome = self._run_together([init], policy)
+            if outcome is None:
+                return
+            if outcome != "Succeeded":
+                self._end("Failed", "", f"init container {init.name} failed")
+                return
+        self.initialized = True
+        outcome = self._run_together(self.mains, policy)
+        if outcome is not None:
+            self._end(outcome)
+
+    def _end(self, phase: str, reason: str = "", message: str = "") -> None:
+        """The pod is terminal; `reason` is set when the node agent, not a container, ended it."""
+        self.phase, self.reason, self.message = phase, reason, message
+        for c in self.inits + self.mains:
+            if reason and c.state.get("waiting") is not None:
+                c.state = container_state("terminated", exitCode=START_ERROR_EXIT, reason="ContainerCannotRun",
+                                          message=message, startedAt=None, finishedAt=now_rfc3339())
+        self._report()
+
+    # ------------------------------------------------------------ sandbox and volumes
+    def _create_sandbox(self) -> None:
+        for sub in ("tmp", "volumes"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "tmp").chmod(0o1777)
+        self.ip = self.agent.allocate_ip(self.uid)
+        self.sandbox = self.agent.net.sandbox_name(self.uid)
+        network.add_sandbox(self.agent.net, self.sandbox, self.ip)
+        self.start_time = now_rfc3339()
+        self.agent.register_host(self.uid, podspec.pod_host_entry(self.pod, self.ip), self.dir / "hosts")
+        self._report()
+
+    def _remove_sandbox(self) -> None:
+        if self.sandbox:
+            network.remove_sandbox(self.sandbox)
+            self.sandbox = None
+        self.agent.unregister_host(self.uid)
+        self.agent.release_ip(self.uid)
+
+    def _context(self) -> PodContext:
+        assert self.ip is not None
+        return PodContext(self.pod, self.ip, self.agent.net.host_ip, self.agent.node_name)
+
+    def _prepare_volumes(self) -> bool:
+        """Write every volume; False (and the reason reported) when something it needs is missing."""
+        ctx = self._context()
+        try:
+            for volume in self.pod["spec"].get("volumes") or ():
+                self.volume_dirs[volume["name"]] = self._write_volume(ctx, volume)
+        except ConfigError as e:
+            for c in self.inits[:1] or self.mains:
+                c.state = container_state("waiting", reason="ContainerCreating",
+                                          message=f"MountVolume.SetUp failed: {e}")
+            self._report()
+            return False
+        return True
+
+    def _write_volume(self, ctx: PodContext, volume: Manifest) -> Path:
+        if "hostPath" in volume:
+            path, kind = Path(volume["hostPath"]["path"]), volume["hostPath"].get("type", "")
+            if kind == "DirectoryOrCreate":
+                path.mkdir(parents=True, exist_ok=True)
+            elif kind == "FileOrCreate" and not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            elif kind and not path.exists():
+                raise ConfigError(f"hostPath type check failed: {path} does not exist")
+            return path
+        files = podspec.volume_files(ctx, volume, self.agent.configmap, self.agent.secret,
+                                     lambda audience, seconds: self.agent.token(self.pod, audience, seconds))
+        target = self.dir / "volumes" / volume["name"]
+        target.mkdir(parents=True, exist_ok=True)
+        for rel, (content, mode) in (files or {}).items():
+            path = target / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            path.chmod(mode)
+        return target
+
+    # ------------------------------------------------------------ containers
+    def _run_together(self, runs: list[ContainerRun], policy: str) -> str | None:
+        """Run `runs` side by side until none will run again: the phase they end in, or None to stop."""
+        for c in runs:
+            c.next_start = time.monotonic()
+        while True:
+            now = time.monotonic()
+            for c in runs:
+                if c.proc is not None and (code := c.proc.poll()) is not None:
+                    self._exited(c, code, policy)
+                if c.proc is None and now >= c.next_start:
+                    self._start(c)
+            self._report()
+            if all(c.done for c in runs):
+                return "Succeeded" if all(c.exit_code == 0 for c in runs) else "Failed"
+            if self._sleep(POLL_SECONDS):
+                return None
+
+    def _start(self, c: ContainerRun) -> None:
+        try:
+            env = podspec.container_env(self._context(), c.spec, self.agent.base_env(self.pod), self.agent.configmap,
+                                        self.agent.secret)
+            argv = podspec.container_argv(c.spec, env)
+        except ConfigError as e:
+            c.state = container_state("waiting", reason="CreateContainerConfigError", message=str(e))
+            c.next_start = time.monotonic() + CONFIG_RETRY_SECONDS
+            return
+        c.start(argv, env, self.sandbox, self._hostname(), self._mounts(c))
+        log.info("pod %s: started container %s: %s", self.key, c.name, " ".join(argv))
+
+    def _exited(self, c: ContainerRun, code: int, policy: str) -> None:
+        assert c.proc is not None
+        # Like a container's PID namespace going away: nothing it started outlives it.
+        signal_group(c.proc.pid, signal.SIGKILL)
+        exit_code = c.exited(code)
+        log.info("pod %s: container %s exited with %d", self.key, c.name, exit_code)
+        # Init containers run to success: for them Always means OnFailure.
+        if (policy == "Always" and not c.init) or (policy != "Never" and exit_code != 0):
+            c.last_state = c.state
+            delay = min(BACKOFF_BASE * 2 ** c.restarts, BACKOFF_MAX)
+            c.next_start = time.monotonic() + delay
+            c.state = container_state("waiting", reason="CrashLoopBackOff",
+                                      message=f"back-off {delay:.0f}s restarting failed container={c.name} "
+                                              f"pod={self.pod_name}")
+        else:
+            c.next_start = float("inf")
+
+    def _stop_containers(self) -> None:
+        """SIGTERM every running container's process group, SIGKILL what is left after the grace period."""
+        running = [(c, c.proc) for c in self.inits + self.mains if c.proc is not None]
+        if not running:
+            return
+        for _, proc in running:
+            signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._grace_seconds()
+        while time.monotonic() < deadline and any(proc.poll() is None for _, proc in running):
+            time.sleep(0.1)
+        for c, proc in running:
+            signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            c.proc = None
+
+    def _grace_seconds(self) -> float:
+        if self.shutting_down:
+            return SHUTDOWN_GRACE_SECONDS
+        if self.gone:
+            return 0
+        meta, spec = self.pod["metadata"], self.pod["spec"]
+        grace = meta.get("deletionGracePeriodSeconds", spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS))
+        return float(grace)
+
+    def _hostname(self) -> str:
+        return str(self.pod["spec"].get("hostname") or self.pod_name)[:63]
+
+    def _mounts(self, c: ContainerRun) -> list[Manifest]:
+        mounts: list[Manifest] = [
+            {"source": str(self.dir / "hosts"), "target": "/etc/hosts", "readOnly": False},
+            {"source": str(self.dir / "tmp"), "target": "/tmp", "readOnly": False},
+        ]
+        volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or ()}
+        for m in c.spec.get("volumeMounts") or ():
+            volume = volumes[m["name"]]
+            if m["mountPath"] == "/dev/shm" and volume.get("emptyDir", {}).get("medium") == "Memory":
+                continue  # the host's /dev/shm serves: shared memory is not a file system to copy
+            source = self.volume_dirs[m["name"]]
+            if m.get("subPath"):
+                source = source / m["subPath"]
+                if not source.exists():
+                    source.mkdir(parents=True)
+            read_only = bool(m.get("readOnly")) or not ("emptyDir" in volume or "hostPath" in volume)
+            mounts.append({"source": str(source), "target": m["mountPath"], "readOnly": read_only})
+        return mounts
+
+    def container_log(self, container: str, previous: bool = False) -> tuple[Path, bool] | None:
+        """The log of the container's current (or previous) run and whether it is still being written."""
+        c = next((c for c in self.inits + self.mains if c.name == container), None)
+        if c is None or c.runs == 0 or (previous and c.runs < 2):
+            return None
+        return c.log_path(c.runs - 1 if previous else c.runs), (not previous and c.running)
+
+    # ------------------------------------------------------------ status
+    def _condition(self, type_: str, ok: bool, reason: str = "") -> Manifest:
+        status = "True" if ok else "False"
+        last = self.transitions.get(type_)
+        if last is None or last[0] != status:
+            last = self.transitions[type_] = (status, now_rfc3339())
+        cond = {"type": type_, "status": status, "lastTransitionTime": last[1], "lastProbeTime": None}
+        cond["reason"] = reason or None
+        return cond
+
+    def status(self) -> Manifest:
+        terminal = self.phase in ("Succeeded", "Failed")
+        phase = self.phase
+        if not terminal:
+            phase = "Running" if self.initialized and any(c.runs for c in self.mains) else "Pending"
+        ready = phase == "Running" and all(c.running for c in self.mains)
+        not_ready = "PodCompleted" if terminal else ("" if ready else "ContainersNotReady")
+        status: Manifest = {
+            "phase": phase,
+            "hostIP": self.agent.net.host_ip, "hostIPs": [{"ip": self.agent.net.host_ip}],
+            "conditions": [
+                self._condition("PodReadyToStartContainers", self.ip is not None and not terminal),
+                self._condition("Initialized", self.initialized, "" if self.initialized else "ContainersNotInitialized"),
+                self._condition("ContainersReady", ready, not_ready),
+                self._condition("Ready", ready, not_ready),
+            ],
+            "containerStatuses": [c.status() for c in self.mains],
+            "reason": self.reason or None, "message": self.message or None,
+        }
+        if self.inits:
+            status["initContainerStatuses"] = [c.status() for c in self.inits]
+        if self.ip:
+            status["podIP"], status["podIPs"] = self.ip, [{"ip": self.ip}]
+        if self.start_time:
+            status["startTime"] = self.start_time
+        return status
+
+    def _report(self) -> None:
+        if self.gone:
+            return
+        status = self.status()
+        if status == self.reported:
+            return
+        try:
+            self.agent.patch_pod_status(self.pod, status)
+            self.reported = status
+        except Exception as e:  # the next change reports again; a pod deleted meanwhile is fine
+            log.warning("pod %s: status update failed: %s", self.key, e)
+

@@ -1,0 +1,394 @@
+"""The chart installed into the local cluster, and the operator run with what it grants.
+
+The operator is a local process here (kwok's pods run nothing), but it gets
+only what the chart gives the operator's pod: the Deployment's environment and
+a token of the chart's ServiceAccount. Jobs are applied by server-side apply,
+as Argo CD or Flux would, and watched through every phase; the Argo CD and
+Flux health checks of docs/gitops.md are run on each version seen.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from chartcluster import (
+    GITOPS_MANAGER,
+    KWOK_NODE_SELECTOR,
+    KWOK_TOLERATIONS,
+    GitOpsJobs,
+    OperatorProcess,
+    Recorder,
+    as_can_i_rows,
+    can_i_list,
+    ftj,
+    rbac_denials,
+    token_kubeconfig,
+    wait_for,
+)
+from gitopscheck import assert_health_of
+from helmchart import (
+    CHART,
+    CI_VALUES,
+    cluster_permissions,
+    container_env,
+    helm,
+    namespaced_permissions,
+    render_text,
+    value_args,
+)
+from localcluster import REPO, free_port
+
+pytestmark = pytest.mark.cluster
+
+SERVICE_MONITOR_CRD = Path(__file__).parent / "testdata" / "monitoring.coreos.com_servicemonitors.yaml"
+
+
+def install_values() -> dict[str, Any]:
+    """What every test install sets: the operator pod goes to a kwok node (where it runs
+    nothing, so it never competes with the process the test runs), resyncs are quick,
+    and the ports are free ones, since the test's process shares this machine's network."""
+    return {"nodeSelector": KWOK_NODE_SELECTOR, "tolerations": KWOK_TOLERATIONS, "operator": {"resyncSeconds": 2},
+            "metrics": {"port": free_port()}, "health": {"port": free_port()}}
+
+
+@dataclass
+class Release:
+    cluster: Any
+    name: str
+    namespace: str
+    values: dict[str, Any]
+    notes: str = ""
+    tmp: Path = field(default_factory=Path)
+
+    def helm(self, *args: str, check: bool = True) -> str:
+        return helm(*args, "--namespace", self.namespace, env=self.cluster.env, check=check).stdout
+
+    def install(self, *extra: str) -> None:
+        out = self.helm("install", self.name, str(CHART), "--take-ownership", "--wait", "--timeout", "90s",
+                        *value_args(values=self.values), *extra)
+        self.notes = out.split("NOTES:", 1)[1]
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.name}-kubetune"
+
+    def deployment(self) -> dict[str, Any]:
+        out = self.cluster.kubectl("get", "deployment", self.fullname, "-n", self.namespace, "-o", "json")
+        return dict(json.loads(out.stdout))
+
+    def operator(self, tmp: Path) -> OperatorProcess:
+        """The operator with the Deployment's environment and the chart ServiceAccount's token."""
+        kubeconfig = token_kubeconfig(self.cluster, self.namespace, self.fullname, tmp / "operator.kubeconfig")
+        return OperatorProcess(container_env(self.deployment()), kubeconfig, tmp / "operator.log")
+
+    def rows(self, tmp: Path, service_account: str, namespace: str, sa_namespace: str | None = None) -> set:
+        """`kubectl auth can-i --list` in `namespace` as `service_account`, less what every
+        ServiceAccount may do (the default ServiceAccount's rows: discovery, self-reviews)."""
+        sa_ns = sa_namespace or self.namespace
+        sa = can_i_list(self.cluster, token_kubeconfig(self.cluster, sa_ns, service_account, tmp / "sa.kubeconfig"),
+                        namespace)
+        base = can_i_list(self.cluster, token_kubeconfig(self.cluster, self.namespace, "default",
+                                                         tmp / "default.kubeconfig"), namespace)
+        return sa - base
+
+
+def new_namespace(cluster: Any, prefix: str, *labels: str) -> str:
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", name)
+    if labels:
+        cluster.kubectl("label", "namespace", name, *labels)
+    wait_for(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+             timeout=30, what=f"the default ServiceAccount of {name}")
+    return name
+
+
+def restore_crds(cluster: Any) -> None:
+    """Leave the CRDs installed and Established for the tests after these (the `crd` fixture's state)."""
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.kubetune.io",
+                    "crd/kopfpeerings.kopf.dev", "crd/clusterkopfpeerings.kopf.dev")
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Any, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+    """A cluster-wide install with the default values (but test_values) in a namespace
+    that enforces the `restricted` Pod Security Standard."""
+    ns = new_namespace(cluster, "kubetune", "pod-security.kubernetes.io/enforce=restricted")
+    rel = Release(cluster, f"kt{secrets.token_hex(2)}", ns, install_values(), tmp=tmp_path_factory.mktemp("release"))
+    try:
+        rel.install()
+        yield rel
+    finally:
+        rel.helm("uninstall", rel.name, check=False)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false")
+        restore_crds(cluster)
+
+
+# ---------------------------------------------------------------- the cluster-wide install
+def test_the_operator_pod_is_admitted_under_restricted_pod_security(release: Release, cluster: Any) -> None:
+    deployment = release.deployment()
+    assert deployment["status"]["availableReplicas"] == 1
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", release.namespace, "-o", "json").stdout)["items"]
+    assert len(pods) == 1 and pods[0]["spec"]["nodeName"].startswith("kwok-")
+    assert pods[0]["spec"]["serviceAccountName"] == release.fullname
+    crd = json.loads(cluster.kubectl("get", "crd", "finetunejobs.kubetune.io", "-o", "json").stdout)
+    assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release.name
+    cluster.kubectl("get", "clusterkopfpeering", release.fullname)
+
+
+def test_the_notes_first_job_is_accepted_by_the_api_server(release: Release, cluster: Any, namespace: str) -> None:
+    assert f"kubectl -n {release.namespace} rollout status deployment/{release.fullname}" in release.notes
+    body = release.notes.split("<<'EOF'\n", 1)[1].split("\n  EOF", 1)[0]
+    job = yaml.safe_load("\n".join(line[2:] for line in body.splitlines()))
+    assert job["kind"] == "FineTuneJob"
+    cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(job))
+
+
+def test_the_operator_service_account_may_do_exactly_what_the_operator_uses(
+        release: Release, namespace: str) -> None:
+    rows = release.rows(release.tmp, release.fullname, namespace)
+    assert rows == as_can_i_rows(cluster_permissions(release.fullname))
+    assert not [r for r in rows if "secrets" in r[0]]
+
+
+def test_the_operator_as_its_service_account_runs_jobs_through_their_lives(
+        release: Release, cluster: Any, namespace: str, tmp_path: Path) -> None:
+    jobs = GitOpsJobs(cluster, namespace)
+    recorder = Recorder(cluster, namespace, tmp_path / "watch.json")
+    operator = release.operator(tmp_path).start()
+    try:
+        manifest = ftj("tuned", nodes=2, gpus=1)
+        applied = jobs.apply(manifest)
+        status = jobs.running("tuned")
+        assert status["restarts"] == {"infrastructure": 0, "application": 0}
+        assert_untouched(applied, jobs.get("tuned"))
+        for kind, name in [("serviceaccount", "tuned-worker"), ("role", "tuned-worker"),
+                           ("rolebinding", "tuned-worker"), ("service", "tuned"), ("configmap", "tuned-config")]:
+            cluster.kubectl("get", kind, name, "-n", namespace)
+        # The job's pods may patch their own job's status and nothing else.
+        rows = release.rows(tmp_path, "tuned-worker", namespace, sa_namespace=namespace)
+        assert rows == {("finetunejobs.kubetune.io/status", "", "tuned", "get"),
+                        ("finetunejobs.kubetune.io/status", "", "tuned", "patch")}
+
+        # A worker lost: the whole gang restarts.
+        cluster.kubectl("delete", "pod", "tuned-worker-1", "-n", namespace, "--wait=false")
+        status = jobs.running("tuned", attempt=2)
+        assert status["restarts"] == {"infrastructure": 1, "application": 0}
+        assert_untouched(applied, jobs.get("tuned"))
+
+        # Suspend and resume through Git.
+        manifest["spec"]["runPolicy"] = {"suspend": True}
+        applied = jobs.apply(manifest)
+        wait_for(lambda: jobs.status("tuned").get("phase") == "Suspended" and not jobs.pods("tuned"),
+                 what="tuned Suspended without workers")
+        assert_untouched(applied, jobs.get("tuned"))
+        manifest["spec"]["runPolicy"] = {"suspend": False}
+        applied = jobs.apply(manifest)
+        jobs.running("tuned", attempt=2)
+
+        # Every worker finishes: Succeeded.
+        for pod in ("tuned-worker-0", "tuned-worker-1"):
+            jobs.terminate_worker(pod, 0)
+        jobs.phase("tuned", "Succeeded")
+        assert_untouched(applied, jobs.get("tuned"))
+        assert_only_status_and_own_annotations_written(jobs.get("tuned", managed_fields=True))
+        assert jobs.drift("tuned") == "", "the GitOps tool would see drift"
+        assert {"CreatingWorkers", "WorkersRunning", "Suspended", "Resumed"} <= jobs.event_reasons("tuned")
+
+        # A trainer error with no retries left: Failed, then deleted after its TTL.
+        jobs.apply(ftj("doomed", nodes=1, gpus=1, run_policy={"backoffLimit": 0, "ttlSecondsAfterFinished": 2}))
+        jobs.running("doomed")
+        jobs.terminate_worker("doomed-worker-0", 1, "kubetune: dataset line 7: not JSON")
+        jobs.phase("doomed", "Failed")
+        wait_for(lambda: not jobs.exists("doomed"), timeout=30, what="the TTL to delete doomed")
+    finally:
+        log = operator.stop()
+        seen = recorder.stop()
+    assert not rbac_denials(log), rbac_denials(log)
+    assert not [line for line in log.splitlines() if namespace in line and "Forbidden" in line]
+
+    # The Argo CD and Flux health checks on every version of the jobs seen.
+    phases = {assert_health_of(obj) for obj in seen}
+    assert {"Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"} <= phases, phases
+
+
+def assert_untouched(applied: dict[str, Any], now: dict[str, Any]) -> None:
+    """The job's spec and metadata are as applied, but for the operator's own annotations."""
+    def meta(obj: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in obj["metadata"].items() if k not in ("resourceVersion", "managedFields")}
+        out["annotations"] = {k: v for k, v in out.get("annotations", {}).items() if not k.startswith("kubetune.io/")}
+        return out
+
+    assert now["spec"] == applied["spec"]
+    assert meta(now) == meta(applied)
+    assert "finalizers" not in now["metadata"]
+
+
+def assert_only_status_and_own_annotations_written(job: dict[str, Any]) -> None:
+    """Every field manager but the applier owns only status or kubetune.io/ annotations."""
+    managers = set()
+    for entry in job["metadata"]["managedFields"]:
+        if entry["manager"] == GITOPS_MANAGER:
+            continue
+        managers.add(entry["manager"])
+        fields = entry["fieldsV1"]
+        if entry.get("subresource") == "status":
+            assert set(fields) == {"f:status"}, entry
+            continue
+        assert set(fields) == {"f:metadata"} and set(fields["f:metadata"]) == {"f:annotations"}, entry
+        assert all(k == "." or k.startswith("f:kubetune.io/") for k in fields["f:metadata"]["f:annotations"]), entry
+    assert managers, "the operator wrote nothing?"
+
+
+def test_helm_upgrade_with_changed_values(release: Release, cluster: Any) -> None:
+    old_pod = json.loads(cluster.kubectl("get", "pods", "-n", release.namespace, "-o", "json").stdout)["items"][0]
+    release.helm("upgrade", release.name, str(CHART), "--reuse-values", "--wait", "--timeout", "90s",
+                 "--set", "operator.logLevel=DEBUG", "--set", "operator.workers=4",
+                 "--set", "trainer.image.tag=0.1.1", "--set", "resources.limits.memory=768Mi",
+                 "--set", "metrics.service.port=9090")
+    deployment = release.deployment()
+    env = container_env(deployment)
+    assert env["KUBETUNE_LOG_LEVEL"] == "DEBUG" and env["KUBETUNE_WORKERS"] == "4"
+    assert env["KUBETUNE_TRAINER_IMAGE"] == "ghcr.io/kubetune/trainer:0.1.1"
+    assert env["KUBETUNE_RESYNC_SECONDS"] == "2", "--reuse-values keeps the earlier values"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"] == "768Mi"
+    service = json.loads(cluster.kubectl("get", "service", f"{release.fullname}-metrics", "-n", release.namespace,
+                                         "-o", "json").stdout)
+    assert service["spec"]["ports"][0]["port"] == 9090
+    # Recreate: the old pod is replaced, never joined by a second one.
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", release.namespace, "-o", "json").stdout)["items"]
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    assert len(live) == 1 and live[0]["metadata"]["uid"] != old_pod["metadata"]["uid"]
+    # An invalid upgrade fails on the schema and leaves the release as it was.
+    failed = helm("upgrade", release.name, str(CHART), "--namespace", release.namespace, "--reuse-values",
+                  "--set", "operator.logLevel=VERBOSE", env=cluster.env, check=False)
+    assert failed.returncode != 0 and "at '/operator/logLevel': value must be one of" in failed.stderr
+    history = json.loads(release.helm("history", release.name, "-o", "json"))
+    assert [h["revision"] for h in history] == [1, 2] and history[-1]["status"] == "deployed"
+
+
+def test_helm_uninstall_keeps_the_crd_and_the_jobs(release: Release, cluster: Any, namespace: str) -> None:
+    GitOpsJobs(cluster, namespace).apply(ftj("keeper", nodes=1))
+    out = release.helm("uninstall", release.name, "--wait")
+    assert "kept due to the resource policy" in out and "finetunejobs.kubetune.io" in out
+    cluster.kubectl("get", "crd", "finetunejobs.kubetune.io")
+    cluster.kubectl("get", "ftj", "keeper", "-n", namespace)
+    for kind, name in [("clusterrole", release.fullname), ("clusterrolebinding", release.fullname),
+                       ("clusterkopfpeering", release.fullname)]:
+        assert cluster.kubectl("get", kind, name, check=False).returncode != 0, f"{kind} {name} left behind"
+    left = cluster.kubectl("get", "deployment,serviceaccount,service", "-n", release.namespace,
+                           "-l", f"app.kubernetes.io/instance={release.name}", "-o", "name").stdout
+    assert left.strip() == ""
+
+
+# ---------------------------------------------------------------- other installs
+def test_invalid_values_fail_at_helm_install_with_the_schema_message(cluster: Any, namespace: str) -> None:
+    for values, message in [({"replicaCount": -1}, "at '/replicaCount': minimum: got -1, want 0"),
+                            ({"operator": {"logLevel": "TRACE"}},
+                             "at '/operator/logLevel': value must be one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'")]:
+        result = helm("install", "invalid", str(CHART), "--namespace", namespace, *value_args(values=values),
+                      env=cluster.env, check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert helm("list", "--namespace", namespace, "-q", env=cluster.env).stdout.strip() == ""
+
+
+@pytest.fixture(scope="module")
+def validation_targets(cluster: Any, crd: None) -> Iterator[str]:
+    """A namespace to validate into, the namespaces ci/namespaced-values.yaml names, and the
+    ServiceMonitor CRD (for ci/servicemonitor-values.yaml)."""
+    ns = new_namespace(cluster, "chart-validation")
+    made = [n for n in ("ml-team-a", "ml-team-b")
+            if cluster.kubectl("create", "namespace", n, check=False).returncode == 0]
+    had_monitor_crd = cluster.kubectl("get", "crd", "servicemonitors.monitoring.coreos.com", check=False).returncode == 0
+    if not had_monitor_crd:
+        cluster.kubectl("apply", "--server-side", "-f", str(SERVICE_MONITOR_CRD))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com")
+    yield ns
+    for name in [ns, *made]:
+        cluster.kubectl("delete", "namespace", name, "--wait=false")
+    if not had_monitor_crd:
+        cluster.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com", "--wait=false")
+
+
+@pytest.mark.parametrize("values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
+def test_rendered_manifests_pass_the_api_servers_validation(values_file, validation_targets: str, cluster: Any) -> None:
+    """Server-side dry run with strict field validation: unknown or misplaced fields fail.
+    Every namespaced object of the chart names its namespace (as `helm template | kubectl
+    apply` in a GitOps pipeline needs)."""
+    text = render_text((values_file,) if values_file else (), namespace=validation_targets, include_crds=True)
+    out = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts", "--validate=strict",
+                          "--field-manager=chart-validation", "-f", "-", input=text)
+    assert "(server dry run)" in out.stdout
+
+
+def test_single_namespace_install_runs_only_its_namespaces_jobs(
+        cluster: Any, crd: None, namespace: str, tmp_path: Path) -> None:
+    rel_ns = new_namespace(cluster, "kubetune-ns")
+    other = new_namespace(cluster, "elsewhere")
+    rel = Release(cluster, f"kn{secrets.token_hex(2)}", rel_ns,
+                  {**install_values(), "watchNamespaces": [namespace], "crds": {"install": False}})
+    try:
+        rel.install()
+        assert f"these namespaces only: {namespace}" in rel.notes
+        assert cluster.kubectl("get", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={rel.name}",
+                               "-o", "name").stdout.strip() == ""
+        assert rel.rows(tmp_path, rel.fullname, namespace) == as_can_i_rows(namespaced_permissions(rel.fullname))
+        assert rel.rows(tmp_path, rel.fullname, other) == set()
+
+        mine, theirs = GitOpsJobs(cluster, namespace), GitOpsJobs(cluster, other)
+        operator = rel.operator(tmp_path).start()
+        try:
+            mine.apply(ftj("inside", nodes=1))
+            theirs.apply(ftj("outside", nodes=1))
+            # kopf's own handlers start only once it has given up listing namespaces (about a
+            # minute of retries on 403); until then the resync loop alone moves the job.
+            mine.running("inside", timeout=120)
+            time.sleep(3)  # more than one resync round
+            assert theirs.status("outside") == {} and theirs.pods("outside") == []
+        finally:
+            log = operator.stop()
+        # kopf first tries to list and watch namespaces and CRDs (cluster-wide), is refused and
+        # falls back to the namespaces it was given; nothing else may be refused.
+        assert rbac_denials(log) <= {(verb, resource, "cluster") for verb in ("list", "watch")
+                                     for resource in ("namespaces", "customresourcedefinitions")}
+    finally:
+        helm("uninstall", rel.name, "--namespace", rel_ns, env=cluster.env, check=False)
+        cluster.kubectl("delete", "namespace", rel_ns, other, "--wait=false")
+
+
+def test_uninstall_without_keep_deletes_the_crd(cluster: Any, crd: None) -> None:
+    """crds.keep switched off by an upgrade: the next uninstall deletes the CRD (and every job)."""
+    ns = new_namespace(cluster, "kubetune-nokeep")
+    rel = Release(cluster, f"kd{secrets.token_hex(2)}", ns, {**install_values(), "replicaCount": 0})
+
+    def keep_annotation() -> str | None:
+        crd_doc = json.loads(cluster.kubectl("get", "crd", "finetunejobs.kubetune.io", "-o", "json").stdout)
+        return crd_doc["metadata"].get("annotations", {}).get("helm.sh/resource-policy")
+
+    try:
+        # As on a fresh cluster: an earlier release's keep annotation stays on a CRD a new
+        # release adopts (Helm's three-way merge keeps what it did not write itself).
+        cluster.kubectl("annotate", "crd", "finetunejobs.kubetune.io", "helm.sh/resource-policy-")
+        rel.install()
+        assert keep_annotation() == "keep"
+        rel.helm("upgrade", rel.name, str(CHART), "--reuse-values", "--set", "crds.keep=false")
+        assert keep_annotation() is None
+        rel.helm("uninstall", rel.name, "--wait")
+        wait_for(lambda: cluster.kubectl("get", "crd", "finetunejobs.kubetune.io", check=False).returncode != 0,
+                 timeout=60, what="the FineTuneJob CRD to be deleted")
+        # kopf's peering CRDs come from the chart's crds/ folder, which Helm never deletes.
+        cluster.kubectl("get", "crd", "clusterkopfpeerings.kopf.dev")
+    finally:
+        helm("uninstall", rel.name, "--namespace", ns, env=cluster.env, check=False)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false")
+        restore_crds(cluster)

@@ -1,0 +1,279 @@
+"""The Helm chart as rendered: lint, values and schema, CRD copies, RBAC, the operator's pod.
+
+No cluster: `helm lint` and `helm template` only. test_chart_install.py
+installs the same chart and runs the operator with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+import yaml
+from helmchart import (
+    CHART,
+    CI_VALUES,
+    cluster_permissions,
+    container_env,
+    documented_names,
+    find,
+    helm,
+    lookup,
+    namespaced_permissions,
+    one,
+    permissions,
+    rbac_rules,
+    render,
+    render_text,
+)
+from localcluster import REPO
+
+
+@pytest.fixture(scope="module")
+def default() -> list[dict[str, Any]]:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    return dict(json.loads((CHART / "values.schema.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def values() -> dict[str, Any]:
+    return dict(yaml.safe_load((CHART / "values.yaml").read_text()))
+
+
+def schema_leaves(schema: dict[str, Any], values: dict[str, Any]) -> list[str]:
+    """The values' names down to where the schema stops naming keys (e.g. `resources` is one value)."""
+    out: list[str] = []
+
+    def walk(node: dict[str, Any], value: Any, prefix: str) -> None:
+        props = node.get("properties")
+        if props and node.get("additionalProperties") is False and isinstance(value, dict):
+            for key, sub in value.items():
+                assert key in props, f"{prefix}{key} is in values.yaml but not in values.schema.json"
+                walk(props[key], sub, f"{prefix}{key}.")
+        else:
+            out.append(prefix.rstrip("."))
+
+    walk(schema, values, "")
+    return out
+
+
+# ---------------------------------------------------------------- lint and schema
+@pytest.mark.parametrize("values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
+def test_helm_lint_is_clean(values_file) -> None:
+    args = ["-f", str(values_file)] if values_file else []
+    out = helm("lint", "--strict", str(CHART), *args).stdout
+    assert "[WARNING]" not in out and "[ERROR]" not in out, out
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+def test_every_value_is_documented_by_name_and_in_the_schema(schema, values) -> None:
+    docs = documented_names((CHART / "values.yaml").read_text())
+    names = schema_leaves(schema, values)
+    undocumented = [n for n in names if n not in docs]
+    assert not undocumented, f"values without a '# <name> -- ...' comment in values.yaml: {undocumented}"
+    assert not set(docs) - set(names), f"documented names that are no values: {set(docs) - set(names)}"
+    assert all(len(text) > 15 for text in docs.values())
+
+    def unset(node: dict[str, Any], value: Any, prefix: str) -> list[str]:
+        missing = []
+        if node.get("additionalProperties") is False:
+            for key, sub in node.get("properties", {}).items():
+                if key == "global":  # Helm's shared values, never set by this chart
+                    continue
+                if not isinstance(value, dict) or key not in value:
+                    missing.append(prefix + key)
+                else:
+                    missing += unset(sub, value[key], f"{prefix}{key}.")
+        return missing
+
+    assert not unset(schema, values, ""), "schema properties with no default in values.yaml"
+
+
+def test_ci_values_files_exercise_every_value(schema, values) -> None:
+    """Each documented value is changed from its default by at least one ci/*-values.yaml."""
+    changed: set[str] = set()
+    for path in CI_VALUES:
+        override = yaml.safe_load(path.read_text())
+        for name in schema_leaves(schema, values):
+            got = lookup(override, name)
+            if got is not KeyError and got != lookup(values, name):
+                changed.add(name)
+    assert set(schema_leaves(schema, values)) - changed == set()
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"replicaCount": -1}, "at '/replicaCount': minimum: got -1, want 0"),
+    ({"replicaCount": 2}, "at '/replicaCount': maximum: got 2, want 1"),
+    ({"operator": {"logLevel": "TRACE"}}, "at '/operator/logLevel': value must be one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'"),
+    ({"operator": {"resyncSeconds": 0}}, "at '/operator/resyncSeconds': exclusiveMinimum"),
+    ({"watchNamespaces": ["ML_Team"]}, "at '/watchNamespaces/0'"),
+    ({"metrics": {"port": 70000}}, "at '/metrics/port': maximum"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy'"),
+    ({"replicas": 1}, "additional properties 'replicas' not allowed"),
+])
+def test_invalid_values_fail_with_the_schema_message(values: dict[str, Any], message: str) -> None:
+    result = helm("template", "kt", str(CHART), "--set-json", *[f"{k}={json.dumps(v)}" for k, v in values.items()],
+                  check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_metrics_and_health_ports_must_differ() -> None:
+    result = helm("template", "kt", str(CHART), "--set", "health.port=8080", check=False)
+    assert result.returncode != 0 and "metrics.port and health.port must differ" in result.stderr
+
+
+# ---------------------------------------------------------------- CRDs
+def test_the_chart_copies_of_the_crds_are_the_repository_files() -> None:
+    """crds/ is generated from api/ (make crds copies it into the chart): a stale copy fails here."""
+    pairs = [(REPO / "crds/kubetune.io_finetunejobs.yaml", CHART / "files/crds/kubetune.io_finetunejobs.yaml"),
+             (REPO / "crds/kopf.dev_peerings.yaml", CHART / "crds/kopf.dev_peerings.yaml")]
+    for source, copy in pairs:
+        assert copy.read_bytes() == source.read_bytes(), f"{copy} differs from {source}: run `make crds`"
+    assert {p.name for p in (REPO / "crds").glob("*.yaml")} == {s.name for s, _ in pairs}
+
+
+def test_the_rendered_crd_is_the_repository_crd_plus_labels_and_keep(default) -> None:
+    source = yaml.safe_load((REPO / "crds/kubetune.io_finetunejobs.yaml").read_text())
+    # The chart adds labels and annotations as text under the top-level metadata.
+    assert source["metadata"] == {"name": "finetunejobs.kubetune.io"}
+    rendered = one(default, "CustomResourceDefinition")
+    meta = rendered["metadata"]
+    assert meta.pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    assert meta.pop("labels")["app.kubernetes.io/managed-by"] == "Helm"
+    assert rendered == source
+
+
+def test_crd_options() -> None:
+    assert "annotations" not in one(render(values={"crds": {"keep": False}}), "CustomResourceDefinition")["metadata"]
+    assert not find(render(values={"crds": {"install": False}}), "CustomResourceDefinition")
+
+
+# ---------------------------------------------------------------- the operator's pod
+def test_the_operator_runs_as_one_hardened_replica(default) -> None:
+    deployment = one(default, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert container["image"] == "ghcr.io/kubetune/operator:0.1.0"
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container_env(deployment) == {
+        "KUBETUNE_NAMESPACES": "", "KUBETUNE_PEERING": "kt-kubetune",
+        "KUBETUNE_METRICS_PORT": "8080", "KUBETUNE_HEALTH_PORT": "8081", "KUBETUNE_LOG_LEVEL": "INFO",
+        "KUBETUNE_WORKERS": "8", "KUBETUNE_API_QPS": "50", "KUBETUNE_API_BURST": "100",
+        "KUBETUNE_RESYNC_SECONDS": "5", "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:0.1.0",
+    }
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    service = one(default, "Service")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+
+
+def test_every_setting_of_the_operator_is_set_by_the_chart(default) -> None:
+    """Each KUBETUNE_* variable that settings.py reads has a value behind it (KUBETUNE_PRIORITY: one replica)."""
+    from kubetune_operator import settings
+
+    documented = {line.split()[0] for line in settings.__doc__.splitlines() if line.strip().startswith("KUBETUNE_")}
+    assert documented - set(container_env(one(default, "Deployment"))) == {"KUBETUNE_PRIORITY"}
+
+
+def test_the_charts_defaults_are_the_operators_defaults(default, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune_operator.settings import Settings
+
+    for name in [n for n in os.environ if n.startswith("KUBETUNE_")]:
+        monkeypatch.delenv(name)
+    ours, theirs = container_env(one(default, "Deployment")), Settings.from_env()
+    assert ours["KUBETUNE_LOG_LEVEL"] == theirs.log_level
+    assert int(ours["KUBETUNE_WORKERS"]) == theirs.workers
+    assert float(ours["KUBETUNE_API_QPS"]) == theirs.api_qps
+    assert int(ours["KUBETUNE_API_BURST"]) == theirs.api_burst
+    assert float(ours["KUBETUNE_RESYNC_SECONDS"]) == theirs.resync_seconds
+    assert int(ours["KUBETUNE_METRICS_PORT"]) == theirs.metrics_port
+    assert int(ours["KUBETUNE_HEALTH_PORT"]) == theirs.health_port
+    assert ours["KUBETUNE_TRAINER_IMAGE"] == theirs.trainer_image
+
+
+def test_settings_follow_the_values() -> None:
+    manifests = render(values={"operator": {"logLevel": "DEBUG", "resyncSeconds": 5},
+                               "watchNamespaces": ["a", "b"], "metrics": {"enabled": False},
+                               "peering": {"enabled": False}, "trainer": {"image": {"tag": "0.2.0"}}})
+    env = container_env(one(manifests, "Deployment"))
+    assert env["KUBETUNE_LOG_LEVEL"] == "DEBUG" and env["KUBETUNE_RESYNC_SECONDS"] == "5"
+    assert env["KUBETUNE_NAMESPACES"] == "a,b" and env["KUBETUNE_METRICS_PORT"] == "0"
+    assert env["KUBETUNE_PEERING"] == "" and env["KUBETUNE_TRAINER_IMAGE"] == "ghcr.io/kubetune/trainer:0.2.0"
+    assert not find(manifests, "Service") and not find(manifests, "KopfPeering")
+    assert not {r for r in permissions(rbac_rules(manifests)) if r[0] == "kopf.dev"}
+    digest = "sha256:" + "ab" * 32
+    pinned = one(render(values={"image": {"digest": digest}}), "Deployment")
+    assert pinned["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/kubetune/operator@{digest}"
+
+
+# ---------------------------------------------------------------- RBAC
+def test_cluster_wide_rbac_is_exactly_what_the_operator_uses(default) -> None:
+    (role,) = find(default, "ClusterRole")
+    assert permissions(role["rules"]) == cluster_permissions("kt-kubetune")
+    binding = one(default, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kt-kubetune", "namespace": "kubetune-system"}]
+    assert one(default, "ClusterKopfPeering")["metadata"]["name"] == "kt-kubetune"
+    assert not find(default, "Role") and not find(default, "KopfPeering")
+
+
+def test_single_namespace_rbac_has_no_cluster_wide_permission() -> None:
+    manifests = render(values={"watchNamespaces": ["team-a", "team-b"]})
+    assert not find(manifests, "ClusterRole") and not find(manifests, "ClusterRoleBinding")
+    assert not find(manifests, "ClusterKopfPeering")
+    for kind in ("Role", "RoleBinding", "KopfPeering"):
+        assert sorted(m["metadata"]["namespace"] for m in find(manifests, kind)) == ["team-a", "team-b"], kind
+    for role in find(manifests, "Role"):
+        assert permissions(role["rules"]) == namespaced_permissions("kt-kubetune")
+    for binding in find(manifests, "RoleBinding"):
+        assert binding["subjects"][0]["namespace"] == "kubetune-system"
+
+
+@pytest.mark.parametrize("values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
+def test_no_secret_access_and_no_wildcards_anywhere(values_file) -> None:
+    rules = rbac_rules(render(values_files=(values_file,) if values_file else ()))
+    for rule in rules:
+        assert "secrets" not in rule.get("resources", []), rule
+        assert "*" not in rule.get("resources", []) + rule["verbs"] + rule.get("apiGroups", []), rule
+        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+
+
+def test_rbac_and_service_account_can_be_left_to_the_user() -> None:
+    manifests = render(values={"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops"}})
+    assert not rbac_rules(manifests) and not find(manifests, "ServiceAccount")
+    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "ops"
+
+
+# ---------------------------------------------------------------- metrics
+def test_service_monitor_scrapes_the_metrics_service() -> None:
+    manifests = render(values={"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}})
+    monitor = one(manifests, "ServiceMonitor")
+    service = one(manifests, "Service")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["kubetune-system"]}
+
+
+def test_render_is_deterministic() -> None:
+    assert render_text() == render_text()
