@@ -97,7 +97,7 @@ class ContainerRun:
         self.log_path(self.runs).parent.mkdir(parents=True, exist_ok=True)
         termination = self.spec.get("terminationMessagePath") or "/dev/termination-log"
         mounts = [*mounts, {"source": str(self.termination_file), "target": termination, "readOnly": False}]
-        # Parents before children; sorted() is stable, so a volume at /tmp goes over the pod's /tmp.
+        # Parents before children (sorted() is stable).
         mounts.sort(key=lambda m: len(Path(m["target"]).parts))
         exec_read, exec_write = os.pipe()
         spec = {"netns": netns, "hostname": hostname, "mounts": mounts, "argv": argv,

@@ -5,7 +5,7 @@ environment, as root, it does what a container runtime does before exec:
 enters the pod's network namespace, unshares a mount and a UTS namespace (so
 its mounts and hostname are its own), sets the pod's hostname, bind-mounts
 the pod's files over the paths the container expects (its /etc/hosts and
-/tmp, the volumes, the termination-message file), changes to the working
+the volumes, the termination-message file), changes to the working
 directory and execs the command, looked up on the container's PATH. The
 filesystem is otherwise the host's: there is no image.
 
@@ -67,7 +67,7 @@ def enter(spec: dict[str, Any]) -> None:
     _check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
     # Nothing mounted from here on may propagate back to the host.
     _mount(None, "/", MS_REC | MS_PRIVATE)
-    # Hold every source open before the first mount: one (the pod's /tmp over /tmp) may hide
+    # Hold every source open before the first mount: one may hide
     # where later sources live. Opened only now, in this mount namespace, so they can be bind-mounted.
     sources = [os.open(m["source"], os.O_PATH) for m in spec["mounts"]]
     hostname = spec["hostname"].encode()

@@ -1,7 +1,7 @@
 """One pod on the node agent's node, from bound to deleted: what a kubelet's pod worker does.
 
 A PodRunner is a thread per pod. It builds the pod's sandbox (network
-namespace, address, /etc/hosts, /tmp), writes its volumes, runs the init
+namespace, address, /etc/hosts, TMPDIR), writes its volumes, runs the init
 containers one after another and then the containers together, each as a local
 process started through podinit.py, restarts them as the restartPolicy says,
 and reports every change through the pod's status subresource. When the pod is
@@ -228,7 +228,10 @@ class PodRunner(threading.Thread):
 
     def _start(self, c: ContainerRun) -> None:
         try:
-            env = podspec.container_env(self._context(), c.spec, self.agent.base_env(self.pod), self.agent.configmap,
+            # A private temp dir through TMPDIR, not a mount over /tmp: the project (and its
+            # environment, whose programs the pod runs) may itself live under /tmp.
+            base = {**self.agent.base_env(self.pod), "TMPDIR": str(self.dir / "tmp")}
+            env = podspec.container_env(self._context(), c.spec, base, self.agent.configmap,
                                         self.agent.secret)
             argv = podspec.container_argv(c.spec, env)
         except ConfigError as e:
@@ -285,7 +288,6 @@ class PodRunner(threading.Thread):
     def _mounts(self, c: ContainerRun) -> list[Manifest]:
         mounts: list[Manifest] = [
             {"source": str(self.dir / "hosts"), "target": "/etc/hosts", "readOnly": False},
-            {"source": str(self.dir / "tmp"), "target": "/tmp", "readOnly": False},
         ]
         volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or ()}
         for m in c.spec.get("volumeMounts") or ():
