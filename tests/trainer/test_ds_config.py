@@ -1,0 +1,79 @@
+"""The DeepSpeed config derived from the trainer's settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubetune_trainer.ds_config import build_ds_config, deep_merge, gradient_accumulation_steps
+from kubetune_trainer.errors import ConfigError
+
+
+def ds(**overrides: Any) -> dict[str, Any]:
+    args: dict[str, Any] = dict(zero_stage=2, offload="none", precision="bf16", micro_batch_size=4,
+                                global_batch_size=64, world_size=8, learning_rate=2e-4, weight_decay=0.1,
+                                max_grad_norm=1.0)
+    return build_ds_config(**{**args, **overrides})
+
+
+@pytest.mark.parametrize(("global_batch", "micro", "world", "accum"), [
+    (64, 4, 8, 2), (16, 4, 4, 1), (6, 1, 2, 3), (128, 2, 16, 4),
+])
+def test_gradient_accumulation_is_global_over_micro_times_world(global_batch: int, micro: int, world: int,
+                                                                 accum: int) -> None:
+    assert gradient_accumulation_steps(global_batch, micro, world) == accum
+
+
+def test_indivisible_global_batch_names_the_field_and_suggests_values() -> None:
+    with pytest.raises(ConfigError, match=r"global_batch_size=60 is not a multiple of micro_batch_size \(4\) "
+                                          r"x world size \(8\) = 32; use e.g. 32 or 64"):
+        gradient_accumulation_steps(60, 4, 8)
+
+
+def test_generated_config() -> None:
+    config = ds()
+    assert config["train_batch_size"] == 64
+    assert config["train_micro_batch_size_per_gpu"] == 4
+    assert config["gradient_accumulation_steps"] == 2
+    assert config["gradient_clipping"] == 1.0
+    assert config["zero_optimization"] == {"stage": 2}
+    assert config["bf16"] == {"enabled": True} and config["fp16"] == {"enabled": False}
+    assert config["optimizer"]["type"] == "AdamW"
+    assert config["optimizer"]["params"]["lr"] == 2e-4
+    assert config["optimizer"]["params"]["weight_decay"] == 0.1
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_precision_switches(precision: str) -> None:
+    config = ds(precision=precision)
+    assert config["bf16"]["enabled"] is (precision == "bf16")
+    assert config["fp16"]["enabled"] is (precision == "fp16")
+
+
+def test_cpu_offload_moves_optimizer_state_and_at_stage_3_the_weights() -> None:
+    stage2 = ds(zero_stage=2, offload="cpu")["zero_optimization"]
+    assert stage2["offload_optimizer"]["device"] == "cpu" and "offload_param" not in stage2
+    stage3 = ds(zero_stage=3, offload="cpu")["zero_optimization"]
+    assert stage3["offload_param"]["device"] == "cpu"
+    assert ds(offload="cpu")["optimizer"]["params"]["torch_adam"] is False  # needs DeepSpeed's CPU Adam
+    with pytest.raises(ConfigError, match=r"offload=cpu needs deepspeed\.zero_stage >= 1"):
+        ds(zero_stage=0, offload="cpu")
+
+
+def test_raw_overrides_are_deep_merged_last() -> None:
+    config = ds(zero_stage=3, overrides={
+        "zero_optimization": {"stage3_max_live_parameters": 10**8},
+        "optimizer": {"params": {"betas": [0.9, 0.95]}},
+        "gradient_clipping": 0.5,
+    })
+    assert config["zero_optimization"] == {"stage": 3, "stage3_max_live_parameters": 10**8}
+    assert config["optimizer"]["params"]["betas"] == [0.9, 0.95]
+    assert config["optimizer"]["params"]["lr"] == 2e-4  # siblings survive
+    assert config["gradient_clipping"] == 0.5
+
+
+def test_deep_merge_does_not_mutate_its_inputs() -> None:
+    base = {"a": {"b": 1}}
+    merged = deep_merge(base, {"a": {"c": 2}})
+    assert merged == {"a": {"b": 1, "c": 2}} and base == {"a": {"b": 1}}

@@ -1,0 +1,81 @@
+"""Progress reporting: the status patch rank 0 sends, and how often it sends it.
+
+The patch against a real API server, with the job's own least-privilege
+ServiceAccount, is checked by the ZeRO-2 run in test_streaming.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetune_api import FineTuneJobStatus
+from kubetune_trainer.callbacks import StepMetrics
+from kubetune_trainer.progress import ProgressReporter, Report, status_patch
+from kubetune_trainer.streaming import Commit
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def metrics(step: int, loss: float = 1.5) -> StepMetrics:
+    return StepMetrics(step=step, total_steps=100, epoch=step / 50, loss=loss, learning_rate=1e-4,
+                       grad_norm=None, tokens_per_second=5400.0, eta_seconds=123.4)
+
+
+def test_the_patch_is_a_valid_status_without_nan() -> None:
+    commit = Commit(step=40, uri="s3://b/ckpt/step-00000040/", committed_at="2026-01-02T03:00:00Z",
+                    committed=2, bytes=10)
+    report = Report(step=42, total_steps=100, epoch=0.84, loss=float("nan"), eval_loss=1.31,
+                    learning_rate=1e-4, tokens_per_second=float("inf"), eta_seconds=57.6,
+                    latest_checkpoint=commit, output_uri=None)
+    patch = status_patch(report, NOW)
+    assert patch == {"status": {
+        "progress": {"step": 42, "totalSteps": 100, "epoch": 0.84, "evalLoss": 1.31, "learningRate": 1e-4,
+                     "etaSeconds": 58, "updatedAt": "2026-01-02T03:04:05Z"},
+        "progressText": "42/100",
+        "checkpoints": {"latest": {"step": 40, "uri": "s3://b/ckpt/step-00000040/",
+                                   "committedAt": "2026-01-02T03:00:00Z"}, "committed": 2},
+    }}
+    FineTuneJobStatus.model_validate(patch["status"])  # what the operator reads back
+
+
+def test_steps_are_throttled_and_commits_sent_at_once() -> None:
+    sent: list[dict[str, Any]] = []
+    arrived = threading.Event()
+
+    def patcher(body: dict[str, Any]) -> None:
+        sent.append(body["status"])
+        arrived.set()
+
+    reporter = ProgressReporter(patcher, interval=3600)
+    try:
+        reporter.on_train_start(0, 100)  # sent at once
+        assert arrived.wait(5)
+        for step in range(1, 20):
+            reporter.on_step_end(metrics(step))
+        time.sleep(0.3)
+        assert len(sent) == 1  # within the interval: held back
+        arrived.clear()
+        reporter.on_commit(Commit(10, "s3://b/c/step-00000010/", "2026-01-02T03:00:00Z", 1, 10))
+        assert arrived.wait(5)
+        assert sent[-1]["progress"]["step"] == 19 and sent[-1]["checkpoints"]["latest"]["step"] == 10
+        reporter.on_step_end(metrics(20))
+    finally:
+        reporter.close()  # flushes what is pending
+    assert sent[-1]["progress"]["step"] == 20 and sent[-1]["progressText"] == "20/100"
+
+
+def test_a_failing_api_server_never_stops_training(capsys: Any) -> None:
+    calls = []
+
+    def patcher(body: dict[str, Any]) -> None:
+        calls.append(body)
+        raise ConnectionError("connection refused")
+
+    reporter = ProgressReporter(patcher, interval=0)
+    reporter.on_step_end(metrics(1))
+    reporter.on_train_end(1)
+    reporter.close()
+    assert calls and '"event": "status_patch_failed"' in capsys.readouterr().out

@@ -1,0 +1,76 @@
+"""A real run without the cluster: one process, everything on pvc:// claims (local folders here).
+
+The same protocol as on S3, through the folder store: committed checkpoints
+with manifests, retention, the exported model with its manifest, and a second
+start that finds the finished job's last checkpoint and only re-exports. The
+multi-node runs against MinIO are in test_streaming.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Run, launch, python_module, write_config, write_jsonl
+
+from kubetune_trainer.__main__ import main
+
+SENTENCES = ["the cat sat on the mat.", "a dog ran in the park.", "my bird can sing a song."]
+
+
+def assert_ok(run: Run) -> None:
+    assert run.returncodes and all(rc == 0 for rc in run.returncodes), run.output[-4000:]
+
+
+def test_single_process_on_pvc_claims_commits_and_exports(tiny_model_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "pvc"
+    for claim in ("models", "data", "work"):
+        (root / claim).mkdir(parents=True)
+    (root / "models" / "tiny").symlink_to(tiny_model_dir)
+    write_jsonl(root / "data" / "train.jsonl", [{"text": " ".join([SENTENCES[i % 3]] * 4)} for i in range(24)])
+    manifest = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "local"},
+                "spec": {"model": {"uri": "pvc://models/tiny"},
+                         "dataset": {"train": "pvc://data/train.jsonl", "format": "text"},
+                         "training": {"maxSteps": 4, "learningRate": 1e-2, "microBatchSize": 2,
+                                      "globalBatchSize": 4, "maxSeqLength": 32, "precision": "fp32",
+                                      "logEverySteps": 1},
+                         "deepspeed": {"zeroStage": 1},
+                         "resources": {"gpusPerNode": 0},
+                         "checkpoint": {"everySteps": 2, "keepLast": 2},  # default: <output.uri>/checkpoints/
+                         "output": {"uri": "pvc://work/model"}}}
+    config = write_config(tmp_path / "job.json", manifest)
+    env = {"KUBETUNE_PVC_ROOT": str(root), "KUBETUNE_SCRATCH_DIR": str(tmp_path / "scratch")}
+    first = launch([python_module(config)], envs=[env])
+    assert_ok(first)
+    losses = first.losses()
+    assert sorted(losses) == [1, 2, 3, 4] and losses[4] < losses[1]
+
+    out = root / "work" / "model"
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000002", "step-00000004"]
+    committed = json.loads((ckpts / "step-00000004" / "manifest.json").read_text())
+    assert {f["name"] for f in committed["files"]} == {
+        "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "rng-rank00000.pt"}
+    output = json.loads((out / "manifest.json").read_text())
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f["name"] for f in output["files"]}
+    # Tied input and output embeddings are written once, as in the base model.
+    base = (tiny_model_dir / "model.safetensors").stat().st_size
+    assert (out / "model.safetensors").stat().st_size < 1.2 * base
+    assert output["config"]["spec"]["training"]["maxSteps"] == 4
+
+    # Started again (as after a crash while exporting), the job trains no more and exports again.
+    second = launch([python_module(config)], envs=[env])
+    assert_ok(second)
+    assert second.of("resumed")[0]["step"] == 4 and not second.of("step")
+    assert second.of("output_published")
+
+
+def test_bad_input_ends_with_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A developer's trainer config (local paths) is checked as strictly as a spec."""
+    config: dict[str, Any] = {"model": {"path": "/m"}, "data": {"train": "/t.jsonl"}, "output": {"dir": "/o"},
+                              "training": {"epochs": 0}}
+    assert main([str(write_config(tmp_path / "config.json", config))]) == 2
+    assert capsys.readouterr().err == "kubetune-trainer: error: training.epochs must be >= 1 (got 0)\n"
+    assert main([]) == 2

@@ -1,0 +1,110 @@
+"""`python -m kubetune_trainer [CONFIG]`: run one fine-tuning job under torchrun.
+
+CONFIG (the first argument, or $KUBETUNE_CONFIG) is the operator's config.json,
+a FineTuneJob manifest, or a developer's trainer config (see jobfile.py). Bad
+input ends with one line on stderr, in the pod's termination log
+(/dev/termination-log, when it exists) and exit code 2; storage that stays
+unreachable exits 1 the same way; anything else is a bug and keeps its
+traceback (its last line goes to the termination log).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kubetune_trainer.settings import Settings
+
+PREFIX = "kubetune-trainer: error: "
+
+
+def write_termination_message(path: Path, message: str) -> None:
+    """Tell Kubernetes why the container failed; the first failing process of a pod wins."""
+    try:
+        if path.is_file() and os.access(path, os.W_OK) and path.stat().st_size == 0:
+            path.write_text(message[:4000])  # the kubelet keeps at most 4096 bytes
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kubetune_trainer.errors import EXIT_FAILED, TrainerError
+    from kubetune_trainer.settings import TERMINATION_LOG, settings_from_env
+
+    termination_log = Path(os.environ.get("KUBETUNE_TERMINATION_LOG") or TERMINATION_LOG)
+
+    def fail(message: str, code: int) -> int:
+        line = " ".join(message.split())  # one line, whatever the message held
+        print(PREFIX + line, file=sys.stderr, flush=True)
+        write_termination_message(termination_log, line)
+        return code
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        settings = settings_from_env()
+        path = args[0] if args else settings.config_path
+        if not path:
+            return fail("no config; pass its path or set KUBETUNE_CONFIG", 2)
+        _run(path, settings)
+    except TrainerError as e:
+        return fail(str(e), e.exit_code)
+    except Exception as e:
+        traceback.print_exc()
+        return fail(crash_reason(e), EXIT_FAILED)
+    return 0
+
+
+# What gloo and NCCL say when a peer process went away: not a bug here, the gang restarts.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def crash_reason(error: Exception) -> str:
+    """One line for an unexpected exception."""
+    first = (str(error).splitlines() or [""])[0]
+    if any(text in first for text in _PEER_LOST):
+        return f"lost contact with another training process (it failed or was killed; see its log): {first}"
+    return f"{type(error).__name__}: {first} (a bug: see the log for the traceback)"
+
+
+def _run(path: str, settings: Settings) -> None:
+    from kubetune_trainer.jobfile import Job, load_job, redacted
+    from kubetune_trainer.logs import log_event
+
+    job = load_job(path, settings)  # before the heavy imports: a bad spec fails in a second
+    from kubetune_trainer.config import StorageConfig
+    from kubetune_trainer.recipe import run
+    from kubetune_trainer.spec_adapter import train_config_from_spec
+    from kubetune_trainer.staging import check_storage, check_writable, stage_model
+
+    if not isinstance(job, Job):  # a developer's trainer config: local paths
+        check_writable(job.checkpoint.uri, settings)
+        run(job, settings=settings)
+        return
+    spec = job.spec
+    if os.environ.get("RANK", "0") == "0":
+        log_event("config", job=job.record["job"], spec=redacted(job.manifest))
+    storage = StorageConfig(endpoint=spec.storage.endpoint, region=spec.storage.region,
+                            addressing_style=spec.storage.addressing_style)
+    # Cheap checks first: wrong credentials or a missing bucket fail before any model is loaded.
+    check_storage([spec.model.uri, spec.dataset.train, spec.dataset.eval, spec.checkpoint_uri, spec.output.uri],
+                  settings, storage)
+    check_writable(spec.checkpoint_uri, settings)
+    check_writable(spec.output.uri, settings)
+    model_dir = stage_model(spec.model.uri, settings, storage)
+    output_dir = settings.scratch_dir / "output" / (job.name or "standalone")
+    cfg = train_config_from_spec(spec, model_dir=model_dir, output_dir=str(output_dir))
+    run(cfg, settings=settings, record=job.record)
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code:
+        # Do not wait for background transfers or library exit hooks: the next attempt resumes.
+        os._exit(code)
+    sys.exit(0)

@@ -1,0 +1,100 @@
+"""Process-group set-up from torchrun's environment: nccl on GPU, gloo on CPU, one code path.
+
+Run without torchrun (plain `python -m kubetune_trainer`), the process makes
+itself a world of one, so the same program works on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job, as torchrun describes it."""
+
+    rank: int = 0
+    """Global rank."""
+    local_rank: int = 0
+    """Rank on this node (selects the GPU)."""
+    world_size: int = 1
+    """Processes in the job."""
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that logs and writes shared outputs."""
+        return self.rank == 0
+
+
+def dist_env(environ: Mapping[str, str]) -> DistEnv:
+    """Read RANK, LOCAL_RANK and WORLD_SIZE (absent: a world of one)."""
+    return DistEnv(
+        rank=int(environ.get("RANK", "0")),
+        local_rank=int(environ.get("LOCAL_RANK", "0")),
+        world_size=int(environ.get("WORLD_SIZE", "1")),
+    )
+
+
+def backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def device(env: DistEnv) -> torch.device:
+    return torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed() -> DistEnv:
+    """Join the process group torchrun describes (or form a world of one) through DeepSpeed."""
+    if "RANK" not in os.environ:  # not under torchrun: a single process
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    env = dist_env(os.environ)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend(), auto_mpi_discovery=False)
+    return env
+
+
+def destroy_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: Sequence[float], env: DistEnv) -> list[float]:
+    """Element-wise sum of `values` over all ranks (identity in a world of one)."""
+    if env.world_size == 1 or not dist.is_initialized():
+        return [float(v) for v in values]
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=device(env))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return [float(v) for v in tensor.tolist()]
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(value: T, env: DistEnv) -> T:
+    """Rank 0's `value` on every rank (a picklable object)."""
+    if env.world_size == 1 or not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

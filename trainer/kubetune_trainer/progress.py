@@ -1,0 +1,189 @@
+"""Rank 0 reports progress on its FineTuneJob: status.progress, checkpoints and output.
+
+A JSON merge patch on the job's status subresource, sent with the pod's own
+service account (whose Role may get and patch that one job's status and nothing
+else). Patches are throttled (settings.status_interval_seconds) and sent from a
+background thread, so a slow or unreachable API server never slows training;
+a commit, the end of training and the output are sent at once. Reporting is
+best effort: a failed patch is logged and the next one carries the news.
+Outside a cluster there is nothing to patch, and the log lines are the report.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetune_api import ProgressStatus, progress_text
+from kubetune_api.constants import GROUP, PLURAL, VERSION
+from kubetune_trainer.callbacks import Callback, StepMetrics
+from kubetune_trainer.logs import log_event
+from kubetune_trainer.settings import Settings
+from kubetune_trainer.streaming import Commit
+
+Patch = dict[str, Any]
+Patcher = Callable[[Patch], None]
+
+
+def _finite(value: float | None) -> float | None:
+    """The CRD rejects NaN and infinities: leave such a value out rather than fail the patch."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class Report:
+    """What rank 0 knows; rendered into a status patch by `status_patch`."""
+
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+    latest_checkpoint: Commit | None = None
+    output_uri: str | None = None
+
+
+def status_patch(report: Report, now: datetime) -> Patch:
+    """The merge patch for `report`: status.progress, progressText, checkpoints and output."""
+    eta = _finite(report.eta_seconds)
+    progress = ProgressStatus(
+        step=report.step,
+        total_steps=report.total_steps,
+        epoch=_finite(report.epoch),
+        loss=_finite(report.loss),
+        eval_loss=_finite(report.eval_loss),
+        learning_rate=_finite(report.learning_rate),
+        tokens_per_second=_finite(report.tokens_per_second),
+        eta_seconds=max(0, round(eta)) if eta is not None else None,
+        updated_at=now,
+    )
+    status: Patch = {"progress": progress.to_manifest(),
+                     "progressText": progress_text(report.step, report.total_steps)}
+    commit = report.latest_checkpoint
+    if commit is not None:
+        status["checkpoints"] = {
+            "latest": {"step": commit.step, "uri": commit.uri, "committedAt": commit.committed_at},
+            "committed": commit.committed,
+        }
+    if report.output_uri:
+        status["output"] = {"uri": report.output_uri}
+    return {"status": status}
+
+
+def kube_status_patcher(settings: Settings) -> Patcher | None:
+    """A function patching this job's status with the pod's service account; None outside a cluster."""
+    if not settings.in_cluster:
+        return None
+    from kubernetes import client
+    from kubernetes.config.config_exception import ConfigException
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
+    configuration = client.Configuration()
+    token, ca = settings.service_account_dir / "token", settings.service_account_dir / "ca.crt"
+    try:
+        InClusterConfigLoader(token_filename=str(token), cert_filename=str(ca)).load_and_set(configuration)
+    except ConfigException as e:
+        log_event("status_reporting_off", reason=f"no usable service account in {settings.service_account_dir}: {e}")
+        return None
+    api = client.CustomObjectsApi(client.ApiClient(configuration))
+    namespace, name = str(settings.namespace), str(settings.job_name)
+
+    def patch(body: Patch) -> None:
+        api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, body,
+            _content_type="application/merge-patch+json", _request_timeout=(5, 15))
+
+    return patch
+
+
+class ProgressReporter(Callback):
+    """Keeps the latest progress and patches it at most every `interval` seconds (rank 0 only)."""
+
+    def __init__(self, patcher: Patcher, interval: float) -> None:
+        self.patcher, self.interval = patcher, interval
+        self._report = Report()
+        self._dirty = self._urgent = False
+        self._last_sent = 0.0
+        self._last_error_logged = -math.inf
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="kubetune-status", daemon=True)
+        self._thread.start()
+
+    def _update(self, urgent: bool = False, **changes: Any) -> None:
+        with self._cond:
+            self._report = replace(self._report, **changes)
+            self._dirty = True
+            self._urgent = self._urgent or urgent
+            self._cond.notify_all()
+
+    # -- hooks (training thread, and the committer's thread for commits)
+    def on_train_start(self, start_step: int, total_steps: int) -> None:
+        self._update(urgent=True, step=start_step, total_steps=total_steps)
+
+    def on_step_end(self, metrics: StepMetrics) -> None:
+        self._update(step=metrics.step, total_steps=metrics.total_steps, epoch=metrics.epoch,
+                     loss=metrics.loss, learning_rate=metrics.learning_rate,
+                     tokens_per_second=metrics.tokens_per_second, eta_seconds=metrics.eta_seconds)
+
+    def on_eval_end(self, step: int, eval_loss: float) -> None:
+        self._update(eval_loss=eval_loss)
+
+    def on_train_end(self, step: int) -> None:
+        self._update(urgent=True, step=step, eta_seconds=0.0)
+
+    def on_commit(self, commit: Commit) -> None:
+        self._update(urgent=True, latest_checkpoint=commit)
+
+    def on_output(self, uri: str) -> None:
+        self._update(urgent=True, output_uri=uri)
+
+    def close(self, timeout: float = 20.0) -> None:
+        """Send what is pending, then stop."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # -- reporting thread
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    wait = self._last_sent + self.interval - time.monotonic()
+                    if self._dirty and (self._urgent or self._stop or wait <= 0):
+                        break
+                    if self._stop:
+                        return
+                    self._cond.wait(wait if self._dirty else None)
+                report, self._dirty, self._urgent = self._report, False, False
+                stopping = self._stop
+            self._send(report)
+            if stopping:
+                with self._cond:
+                    if not self._dirty:
+                        return
+
+    def _send(self, report: Report) -> None:
+        self._last_sent = time.monotonic()
+        try:
+            self.patcher(status_patch(report, datetime.now(UTC)))
+        except Exception as e:  # best effort: never let reporting break training
+            if time.monotonic() - self._last_error_logged > 60:
+                self._last_error_logged = time.monotonic()
+                log_event("status_patch_failed", error=_describe(e))
+
+
+def _describe(error: Exception) -> str:
+    status, reason = getattr(error, "status", None), getattr(error, "reason", None)
+    if status:
+        return f"HTTP {status} {reason or ''}".strip()
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"

@@ -1,0 +1,205 @@
+"""One fine-tuning run, top to bottom: setup -> resume -> train -> export -> cleanup.
+
+Shaped like a torchtune recipe. It wires the pieces together and holds no
+logic of its own beyond the order of things; each step is a call into the
+module that owns it. `run` takes the trainer's own TrainConfig (with the model
+already staged to a local folder), so it does not care whether that came from a
+FineTuneJob spec or a developer's config file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kubetune_trainer.callbacks import Callback, CallbackList, LogLines
+from kubetune_trainer.checkpoint import TrainState, load_checkpoint, seed_all
+from kubetune_trainer.config import TrainConfig
+from kubetune_trainer.data import BatchLayout, build_datasets
+from kubetune_trainer.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    destroy_distributed,
+    init_distributed,
+)
+from kubetune_trainer.engine import create_engine, ds_config_for, lr_schedule
+from kubetune_trainer.errors import EXIT_FAILED, ConfigError, TrainerError
+from kubetune_trainer.export import export_model, gather_state_dict
+from kubetune_trainer.logs import log_event, quiet_libraries
+from kubetune_trainer.loop import LoopPlan, plan_steps, train
+from kubetune_trainer.modeling import count_parameters, load_model, load_tokenizer, max_positions
+from kubetune_trainer.output import publish_model
+from kubetune_trainer.progress import ProgressReporter, kube_status_patcher
+from kubetune_trainer.resume import download_checkpoint, newest_committed, remove_uncommitted
+from kubetune_trainer.settings import Settings
+from kubetune_trainer.staging import UriFiles
+from kubetune_trainer.storage import Store, open_store, retry
+from kubetune_trainer.streaming import CheckpointCommitter, CheckpointUploader
+
+
+class UploadFailedElsewhere(TrainerError):
+    """Another rank could not store its part of the final checkpoint."""
+
+    exit_code = EXIT_FAILED
+
+
+def _slug(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run(cfg: TrainConfig, *, settings: Settings | None = None, record: dict[str, Any] | None = None,
+        callbacks: Sequence[Callback] = ()) -> Path:
+    """Train as `cfg` says; write the final model to cfg.output.dir (and publish it to
+    cfg.output.uri); returns that directory.
+
+    `record` is the job's config as the user wrote it (the FineTuneJob spec), stored in every
+    checkpoint and the output's manifest; default: `cfg` itself. `callbacks` run on every rank.
+    """
+    settings = settings or Settings()
+    record = record if record is not None else {"trainConfig": asdict(cfg)}
+    quiet_libraries()
+    if cfg.training.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("training.precision=fp16 is not supported by DeepSpeed on CPU; use bf16 or fp32")
+    training = cfg.training
+    # Tokenizer and data first, before the process group: bad input fails within seconds, the same
+    # way on every rank.
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    data = build_datasets(cfg.data, tokenizer, seed=training.seed,
+                          max_positions=max_positions(cfg.model.path, cfg.model.trust_remote_code),
+                          files=UriFiles(settings, cfg.storage))
+    env = init_distributed()
+    closing: list[Any] = []  # threads and stores to stop, newest first
+    try:
+        run_id = broadcast_object(uuid.uuid4().hex if env.is_main else "", env)
+        seed_all(training.seed)  # identical on every rank: LoRA adapters start the same everywhere
+        model = load_model(cfg.model, cfg.method, training.precision)
+        ds_config = ds_config_for(training, zero_stage=cfg.deepspeed.zero_stage,
+                                  offload=cfg.deepspeed.offload, overrides=dict(cfg.deepspeed.config),
+                                  world_size=env.world_size)
+        # From the final DeepSpeed config, so that raw overrides of batch keys are honoured here too.
+        layout = BatchLayout(ds_config["train_micro_batch_size_per_gpu"], env.world_size,
+                             ds_config["gradient_accumulation_steps"])
+        per_epoch, total_steps = plan_steps(len(data.train), layout, training.epochs, training.max_steps)
+        if env.is_main:
+            trainable, total = count_parameters(model)
+            log_event("setup", world_size=env.world_size, train_records=data.train_records,
+                      train_sequences=len(data.train), eval_records=data.eval_records,
+                      eval_sequences=len(data.eval), dropped_sequences=data.dropped,
+                      first_dropped=data.first_dropped, steps_per_epoch=per_epoch, total_steps=total_steps,
+                      gradient_accumulation=layout.grad_accum, trainable_params=trainable, params=total,
+                      zero_stage=cfg.deepspeed.zero_stage, precision=training.precision)
+        engine = create_engine(model, ds_config, lr_schedule(training, total_steps), training.weight_decay)
+
+        hooks: list[Callback] = [LogLines(training.log_every_steps)] if env.is_main else []
+        reporter = None
+        if env.is_main and (patcher := kube_status_patcher(settings)) is not None:
+            reporter = ProgressReporter(patcher, settings.status_interval_seconds)
+            closing.append(reporter)
+            hooks.append(reporter)
+
+        start, uploader, committer, staging = TrainState(), None, None, None
+        if cfg.checkpoint.uri:
+            store = open_store(cfg.checkpoint.uri, cfg.storage, settings)
+            closing.append(store)
+            staging = settings.scratch_dir / "checkpoints" / _slug(cfg.checkpoint.uri) / f"rank-{env.rank:05d}"
+            shutil.rmtree(staging, ignore_errors=True)  # leftovers of an earlier container on this disk
+            if cfg.checkpoint.resume:
+                start = _resume(engine, store, env, staging / "resume", settings) or start
+            barrier()  # nobody uploads before rank 0 has removed the uncommitted folders
+            if cfg.checkpoint.every_steps:
+                if env.is_main:
+                    committer = CheckpointCommitter(
+                        store, world_size=env.world_size, run_id=run_id, keep_last=cfg.checkpoint.keep_last,
+                        config=record, give_up_after=settings.upload_give_up_seconds,
+                        on_commit=reporter.on_commit if reporter else None)
+                    closing.append(committer)
+                    hooks.append(committer)  # before the uploader: it expects the step first
+                uploader = CheckpointUploader(store, rank=env.rank, world_size=env.world_size, run_id=run_id,
+                                              give_up_after=settings.upload_give_up_seconds)
+                closing.append(uploader)
+                hooks.append(uploader)
+        if start.step == 0:
+            seed_all(training.seed + env.rank)  # different dropout masks on different ranks
+
+        plan = LoopPlan(layout=layout, steps_per_epoch=per_epoch, total_steps=total_steps, seed=training.seed,
+                        eval_every_steps=training.eval_every_steps, eval_at_start=training.eval_at_start,
+                        checkpoint_every_steps=cfg.checkpoint.every_steps if uploader else 0,
+                        checkpoint_dir=str(staging) if staging else None)
+        final = train(engine, data.train, data.eval, plan, env=env, pad_id=int(tokenizer.pad_token_id),
+                      callbacks=CallbackList([*hooks, *callbacks]), start=start, config=record)
+
+        # Export while the last checkpoint uploads: gathering is collective under ZeRO-3.
+        state = gather_state_dict(engine.module, env.is_main)
+        output = Path(cfg.output.dir)
+        if env.is_main:
+            export_model(engine.module, state, output_dir=cfg.output.dir, tokenizer=tokenizer,
+                         base_model_path=cfg.model.path, merge_lora=cfg.output.merge_lora)
+            log_event("exported", path=str(output), method=cfg.method.type,
+                      merged=cfg.method.type == "lora" and cfg.output.merge_lora)
+            if cfg.output.uri:
+                out_store = open_store(cfg.output.uri, cfg.storage, settings)
+                closing.append(out_store)
+                uri = publish_model(output, out_store, step=final.step, config=record,
+                                    give_up_after=settings.upload_give_up_seconds)
+                if reporter:
+                    reporter.on_output(uri)
+        del state
+        # The one place training waits for storage: the final checkpoint must be committed.
+        if uploader is not None:
+            _drain_everywhere(uploader, env)
+            if committer is not None and final.step > start.step:
+                committer.wait_committed(final.step, timeout=settings.upload_give_up_seconds)
+        barrier()
+        return output
+    finally:
+        for item in reversed(closing):
+            item.close()
+        destroy_distributed()
+
+
+def _resume(engine: Any, store: Store, env: DistEnv, into: Path, settings: Settings) -> TrainState | None:
+    """Load the newest committed checkpoint, after rank 0 removed the uncommitted ones."""
+    give_up = settings.upload_give_up_seconds
+    step = -1
+    if env.is_main:
+        retry(lambda: remove_uncommitted(store), what=f"cleaning {store.uri}", give_up_after=give_up)
+        manifest = retry(lambda: newest_committed(store), what=f"listing {store.uri}", give_up_after=give_up)
+        step = manifest.step if manifest else -1
+    step = broadcast_object(step, env)  # every rank resumes from the same checkpoint
+    if step < 0:
+        return None
+    manifest = retry(lambda: newest_committed(store), what=f"listing {store.uri}", give_up_after=give_up)
+    if manifest is None or manifest.step != step:
+        raise ConfigError(f"{store.uri}: the newest committed checkpoint changed while resuming; is another "
+                          "run writing checkpoints to the same checkpoint.uri?")
+    point = download_checkpoint(store, manifest, rank=env.rank, world_size=env.world_size, into=into,
+                                give_up_after=give_up)
+    state = load_checkpoint(engine, point.folder, env)
+    shutil.rmtree(into, ignore_errors=True)
+    if env.is_main:
+        log_event("resumed", step=state.step, epoch=state.position.epoch,
+                  step_in_epoch=state.position.step_in_epoch, uri=f"{store.uri.rstrip('/')}/step-{step:08d}/")
+    return state
+
+
+def _drain_everywhere(uploader: CheckpointUploader, env: DistEnv) -> None:
+    """Wait for this rank's uploads; fail on every rank if any rank's uploads failed."""
+    failure: TrainerError | None = None
+    try:
+        uploader.drain()
+    except TrainerError as e:
+        failure = e
+    succeeded = all_reduce_sum([0.0 if failure else 1.0], env)[0]
+    if failure is not None:
+        raise failure
+    if succeeded < env.world_size:
+        raise UploadFailedElsewhere("another rank could not store its checkpoint files; see that rank's log")

@@ -1,0 +1,386 @@
+"""Checkpoint streaming: every rank uploads its shards in the background; rank 0 commits.
+
+The protocol (layout in manifest.py):
+
+1. The loop writes a checkpoint to local disk (each rank its own folder) and
+   hands it to this rank's `CheckpointUploader`; training continues at once.
+2. The uploader hashes and uploads the rank's files (multipart, concurrent;
+   failures retried with backoff for settings.upload_give_up_seconds), checks
+   nothing is missing, writes the rank's part manifest last and deletes the
+   local copy. It works in step order; a checkpoint still waiting when a newer
+   one arrives is dropped (the newer one supersedes it), so a slow or absent
+   store never fills the local disk with more than two checkpoints.
+3. Rank 0's `CheckpointCommitter` polls for the part manifests of the steps it
+   expects. Once all ranks' parts of a step are present (from this run), it
+   checks every listed file in the store (size and recorded SHA-256), then
+   writes manifest.json: the commit. Older steps that never completed are
+   abandoned.
+4. After a commit it applies retention: committed checkpoints beyond keepLast go
+   (manifest first, so a half-deleted one is never taken for committed), and so
+   do abandoned folders older than the commit; never the newest commit, never a
+   folder that may still be uploading.
+
+Failures surface on the training thread: `raise_if_failed` at each step, and
+`drain` / `wait_committed` at the end of the run, the only place training waits.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubetune_trainer.callbacks import Callback, StepMetrics
+from kubetune_trainer.errors import CheckpointError, StorageError, StorageUnavailable, TrainerError
+from kubetune_trainer.logs import log_event
+from kubetune_trainer.manifest import (
+    MANIFEST,
+    CheckpointManifest,
+    FileEntry,
+    PartManifest,
+    listing,
+    merge_parts,
+    part_name,
+    retention_plan,
+    step_folder,
+)
+from kubetune_trainer.storage import (
+    Cancelled,
+    Store,
+    Upload,
+    file_sha256,
+    raise_first_failure,
+    retry,
+)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Worker:
+    """A daemon thread whose first exception is kept and re-raised on the caller's thread."""
+
+    name = "worker"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=f"kubetune-{self.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except Cancelled:
+            pass
+        except BaseException as e:  # kept for the training thread, which reports it
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            error = self._error
+            if isinstance(error, TrainerError):
+                raise type(error)(str(error))
+            raise RuntimeError(f"{self.name} failed: {type(error).__name__}: {error}") from error
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop without finishing pending work (the next run resumes from the last commit)."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
+@dataclass(frozen=True)
+class Pending:
+    step: int
+    folder: Path
+
+
+class CheckpointUploader(_Worker, Callback):
+    """Uploads this rank's checkpoint folders in the background, in step order."""
+
+    name = "uploader"
+
+    def __init__(self, store: Store, *, rank: int, world_size: int, run_id: str,
+                 give_up_after: float, on_uploaded: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self.store, self.rank, self.world_size, self.run_id = store, rank, world_size, run_id
+        self.give_up_after = give_up_after
+        self.on_uploaded = on_uploaded
+        self._queue: list[Pending] = []
+        self._busy = False
+        self.uploaded: list[int] = []
+        self.start()
+
+    # -- training thread
+    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0) -> None:
+        self.raise_if_failed()
+        with self._cond:
+            for old in self._queue:  # not started yet: the new checkpoint supersedes it
+                log_event("checkpoint_superseded", step=old.step, rank=self.rank, by=step)
+                shutil.rmtree(old.folder, ignore_errors=True)
+            self._queue = [Pending(step, path)]
+            self._cond.notify_all()
+
+    def on_step_end(self, metrics: StepMetrics) -> None:
+        self.raise_if_failed()
+
+    @property
+    def busy(self) -> bool:
+        """A checkpoint is uploading or waiting to."""
+        return self._busy or bool(self._queue)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every queued checkpoint is stored (or uploading failed for good)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while (self._queue or self._busy) and self._error is None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise StorageUnavailable(f"{self.store.uri}: checkpoint uploads did not finish in "
+                                             f"{timeout:.0f}s")
+                self._cond.wait(remaining if remaining is not None else 1.0)
+        self.raise_if_failed()
+
+    # -- upload thread
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while not self._queue and not self._stop.is_set():
+                    self._cond.wait()
+                if self._stop.is_set():
+                    return
+                job = self._queue.pop(0)
+                self._busy = True
+            try:
+                self._upload(job)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _upload(self, job: Pending) -> None:
+        started = time.monotonic()
+        folder_name = step_folder(job.step)
+        # Largest first, each submitted as soon as it is hashed: the next file is hashed while the
+        # previous ones upload, so hashing costs little more than the first file's.
+        paths = sorted((p for p in job.folder.rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
+        entries: list[FileEntry] = []
+        uploads: list[Upload] = []
+
+        def hashed() -> Iterator[Upload]:
+            for path in paths:
+                name = str(path.relative_to(job.folder))
+                digest = file_sha256(path)
+                entries.append(FileEntry(name, path.stat().st_size, digest, self.rank))
+                uploads.append(Upload(path, f"{folder_name}/{name}", digest))
+                yield uploads[-1]
+
+        remaining: Iterable[Upload] = hashed()
+
+        def on_retry(attempt: int, error: Exception, delay: float) -> None:
+            log_event("upload_retry", step=job.step, rank=self.rank, attempt=attempt,
+                      delay_seconds=round(delay, 1), error=str(error))
+
+        def upload_remaining() -> None:
+            nonlocal remaining
+            failures = self.store.upload(remaining)
+            remaining = [u for u in uploads if u.key in failures]
+            raise_first_failure(failures)
+
+        what = f"uploading {self.store.uri.rstrip('/')}/{folder_name}/ (rank {self.rank})"
+        retry(upload_remaining, what=what, give_up_after=self.give_up_after, on_retry=on_retry,
+              stop=self._stop)
+        part = PartManifest(job.step, self.rank, self.world_size, self.run_id,
+                            tuple(sorted(entries, key=lambda e: e.name)))
+        # The part manifest goes last: it says every file above is stored.
+        retry(lambda: self.store.put_bytes(f"{folder_name}/{part_name(self.rank)}", part.to_json()),
+              what=what, give_up_after=self.give_up_after, on_retry=on_retry, stop=self._stop)
+        seconds = time.monotonic() - started
+        total = sum(e.size for e in entries)
+        log_event("checkpoint_uploaded", step=job.step, rank=self.rank, files=len(entries), bytes=total,
+                  seconds=round(seconds, 3), mb_per_second=round(total / 2**20 / max(seconds, 1e-9), 1))
+        shutil.rmtree(job.folder, ignore_errors=True)
+        self.uploaded.append(job.step)
+        if self.on_uploaded is not None:
+            self.on_uploaded(job.step)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A checkpoint that was just committed, and how many committed ones the store keeps."""
+
+    step: int
+    uri: str
+    committed_at: str
+    committed: int
+    bytes: int
+
+
+class CheckpointCommitter(_Worker, Callback):
+    """Rank 0: commits each checkpoint once every rank's part is stored, then applies retention."""
+
+    name = "committer"
+    poll_seconds = 1.0
+
+    def __init__(self, store: Store, *, world_size: int, run_id: str, keep_last: int,
+                 config: dict[str, Any], give_up_after: float,
+                 on_commit: Callable[[Commit], None] | None = None) -> None:
+        super().__init__()
+        self.store, self.world_size, self.run_id = store, world_size, run_id
+        self.keep_last, self.config, self.give_up_after = keep_last, config, give_up_after
+        self.on_commit = on_commit
+        self._expected: set[int] = set()
+        self._rejected: set[int] = set()
+        self._parts: dict[str, PartManifest] = {}  # part manifests never change once written
+        self.committed: list[int] = []
+        self.start()
+
+    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0) -> None:
+        self.raise_if_failed()
+        self.expect(step)
+
+    def on_step_end(self, metrics: StepMetrics) -> None:
+        self.raise_if_failed()
+
+    def expect(self, step: int) -> None:
+        """A checkpoint of `step` was saved on every rank; commit it once all parts are stored."""
+        with self._cond:
+            self._expected.add(step)
+            self._cond.notify_all()
+
+    def wait_committed(self, step: int, timeout: float | None = None) -> None:
+        """Block until `step` (or a later one) is committed; raise if that cannot happen."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._error is None and not any(s >= step for s in self.committed):
+                if step in self._rejected:
+                    raise CheckpointError(f"{self.store.uri}: checkpoint {step_folder(step)} failed its "
+                                          "checks and was not committed (see the checkpoint_rejected log line)")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise StorageUnavailable(f"{self.store.uri}: checkpoint {step_folder(step)} was not "
+                                             f"committed within {timeout:.0f}s")
+                self._cond.wait(remaining if remaining is not None else 1.0)
+        self.raise_if_failed()
+
+    def _run(self) -> None:
+        failing_since: float | None = None
+        attempt = 0
+        while not self._stop.is_set():
+            with self._cond:
+                expected = sorted(self._expected)
+            delay = self.poll_seconds
+            if expected:
+                try:
+                    self._commit_newest_ready(expected)
+                    failing_since, attempt = None, 0
+                except StorageUnavailable as e:
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if now - failing_since > self.give_up_after:
+                        raise StorageUnavailable(f"committing checkpoints in {self.store.uri}: gave up "
+                                                 f"after {self.give_up_after:.0f}s of failures; last: {e}") from None
+                    attempt += 1
+                    delay = min(30.0, self.poll_seconds * 2**attempt)
+                    log_event("commit_retry", attempt=attempt, delay_seconds=delay, error=str(e))
+            with self._cond:
+                if not self._stop.is_set():
+                    self._cond.wait(delay)
+
+    def _commit_newest_ready(self, expected: list[int]) -> None:
+        found = listing(self.store.list(""))
+        for step in reversed(expected):
+            parts = []
+            for key in found.parts(step):
+                if key not in self._parts:
+                    data = self.store.get_bytes(key)
+                    if data is None:
+                        continue
+                    self._parts[key] = PartManifest.from_json(data)
+                parts.append(self._parts[key])
+            try:
+                files = merge_parts(parts, step=step, world_size=self.world_size, run_id=self.run_id)
+            except ValueError as e:
+                self._reject(step, str(e))
+                continue
+            if files is None:
+                continue
+            problem = self._verify(step, files)
+            if problem:
+                self._reject(step, problem)
+                continue
+            self._commit(step, files)
+            with self._cond:
+                self._expected = {s for s in self._expected if s > step}
+            self._parts = {k: p for k, p in self._parts.items() if p.step > step}
+            return
+
+    def _verify(self, step: int, files: list[FileEntry]) -> str | None:
+        """Every listed file is in the store with the listed size and checksum (None) or what is wrong."""
+        for entry in files:
+            info = self.store.head(f"{step_folder(step)}/{entry.name}")
+            if info is None:
+                return f"{entry.name} is missing"
+            if info.size != entry.size:
+                return f"{entry.name} has {info.size} bytes, its part manifest says {entry.size}"
+            if info.sha256 is not None and info.sha256 != entry.sha256:
+                return f"{entry.name} has checksum {info.sha256}, its part manifest says {entry.sha256}"
+        return None
+
+    def _reject(self, step: int, problem: str) -> None:
+        log_event("checkpoint_rejected", step=step, problem=problem)
+        with self._cond:
+            self._expected.discard(step)
+            self._rejected.add(step)
+            self._cond.notify_all()
+
+    def _commit(self, step: int, files: list[FileEntry]) -> None:
+        manifest = CheckpointManifest(step=step, world_size=self.world_size, run_id=self.run_id,
+                                      committed_at=utc_now(), files=tuple(files), config=self.config)
+        self.store.put_bytes(f"{step_folder(step)}/{MANIFEST}", manifest.to_json())
+        kept = self._apply_retention()  # never fails the commit: the next commit retries it
+        uri = self.store.uri.rstrip("/") + f"/{step_folder(step)}/"
+        commit = Commit(step, uri, manifest.committed_at, kept, manifest.total_bytes)
+        log_event("checkpoint_committed", step=step, uri=uri, files=len(files), bytes=manifest.total_bytes,
+                  committed=kept)
+        with self._cond:
+            self.committed.append(step)
+            self._cond.notify_all()
+        if self.on_commit is not None:
+            self.on_commit(commit)
+
+    def _apply_retention(self) -> int:
+        """Delete what retention allows; returns how many committed checkpoints remain."""
+        found = None
+        try:
+            found = listing(self.store.list(""))
+            old, abandoned = retention_plan(found, self.keep_last)
+            for step in old:
+                folder = step_folder(step)
+                self.store.delete([f"{folder}/{MANIFEST}"])  # un-commit first
+                self.store.delete(k for k in found.keys[step] if k != f"{folder}/{MANIFEST}")
+            for step in abandoned:
+                self.store.delete(found.keys[step])
+            if old or abandoned:
+                log_event("checkpoint_retention", deleted=old, abandoned=abandoned, keep_last=self.keep_last)
+            return len(found.committed) - len(old)
+        except (StorageError, StorageUnavailable) as e:  # the next commit tries again
+            log_event("checkpoint_retention_failed", error=str(e))
+            return len(found.committed) if found else len(self.committed) + 1
