@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from localcluster import FAKE_NODE_TOLERATION, REPO, free_port
+
+# kwok's fake nodes: pods placed there are marked Running and run nothing. Pods that do not
+# tolerate their taint (FAKE_NODE_TOLERATION) go to the node agent's node and really run.
+FAKE_NODE_SELECTOR = {"type": "kwok"}
+OPERATOR_PYTHONPATH = os.pathsep.join(str(REPO / d) for d in ("api", "operator"))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition", interval: float = 0.3) -> Any:
@@ -42,8 +48,10 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def ftj(name: str, nodes: int = 2, gpus: int = 8, **spec: Any) -> dict[str, Any]:
-    """A valid FineTuneJob on `nodes` x `gpus` of kwok's fake nodes; keyword arguments are merged into its spec.
+def ftj(name: str, nodes: int = 2, gpus: int = 8, metadata: dict[str, Any] | None = None,
+        **spec: Any) -> dict[str, Any]:
+    """A valid FineTuneJob on `nodes` x `gpus` of kwok's fake nodes; keyword arguments are merged into its spec
+    and `metadata` (labels, annotations) into its metadata.
 
     Its workers tolerate the fake nodes' taint and select them, so they never land on
     the node agent's node, where they would really run.
@@ -53,36 +61,47 @@ def ftj(name: str, nodes: int = 2, gpus: int = 8, **spec: Any) -> dict[str, Any]
         "dataset": {"train": "s3://datasets/chat/train.jsonl", "format": "chat"},
         "training": {"maxSteps": 100, "microBatchSize": 1},
         "resources": {"nodes": nodes, "gpusPerNode": gpus, "tolerations": [FAKE_NODE_TOLERATION],
-                      "nodeSelector": {"type": "kwok"}},
+                      "nodeSelector": FAKE_NODE_SELECTOR},
         "image": "registry.example.com/kubetune/trainer:test",
         "output": {"uri": f"s3://models/{name}/"},
         "storage": {"endpoint": "http://minio.example:9000", "credentialsSecret": "s3-credentials"},
     }
-    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
-            "spec": deep_merge(base, spec)}
+    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+            "metadata": deep_merge({"name": name}, metadata or {}), "spec": deep_merge(base, spec)}
 
 
 class OperatorProcess:
-    """`python -m kubetune_operator` as a child process, killable like a crashed pod."""
+    """`python -m kubetune_operator` as a child process, killable like a crashed pod.
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    By default it runs `--standalone` with free metrics and health ports and quick resyncs
+    added to `env` on each start; `args` and `settings` replace those (`settings={}`: `env`
+    as it is, which must then name KUBETUNE_HEALTH_PORT).
+    """
+
+    def __init__(self, env: dict[str, str], log: Path, args: Sequence[str] = ("--standalone",),
+                 settings: Mapping[str, str] | None = None) -> None:
         self.env = env
         self.log = log
+        self.args = tuple(args)
+        self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
 
-    def start(self) -> None:
-        self.metrics_port, health = free_port(), free_port()
-        env = {**self.env, "KUBETUNE_METRICS_PORT": str(self.metrics_port), "KUBETUNE_HEALTH_PORT": str(health),
-               "KUBETUNE_RESYNC_SECONDS": "2", "KUBETUNE_LOG_LEVEL": "INFO"}
+    def start(self) -> Self:
+        settings = self.settings if self.settings is not None else {
+            "KUBETUNE_METRICS_PORT": str(free_port()), "KUBETUNE_HEALTH_PORT": str(free_port()),
+            "KUBETUNE_RESYNC_SECONDS": "2", "KUBETUNE_LOG_LEVEL": "INFO"}
+        env = {**self.env, **settings}
+        self.metrics_port, health = int(env.get("KUBETUNE_METRICS_PORT", 0)), env["KUBETUNE_HEALTH_PORT"]
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "kubetune_operator", "--standalone"],
+            self.proc = subprocess.Popen([sys.executable, "-m", "kubetune_operator", *self.args],
                                          env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
         def healthy() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}; see {self.log}")
+                raise RuntimeError(f"operator exited with {self.proc.returncode}; {self.log}:\n"
+                                   f"{self.log.read_text(errors='replace')[-3000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2) as r:
                     return bool(r.status == 200)
@@ -90,6 +109,7 @@ class OperatorProcess:
                 return False
 
         wait_for(healthy, timeout=60, what="the operator's liveness endpoint")
+        return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
@@ -104,11 +124,16 @@ class OperatorProcess:
 class Jobs:
     """kubectl on FineTuneJobs and their pods in one namespace."""
 
+    apply_args: tuple[str, ...] = ()  # more `kubectl apply` flags (a subclass's: server-side apply)
+
     def __init__(self, cluster: Any, namespace: str) -> None:
         self.cluster, self.ns = cluster, namespace
 
-    def apply(self, manifest: dict[str, Any]) -> None:
-        self.cluster.kubectl("apply", "-n", self.ns, "-f", "-", input=json.dumps(manifest))
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """`kubectl apply`; returns the object as the API server stored it."""
+        out = self.cluster.kubectl("apply", *self.apply_args, "-n", self.ns, "-o", "json", "-f", "-",
+                                   input=json.dumps(manifest))
+        return dict(json.loads(out.stdout))
 
     def get(self, name: str) -> dict[str, Any]:
         return dict(json.loads(self.cluster.kubectl("get", "ftj", name, "-n", self.ns, "-o", "json").stdout))

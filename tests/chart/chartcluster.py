@@ -14,71 +14,41 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import harness
 import yaml
-from localcluster import REPO
+from harness import OPERATOR_PYTHONPATH, Jobs, OperatorProcess, wait_for
 
 Manifest = dict[str, Any]
 GITOPS_MANAGER = "gitops"  # the field manager our stand-in for Argo CD or Flux applies jobs with
-# kwok's fake nodes: pods placed there are marked Running and run nothing. They may carry a
-# taint that keeps every other pod off them (to the local cluster's real node agent).
-KWOK_NODE_SELECTOR = {"type": "kwok"}
-KWOK_TOLERATIONS = [{"key": "kubetune.io/fake-node", "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition", interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+def ftj(name: str, nodes: int = 2, gpus: int = 1, **spec: Any) -> Manifest:
+    """harness.ftj as a Git repository would hold it: with a label and an annotation of its own,
+    which the operator must leave alone."""
+    return harness.ftj(name, nodes, gpus, metadata={"labels": {"team": "ml"},
+                                                    "annotations": {"example.com/owner": "gitops"}}, **spec)
 
 
-def ftj(name: str, nodes: int = 2, gpus: int = 1, run_policy: Manifest | None = None) -> Manifest:
-    """A valid FineTuneJob whose workers land on kwok's fake GPU nodes only."""
-    spec: Manifest = {
-        "model": {"uri": "s3://models/smollm2-135m-instruct/"},
-        "dataset": {"train": "s3://datasets/chat/train.jsonl", "format": "chat"},
-        "training": {"maxSteps": 100, "microBatchSize": 1},
-        "resources": {"nodes": nodes, "gpusPerNode": gpus, "nodeSelector": KWOK_NODE_SELECTOR,
-                      "tolerations": KWOK_TOLERATIONS},
-        "image": "registry.example.com/kubetune/trainer:test",
-        "output": {"uri": f"s3://models/{name}/"},
-        "storage": {"endpoint": "http://minio.example:9000", "credentialsSecret": "s3-credentials"},
-    }
-    if run_policy:
-        spec["runPolicy"] = run_policy
-    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-            "metadata": {"name": name, "labels": {"team": "ml"}, "annotations": {"example.com/owner": "gitops"}},
-            "spec": spec}
-
-
-class GitOpsJobs:
+class GitOpsJobs(Jobs):
     """FineTuneJobs in one namespace, applied as a GitOps tool does, and their pods."""
 
+    apply_args = ("--server-side", f"--field-manager={GITOPS_MANAGER}")
+
     def __init__(self, cluster: Any, namespace: str) -> None:
-        self.cluster, self.ns = cluster, namespace
+        super().__init__(cluster, namespace)
         self.manifests: dict[str, Manifest] = {}
 
     def apply(self, manifest: Manifest) -> Manifest:
         """Server-side apply; returns the object as the API server stored it."""
         self.manifests[manifest["metadata"]["name"]] = copy.deepcopy(manifest)
-        out = self.cluster.kubectl("apply", "--server-side", f"--field-manager={GITOPS_MANAGER}", "-n", self.ns,
-                                   "-o", "json", "-f", "-", input=json.dumps(manifest))
-        return dict(json.loads(out.stdout))
+        return super().apply(manifest)
 
     def drift(self, name: str) -> str:
         """What `kubectl diff --server-side` of the last applied manifest shows (empty: no drift)."""
-        out = self.cluster.kubectl("diff", "--server-side", f"--field-manager={GITOPS_MANAGER}", "-n", self.ns,
+        out = self.cluster.kubectl("diff", *self.apply_args, "-n", self.ns,
                                    "-f", "-", input=json.dumps(self.manifests[name]), check=False)
         assert out.returncode in (0, 1), out.stderr
         return str(out.stdout)
@@ -90,13 +60,9 @@ class GitOpsJobs:
     def exists(self, name: str) -> bool:
         return self.cluster.kubectl("get", "ftj", name, "-n", self.ns, check=False).returncode == 0
 
-    def status(self, name: str) -> Manifest:
-        return dict(self.get(name).get("status") or {})
-
     def pods(self, name: str) -> list[Manifest]:
-        out = self.cluster.kubectl("get", "pods", "-n", self.ns, "-l", f"kubetune.io/job-name={name}", "-o", "json")
-        pods = [p for p in json.loads(out.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
-        return sorted(pods, key=lambda p: p["metadata"]["name"])
+        """The job's pods, less those being deleted."""
+        return [p for p in super().pods(name) if not p["metadata"].get("deletionTimestamp")]
 
     def running(self, name: str, attempt: int = 1, timeout: float = 60) -> Manifest:
         def check() -> Manifest | None:
@@ -111,25 +77,8 @@ class GitOpsJobs:
         return dict(wait_for(lambda: (s := self.status(name)).get("phase") == phase and s,
                              timeout=timeout, what=f"{name} {phase}"))
 
-    def terminate_worker(self, pod: str, exit_code: int, message: str = "") -> None:
-        """Mark a worker's trainer terminated, through the status subresource, as a kubelet does."""
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                      "message": message, "startedAt": now, "finishedAt": now}
-        status = {"status": {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
-            "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0,
-                                   "image": "registry.example.com/kubetune/trainer:test", "imageID": "",
-                                   "state": {"terminated": terminated}}],
-        }}
-        self.cluster.kubectl("patch", "pod", pod, "-n", self.ns, "--subresource=status", "--type=merge",
-                             "-p", json.dumps(status))
-
     def event_reasons(self, name: str) -> set[str]:
-        out = self.cluster.kubectl("get", "events", "-n", self.ns, "--field-selector",
-                                   f"involvedObject.kind=FineTuneJob,involvedObject.name={name}", "-o", "json")
-        return {e["reason"] for e in json.loads(out.stdout)["items"]}
+        return {e["reason"] for e in self.events(name)}
 
 
 class Recorder:
@@ -155,39 +104,19 @@ class Recorder:
         return objects
 
 
-class OperatorProcess:
-    """`python -m kubetune_operator`, configured as the chart configures its pod."""
+class ChartOperator(OperatorProcess):
+    """`python -m kubetune_operator` configured as the chart configures its pod: the
+    Deployment's environment as it is (ports, resyncs, log level, peering; no --standalone)
+    and a kubeconfig of the chart's ServiceAccount."""
 
     def __init__(self, env: dict[str, str], kubeconfig: Path, log: Path) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("KUBETUNE_", "KUBERNETES_"))}
-        self.env = {**base, **env, "KUBECONFIG": str(kubeconfig), "POD_ID": "kubetune-chart-test",
-                    "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("api", "operator"))}
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> OperatorProcess:
-        health = self.env["KUBETUNE_HEALTH_PORT"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "kubetune_operator"], env=self.env, cwd=REPO,
-                                         stdout=out, stderr=subprocess.STDOUT)
-
-        def healthy() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=60, what="the operator's liveness endpoint")
-        return self
+        super().__init__({**base, **env, "KUBECONFIG": str(kubeconfig), "POD_ID": "kubetune-chart-test",
+                          "PYTHONPATH": OPERATOR_PYTHONPATH}, log, args=(), settings={})
 
     def stop(self) -> str:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
+        """SIGTERM, as the kubelet stops a pod; returns the log."""
+        self.kill(signal.SIGTERM)
         return self.log.read_text()
 
 

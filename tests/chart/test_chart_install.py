@@ -21,19 +21,17 @@ import pytest
 import yaml
 from chartcluster import (
     GITOPS_MANAGER,
-    KWOK_NODE_SELECTOR,
-    KWOK_TOLERATIONS,
+    ChartOperator,
     GitOpsJobs,
-    OperatorProcess,
     Recorder,
     as_can_i_rows,
     can_i_list,
     ftj,
     rbac_denials,
     token_kubeconfig,
-    wait_for,
 )
 from gitopscheck import assert_health_of
+from harness import FAKE_NODE_SELECTOR, wait_for
 from helmchart import (
     CHART,
     CI_VALUES,
@@ -44,7 +42,7 @@ from helmchart import (
     render_text,
     value_args,
 )
-from localcluster import REPO, free_port
+from localcluster import FAKE_NODE_TOLERATION, REPO, free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -55,7 +53,7 @@ def install_values() -> dict[str, Any]:
     """What every test install sets: the operator pod goes to a kwok node (where it runs
     nothing, so it never competes with the process the test runs), resyncs are quick,
     and the ports are free ones, since the test's process shares this machine's network."""
-    return {"nodeSelector": KWOK_NODE_SELECTOR, "tolerations": KWOK_TOLERATIONS, "operator": {"resyncSeconds": 2},
+    return {"nodeSelector": FAKE_NODE_SELECTOR, "tolerations": [FAKE_NODE_TOLERATION], "operator": {"resyncSeconds": 2},
             "metrics": {"port": free_port()}, "health": {"port": free_port()}}
 
 
@@ -84,10 +82,10 @@ class Release:
         out = self.cluster.kubectl("get", "deployment", self.fullname, "-n", self.namespace, "-o", "json")
         return dict(json.loads(out.stdout))
 
-    def operator(self, tmp: Path) -> OperatorProcess:
+    def operator(self, tmp: Path) -> ChartOperator:
         """The operator with the Deployment's environment and the chart ServiceAccount's token."""
         kubeconfig = token_kubeconfig(self.cluster, self.namespace, self.fullname, tmp / "operator.kubeconfig")
-        return OperatorProcess(container_env(self.deployment()), kubeconfig, tmp / "operator.log")
+        return ChartOperator(container_env(self.deployment()), kubeconfig, tmp / "operator.log")
 
     def rows(self, tmp: Path, service_account: str, namespace: str, sa_namespace: str | None = None) -> set:
         """`kubectl auth can-i --list` in `namespace` as `service_account`, less what every
@@ -205,7 +203,7 @@ def test_the_operator_as_its_service_account_runs_jobs_through_their_lives(
         assert {"CreatingWorkers", "WorkersRunning", "Suspended", "Resumed"} <= jobs.event_reasons("tuned")
 
         # A trainer error with no retries left: Failed, then deleted after its TTL.
-        jobs.apply(ftj("doomed", nodes=1, gpus=1, run_policy={"backoffLimit": 0, "ttlSecondsAfterFinished": 2}))
+        jobs.apply(ftj("doomed", nodes=1, gpus=1, runPolicy={"backoffLimit": 0, "ttlSecondsAfterFinished": 2}))
         jobs.running("doomed")
         jobs.terminate_worker("doomed-worker-0", 1, "kubetune: dataset line 7: not JSON")
         jobs.phase("doomed", "Failed")

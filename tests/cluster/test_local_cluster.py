@@ -7,9 +7,9 @@ processes, the way a user of the cluster would observe them.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
+from harness import wait_for
 from localcluster import FAKE_NODE_TOLERATION, versions
 
 pytestmark = pytest.mark.cluster
@@ -24,17 +24,6 @@ def gpu_pod(name: str, gpus: int) -> str:
             "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
         }], "tolerations": [FAKE_NODE_TOLERATION], "nodeSelector": {"type": "kwok"}},
     })
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.3)
 
 
 def test_server_reports_the_pinned_version(cluster) -> None:

@@ -15,20 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import wait_for
 from localcluster import FAKE_NODE_TOLERATION, NODE_AGENT_NODE
 
 pytestmark = pytest.mark.cluster
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def python_pod(name: str, code: str, **spec: Any) -> dict[str, Any]:
