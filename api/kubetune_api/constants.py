@@ -38,6 +38,7 @@ PVC_MOUNT_ROOT: Final = "/mnt/kubetune/pvc"
 S3_ACCESS_KEY_ID_KEY: Final = "AWS_ACCESS_KEY_ID"
 S3_SECRET_ACCESS_KEY_KEY: Final = "AWS_SECRET_ACCESS_KEY"
 S3_SESSION_TOKEN_KEY: Final = "AWS_SESSION_TOKEN"  # optional key
+S3_ENDPOINT_URL_KEY: Final = "AWS_ENDPOINT_URL"  # optional key, used when spec.storage.endpoint is unset
 
 # status.phase
 PHASE_PENDING: Final = "Pending"

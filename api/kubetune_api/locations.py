@@ -182,7 +182,8 @@ class StorageSpec(ApiModel):
     ] = Field(
         default=None,
         description="URL of an S3-compatible endpoint, e.g. https://minio.storage.svc:9000. "
-        "Unset or empty: Amazon S3 of region.",
+        "Unset or empty: the AWS_ENDPOINT_URL key of credentialsSecret when it has one, "
+        "else Amazon S3 of region.",
     )
     region: Annotated[
         str, Field(max_length=64), Matches(r"[a-z0-9][a-z0-9-]*", "a region name such as us-east-1")
@@ -190,8 +191,8 @@ class StorageSpec(ApiModel):
     credentials_secret: Annotated[ObjectName | None, EmptyMeansUnset()] = Field(
         default=None,
         description="Secret in the job's namespace with the keys AWS_ACCESS_KEY_ID and "
-        "AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN), given to every worker as "
-        "environment variables. Unset or empty: the pods' ambient credentials (e.g. IRSA or "
+        "AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN, and AWS_ENDPOINT_URL used when "
+        "endpoint is unset), given to every worker as environment variables. Unset or empty: the pods' ambient credentials (e.g. IRSA or "
         "a node role).",
     )
     addressing_style: AddressingStyle = Field(

@@ -140,6 +140,11 @@ class CheckpointsStatus(StatusModel):
         default=None, description="The newest committed checkpoint."
     )
     committed: Count = Field(default=0, description="Committed checkpoints kept in storage.")
+    resumed_from: CheckpointRef | None = Field(
+        default=None,
+        description="The committed checkpoint the latest attempt resumed from; unset while no "
+        "attempt has resumed.",
+    )
 
 
 class OutputStatus(StatusModel):

@@ -179,7 +179,8 @@ class TrainingSpec(ApiModel):
         default=None,
         ge=1,
         le=1_000_000_000,
-        description="Evaluate every this many steps, and after the last one. Needs "
+        description="Evaluate every this many steps, after the last one, and once before the "
+        "first (the base model's loss, for comparison; not again after a resume). Needs "
         "dataset.eval or dataset.evalSplit. Unset: evaluate only after the last step (when "
         "there are evaluation records).",
     )

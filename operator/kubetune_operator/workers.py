@@ -15,6 +15,7 @@ from kubetune_api.constants import (
     GPU_RESOURCE,
     PVC_MOUNT_ROOT,
     S3_ACCESS_KEY_ID_KEY,
+    S3_ENDPOINT_URL_KEY,
     S3_SECRET_ACCESS_KEY_KEY,
     S3_SESSION_TOKEN_KEY,
 )
@@ -68,6 +69,8 @@ def worker_env(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int) -> l
             {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": _secret_key(secret, S3_SECRET_ACCESS_KEY_KEY)},
             {"name": "AWS_SESSION_TOKEN", "valueFrom": _secret_key(secret, S3_SESSION_TOKEN_KEY, optional=True)},
         ]
+        if not storage.endpoint:  # the Secret may say where the store is, beside its keys
+            env.append({"name": "AWS_ENDPOINT_URL", "valueFrom": _secret_key(secret, S3_ENDPOINT_URL_KEY, optional=True)})
     # The user's variables come last so they can override ours (e.g. NCCL settings).
     env += [e.to_manifest() for e in spec.env or ()]
     return env

@@ -68,6 +68,7 @@ def test_two_node_job_gets_its_children_and_runs(operator, jobs: Jobs, cluster) 
         env = {e["name"]: e for e in container["env"]}
         assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}
         assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+        assert env["AWS_ENDPOINT_URL"] == {"name": "AWS_ENDPOINT_URL", "value": "http://minio.example:9000"}
         assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["spec"]["volumes"]
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
         assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -65,28 +65,9 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
 @pytest.fixture(scope="session")
 def chat_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(train, eval) chat JSONL from chatterbot-corpus English Q/A pairs; eval pairs are held out."""
-    import random
+    from prepare_data import write_chat_dataset
 
-    import yaml
-
-    spec = importlib.util.find_spec("chatterbot_corpus")
-    assert spec and spec.submodule_search_locations, "chatterbot-corpus is not installed"
-    root = Path(next(iter(spec.submodule_search_locations))) / "data" / "english"
-    pairs = []
-    for file in sorted(root.glob("*.yml")):
-        for conversation in yaml.safe_load(file.read_text()).get("conversations", []):
-            if len(conversation) >= 2 and all(isinstance(t, str) for t in conversation[:2]):
-                pairs.append((conversation[0], conversation[1]))
-    random.Random(0).shuffle(pairs)
-
-    def record(question: str, answer: str) -> dict[str, Any]:
-        return {"messages": [{"role": "system", "content": "Answer briefly."},
-                             {"role": "user", "content": question},
-                             {"role": "assistant", "content": answer}]}
-
-    folder = tmp_path_factory.mktemp("chatterbot")
-    eval_rows, train_rows = [record(*p) for p in pairs[:16]], [record(*p) for p in pairs[16:]]
-    return write_jsonl(folder / "train.jsonl", train_rows), write_jsonl(folder / "eval.jsonl", eval_rows)
+    return write_chat_dataset(tmp_path_factory.mktemp("chatterbot"), held_out=16)
 
 
 def free_port() -> int:

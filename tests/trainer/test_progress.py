@@ -41,6 +41,19 @@ def test_the_patch_is_a_valid_status_without_nan() -> None:
     FineTuneJobStatus.model_validate(patch["status"])  # what the operator reads back
 
 
+def test_a_resumed_attempt_reports_where_it_started() -> None:
+    sent: list[dict[str, Any]] = []
+    reporter = ProgressReporter(sent.append, interval=3600)
+    reporter.on_resume(30, "s3://b/ckpt/step-00000030/", "2026-01-02T03:00:00Z")
+    reporter.close()
+    status = sent[-1]["status"]
+    assert status["progress"]["step"] == 30
+    # A merge patch: checkpoints.latest, written by the earlier attempt, stays as it is.
+    assert status["checkpoints"] == {"resumedFrom": {"step": 30, "uri": "s3://b/ckpt/step-00000030/",
+                                                     "committedAt": "2026-01-02T03:00:00Z"}}
+    FineTuneJobStatus.model_validate(status)
+
+
 def test_steps_are_throttled_and_commits_sent_at_once() -> None:
     sent: list[dict[str, Any]] = []
     arrived = threading.Event()

@@ -48,6 +48,7 @@ class Report:
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     latest_checkpoint: Commit | None = None
+    resumed_from: tuple[int, str, str] | None = None  # step, uri, committed_at
     output_uri: str | None = None
 
 
@@ -67,12 +68,16 @@ def status_patch(report: Report, now: datetime) -> Patch:
     )
     status: Patch = {"progress": progress.to_manifest(),
                      "progressText": progress_text(report.step, report.total_steps)}
+    checkpoints: Patch = {}
     commit = report.latest_checkpoint
     if commit is not None:
-        status["checkpoints"] = {
-            "latest": {"step": commit.step, "uri": commit.uri, "committedAt": commit.committed_at},
-            "committed": commit.committed,
-        }
+        checkpoints["latest"] = {"step": commit.step, "uri": commit.uri, "committedAt": commit.committed_at}
+        checkpoints["committed"] = commit.committed
+    if report.resumed_from is not None:
+        step, uri, committed_at = report.resumed_from
+        checkpoints["resumedFrom"] = {"step": step, "uri": uri, "committedAt": committed_at}
+    if checkpoints:
+        status["checkpoints"] = checkpoints
     if report.output_uri:
         status["output"] = {"uri": report.output_uri}
     return {"status": status}
@@ -142,6 +147,10 @@ class ProgressReporter(Callback):
 
     def on_commit(self, commit: Commit) -> None:
         self._update(urgent=True, latest_checkpoint=commit)
+
+    def on_resume(self, step: int, uri: str, committed_at: str) -> None:
+        """This attempt starts from a committed checkpoint (the commit that made it is the latest)."""
+        self._update(urgent=True, step=step, resumed_from=(step, uri, committed_at))
 
     def on_output(self, uri: str) -> None:
         self._update(urgent=True, output_uri=uri)

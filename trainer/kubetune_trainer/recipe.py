@@ -80,8 +80,12 @@ def run(cfg: TrainConfig, *, settings: Settings | None = None, record: dict[str,
     closing: list[Any] = []  # threads and stores to stop, newest first
     try:
         run_id = broadcast_object(uuid.uuid4().hex if env.is_main else "", env)
+        if env.is_main:  # every rank is in the process group: the rendezvous is done
+            log_event("rendezvous", world_size=env.world_size, backend=str(torch.distributed.get_backend()))
         seed_all(training.seed)  # identical on every rank: LoRA adapters start the same everywhere
         model = load_model(cfg.model, cfg.method, training.precision)
+        if env.is_main:
+            log_event("model_loaded", path=cfg.model.path, method=cfg.method.type)
         ds_config = ds_config_for(training, zero_stage=cfg.deepspeed.zero_stage,
                                   offload=cfg.deepspeed.offload, overrides=dict(cfg.deepspeed.config),
                                   world_size=env.world_size)
@@ -113,7 +117,7 @@ def run(cfg: TrainConfig, *, settings: Settings | None = None, record: dict[str,
             staging = settings.scratch_dir / "checkpoints" / _slug(cfg.checkpoint.uri) / f"rank-{env.rank:05d}"
             shutil.rmtree(staging, ignore_errors=True)  # leftovers of an earlier container on this disk
             if cfg.checkpoint.resume:
-                start = _resume(engine, store, env, staging / "resume", settings) or start
+                start = _resume(engine, store, env, staging / "resume", settings, reporter) or start
             barrier()  # nobody uploads before rank 0 has removed the uncommitted folders
             if cfg.checkpoint.every_steps:
                 if env.is_main:
@@ -166,7 +170,8 @@ def run(cfg: TrainConfig, *, settings: Settings | None = None, record: dict[str,
         destroy_distributed()
 
 
-def _resume(engine: Any, store: Store, env: DistEnv, into: Path, settings: Settings) -> TrainState | None:
+def _resume(engine: Any, store: Store, env: DistEnv, into: Path, settings: Settings,
+            reporter: ProgressReporter | None) -> TrainState | None:
     """Load the newest committed checkpoint, after rank 0 removed the uncommitted ones."""
     give_up = settings.upload_give_up_seconds
     step = -1
@@ -186,8 +191,11 @@ def _resume(engine: Any, store: Store, env: DistEnv, into: Path, settings: Setti
     state = load_checkpoint(engine, point.folder, env)
     shutil.rmtree(into, ignore_errors=True)
     if env.is_main:
+        uri = f"{store.uri.rstrip('/')}/step-{step:08d}/"
         log_event("resumed", step=state.step, epoch=state.position.epoch,
-                  step_in_epoch=state.position.step_in_epoch, uri=f"{store.uri.rstrip('/')}/step-{step:08d}/")
+                  step_in_epoch=state.position.step_in_epoch, uri=uri)
+        if reporter is not None:
+            reporter.on_resume(step, uri, manifest.committed_at)
     return state
 
 

@@ -64,6 +64,7 @@ def train_config_from_spec(spec: FineTuneJobSpec, *, model_dir: str, output_dir:
             precision=training.precision,
             seed=training.seed,
             eval_every_steps=training.eval_every_steps or 0,
+            eval_at_start=training.eval_every_steps is not None,  # the base model's loss, to compare
             log_every_steps=training.log_every_steps,
         ),
         deepspeed=DeepSpeedSettings(
