@@ -108,34 +108,23 @@ class Timeline:
     first_step: float
 
     @classmethod
-    def of(cls, applied_at: float, pods: list[dict[str, Any]], events: list[dict[str, Any]]) -> Timeline:
-        """From the worker pods (one-second timestamps) and rank 0's log events."""
+    def of(cls, applied_at: float, pods_seen: float, running_seen: float, events: list[dict[str, Any]]) -> Timeline:
+        """From when the worker pods were first seen, and first seen all running (polled), and
+        rank 0's log events (the trainer's clock)."""
         def first(name: str, **match: Any) -> float:
             for e in events:
                 if e["event"] == name and all(e.get(k) == v for k, v in match.items()):
                     return float(e["time"]) - applied_at
             raise ValueError(f"no {name} event in the rank 0 log")
 
-        created = max(parse_time(p["metadata"]["creationTimestamp"]) for p in pods)
-        started = []
-        for pod in pods:
-            for status in pod.get("status", {}).get("containerStatuses") or ():
-                state = status.get("state", {})
-                since = (state.get("running") or state.get("terminated") or {}).get("startedAt")
-                if since:
-                    started.append(parse_time(since))
-        if len(started) < len(pods):
-            raise ValueError("not every worker's process has started")
-        return cls(pods_created=created - applied_at, processes_started=max(started) - applied_at,
-                   rendezvous=first("rendezvous"), model_loaded=first("model_loaded"),
-                   first_step=first("step", step=1) if any(e["event"] == "step" and e.get("step") == 1 for e in events)
-                   else first("step"))
+        return cls(pods_created=pods_seen - applied_at, processes_started=running_seen - applied_at,
+                   rendezvous=first("rendezvous"), model_loaded=first("model_loaded"), first_step=first("step", step=1))
 
     def lines(self) -> Iterator[str]:
         previous = 0.0
         for label, at in (("pods created (operator)", self.pods_created),
                           ("processes started (scheduler + node agent)", self.processes_started),
-                          ("rendezvous done (torchrun + imports + data)", self.rendezvous),
+                          ("rendezvous done (imports, data, process group)", self.rendezvous),
                           ("model loaded", self.model_loaded),
                           ("first step done", self.first_step)):
             yield f"  {label:<46} {at:6.1f} s  (+{max(at - previous, 0.0):.1f} s)"
@@ -151,6 +140,7 @@ class Demo:
         self.env["PATH"] = self.env.pop("KUBETUNE_LOCAL_PATH") + os.pathsep + os.environ.get("PATH", "")
         self.kubectl_bin = str(cluster.bins.kube("kubectl"))
         self.operator: subprocess.Popen[bytes] | None = None
+        self.pods_seen = self.running_seen = 0.0  # when run_job first saw the pods, and them running
         import boto3
 
         self.s3 = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"],
@@ -246,6 +236,7 @@ class Demo:
         applied_at = time.time()
         print(self.kubectl("apply", "-n", NAMESPACE, "-f", str(QUICKSTART)).strip())
         last, pods = "", list[dict[str, Any]]()
+        self.pods_seen = self.running_seen = 0.0
         deadline = time.monotonic() + TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             job = self.job()
@@ -257,9 +248,16 @@ class Demo:
                 last = line
             if phase in ("Succeeded", "Failed"):
                 return job, applied_at, pods or self.pods()
-            if phase == "Running":
+            if not self.running_seen:  # watched closely until the processes run: the timeline
                 pods = self.pods()
-            time.sleep(1)
+                now = time.time()
+                if pods and not self.pods_seen:
+                    self.pods_seen = now
+                if len(pods) == job["spec"]["resources"]["nodes"] and all(
+                        (s.get("state") or {}).get("running") for p in pods
+                        for s in p.get("status", {}).get("containerStatuses") or [{}]):
+                    self.running_seen = now
+            time.sleep(0.2 if not self.running_seen else 1)
         raise SystemExit(f"the job did not finish in {TIMEOUT_SECONDS} s; "
                          f"see `kubectl describe ftj quickstart -n {NAMESPACE}`")
 
@@ -269,7 +267,7 @@ class Demo:
         events = trainer_events(log)
         self.step("From kubectl apply to the first training step")
         try:
-            for line in Timeline.of(applied_at, pods, events).lines():
+            for line in Timeline.of(applied_at, self.pods_seen, self.running_seen, events).lines():
                 print(line)
         except ValueError as e:
             print(f"  (no timeline: {e})")
@@ -291,8 +289,9 @@ class Demo:
                                    and "/parts/" not in o["Key"] and o["Key"].count("/") == prefix.count("/") + 1)
                 print(f"{uri}: {len(objects)} objects, committed: " + ", ".join(m.split("/")[-2] for m in manifests))
             else:
-                top = sorted(o["Key"][len(prefix):] for o in objects if "/" not in o["Key"][len(prefix):])
-                size = sum(o["Size"] for o in objects)
+                model = [o for o in objects if "/" not in o["Key"][len(prefix):]]  # not checkpoints/
+                top = sorted(o["Key"][len(prefix):] for o in model)
+                size = sum(o["Size"] for o in model)
                 print(f"{uri}: {', '.join(top)}  ({size / 1e6:.0f} MB)")
         return events
 

@@ -68,8 +68,24 @@ def init_distributed() -> DistEnv:
         torch.cuda.set_device(env.local_rank)
     import deepspeed
 
+    if not torch.cuda.is_available():
+        _skip_shm_comm_op()
     deepspeed.init_distributed(dist_backend=backend(), auto_mpi_discovery=False)
     return env
+
+
+def _skip_shm_comm_op() -> None:
+    """Do not JIT-compile DeepSpeed's CPU shared-memory collective op.
+
+    DeepSpeed's CPU backend compiles it (about a minute on two cores, with ninja and a C++
+    compiler that a container may not have) when the process group starts, but uses it only
+    for inference_all_reduce (tensor-parallel inference); training collectives go through
+    torch.distributed (gloo) whether it exists or not.
+    """
+    from deepspeed.comm import torch as ds_torch_comm
+
+    if hasattr(ds_torch_comm, "build_shm_op"):
+        ds_torch_comm.build_shm_op = lambda: None
 
 
 def destroy_distributed() -> None:

@@ -1,0 +1,195 @@
+"""End to end on the local cluster: `kubectl apply` of examples/quickstart.yaml -> the operator ->
+worker pods that the node agent really runs -> torchrun over the pods' DNS names -> the trainer
+with DeepSpeed and gloo -> checkpoints and the model in MinIO -> status on the FineTuneJob.
+
+Nothing is faked: the only change to the quick start is a tiny random Llama (same tokenizer as
+SmolLM2) instead of the 135M model, so each run takes seconds of training; `make demo` runs the
+quick start as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from demo import QUICKSTART, download_prefix, trainer_events, upload_folder
+from harness import Jobs, deep_merge, wait_for
+from prepare_data import write_chat_dataset
+
+from kubetune_api.constants import (
+    REASON_BACKOFF_LIMIT_EXCEEDED,
+    REASON_RESTARTING,
+    REASON_TRAINING_COMPLETE,
+)
+
+pytestmark = pytest.mark.cluster
+
+SECRET = "e2e-s3"
+
+
+@pytest.fixture(scope="module")
+def store(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A bucket holding the tiny model and the chat data set; its name."""
+    from prepare_model import ensure_tiny
+
+    s3 = cluster.s3_client()
+    bucket = f"e2e-{secrets.token_hex(4)}"
+    s3.create_bucket(Bucket=bucket)
+    upload_folder(s3, Path(ensure_tiny()), bucket, "models/tiny/")
+    upload_folder(s3, write_chat_dataset(tmp_path_factory.mktemp("data"))[0].parent, bucket, "data/")
+    yield bucket
+
+
+@pytest.fixture
+def e2e(cluster: Any, namespace: str, operator: Any, store: str) -> Jobs:
+    """Jobs in a fresh namespace holding the S3 Secret the quick start names (endpoint included)."""
+    env = cluster.env
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET},
+              "stringData": {"AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+                             "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+                             "AWS_ENDPOINT_URL": env["AWS_ENDPOINT_URL"]}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(secret))
+    return Jobs(cluster, namespace)
+
+
+def quickstart(name: str, bucket: str, **spec: Any) -> dict[str, Any]:
+    """examples/quickstart.yaml with the tiny model, this test's bucket and `spec` merged in."""
+    job = yaml.safe_load(QUICKSTART.read_text())
+    job["metadata"]["name"] = name
+    s = job["spec"]
+    s["model"]["uri"] = f"s3://{bucket}/models/tiny/"
+    s["dataset"].update(train=f"s3://{bucket}/data/train.jsonl", eval=f"s3://{bucket}/data/eval.jsonl")
+    s["output"]["uri"] = f"s3://{bucket}/output/{name}/"
+    s["storage"]["credentialsSecret"] = SECRET
+    # Progress patches every second instead of every 10 (the trainer's default), for the waits below.
+    s["env"] = [{"name": "KUBETUNE_STATUS_INTERVAL_SECONDS", "value": "1"}]
+    job["spec"] = deep_merge(s, spec)
+    return dict(job)
+
+
+def kubectl_wait(cluster: Any, ns: str, name: str, condition: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*_kubectl(cluster), "wait", "-n", ns, f"--for=condition={condition}", f"ftj/{name}",
+                           f"--timeout={timeout}s"], env=cluster.env, capture_output=True, text=True)
+
+
+def _kubectl(cluster: Any) -> list[str]:
+    return [str(cluster.local.bins.kube("kubectl")), "--kubeconfig", str(cluster.kubeconfig)]
+
+
+def logs(cluster: Any, ns: str, pod: str) -> str:
+    return str(cluster.kubectl("logs", "-n", ns, pod, check=False).stdout)
+
+
+def committed_steps(s3: Any, bucket: str, prefix: str) -> list[int]:
+    """Steps whose manifest.json (the commit) is in s3://bucket/prefix."""
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    return sorted(int(k[len(prefix):].split("/")[0].removeprefix("step-")) for k in keys
+                  if k.endswith("/manifest.json") and k[len(prefix):].count("/") == 1)
+
+
+def diagnose(cluster: Any, jobs: Jobs, name: str) -> str:
+    text = json.dumps(jobs.status(name), indent=1)
+    for pod in jobs.pods(name):
+        text += f"\n--- {pod['metadata']['name']}:\n" + logs(cluster, jobs.ns, pod["metadata"]["name"])[-3000:]
+    return text
+
+
+def test_quickstart_runs_two_nodes_to_success(cluster: Any, e2e: Jobs, store: str, tmp_path: Path) -> None:
+    e2e.apply(quickstart("qs", store, training={"maxSteps": 6}, checkpoint={"everySteps": 3, "keepLast": 2}))
+    done = kubectl_wait(cluster, e2e.ns, "qs", "Succeeded", timeout=600)
+    assert done.returncode == 0, diagnose(cluster, e2e, "qs") + done.stderr
+
+    status = e2e.status("qs")
+    assert status["phase"] == "Succeeded"
+    assert status["progress"]["step"] == status["progress"]["totalSteps"] == 6
+    assert status["progressText"] == "6/6"
+    assert status["checkpoints"]["latest"]["step"] == 6
+    assert status["checkpoints"]["latest"]["uri"] == f"s3://{store}/output/qs/checkpoints/step-00000006/"
+    assert status["checkpoints"]["committed"] == 2
+    assert status["output"]["uri"] == f"s3://{store}/output/qs/"
+    assert status["restarts"] == {"infrastructure": 0, "application": 0}
+
+    # Two pods, two ranks in one process group, over the pods' own addresses.
+    pods = e2e.pods("qs")
+    assert [p["metadata"]["name"] for p in pods] == ["qs-worker-0", "qs-worker-1"]
+    assert all(p["status"]["phase"] == "Succeeded" for p in pods)
+    assert len({p["status"]["podIP"] for p in pods}) == 2
+    events = trainer_events(logs(cluster, e2e.ns, "qs-worker-0"))
+    assert [e["world_size"] for e in events if e["event"] == "rendezvous"] == [2]
+    assert [e["step"] for e in events if e["event"] == "eval"] == [0, 6]  # the base model's loss, then after
+
+    # S3: the committed checkpoints (keepLast 2 of steps 3 and 6) and the published model.
+    s3 = cluster.s3_client()
+    assert committed_steps(s3, store, "output/qs/checkpoints/") == [3, 6]
+    files = download_prefix(s3, store, "output/qs/", tmp_path / "out")
+    assert {"manifest.json", "model.safetensors", "config.json", "tokenizer.json"} <= set(files)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["step"] == 6
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    prompt = tokenizer("Hello", return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] == prompt["input_ids"].shape[1] + 5
+
+
+def test_a_deleted_worker_restarts_the_gang_which_resumes_from_the_last_commit(
+        cluster: Any, e2e: Jobs, store: str) -> None:
+    # About 0.7 s a step for the tiny model on two CPU cores: a commit after some 20 s, then 30 s more.
+    e2e.apply(quickstart("resume", store, training={"maxSteps": 50, "evalEverySteps": 25},
+                         checkpoint={"everySteps": 10, "keepLast": 2}))
+
+    def committed() -> int:
+        latest = (e2e.status("resume").get("checkpoints") or {}).get("latest") or {}
+        return int(latest.get("step", 0))
+
+    seen = wait_for(committed, timeout=300, what="a first committed checkpoint", interval=0.5)
+    assert seen < 50, "training ended before a worker could be deleted"
+    cluster.kubectl("delete", "pod", "-n", e2e.ns, "resume-worker-1", "--wait=false")
+
+    done = kubectl_wait(cluster, e2e.ns, "resume", "Succeeded", timeout=600)
+    assert done.returncode == 0, diagnose(cluster, e2e, "resume") + done.stderr
+    status = e2e.status("resume")
+    assert status["restarts"] == {"infrastructure": 1, "application": 0}
+    assert status["workers"]["attempt"] == 2  # 1, plus the one restart
+    assert status["progress"]["step"] == 50
+    resumed = status["checkpoints"]["resumedFrom"]
+    assert resumed["step"] >= seen and resumed["step"] % 10 == 0
+    assert resumed["uri"] == f"s3://{store}/output/resume/checkpoints/step-{resumed['step']:08d}/"
+
+    # The new rank 0 says so in its log, and started from that step, not from 0.
+    events = trainer_events(logs(cluster, e2e.ns, "resume-worker-0"))
+    assert [e["step"] for e in events if e["event"] == "resumed"] == [resumed["step"]]
+    assert [e["start_step"] for e in events if e["event"] == "train_start"] == [resumed["step"]]
+    reasons = {e["reason"] for e in e2e.events("resume")}
+    assert {REASON_RESTARTING, REASON_TRAINING_COMPLETE} <= reasons, reasons
+
+
+def test_a_trainer_failure_fails_the_job_with_its_reason_after_backoff(
+        cluster: Any, e2e: Jobs, store: str) -> None:
+    e2e.apply(quickstart("baddata", store, dataset={"train": f"s3://{store}/data/missing.jsonl"},
+                         runPolicy={"backoffLimit": 1}))
+    done = kubectl_wait(cluster, e2e.ns, "baddata", "Failed", timeout=600)
+    assert done.returncode == 0, diagnose(cluster, e2e, "baddata") + done.stderr
+
+    status = e2e.status("baddata")
+    assert status["phase"] == "Failed"
+    assert status["restarts"] == {"infrastructure": 0, "application": 1}  # backoffLimit 1: one retry
+    # The trainer's one line, through the termination message, in the status and an Event.
+    assert "missing.jsonl" in status["message"], status["message"]
+    assert "\n" not in status["message"]
+    events = e2e.events("baddata")
+    assert any(e["type"] == "Warning" and e["reason"] == REASON_BACKOFF_LIMIT_EXCEEDED and "missing.jsonl" in e["message"]
+               for e in events), events
+    # No retry beyond the limit: nothing runs and no third attempt appears.
+    wait_for(lambda: all(p["status"].get("phase") in ("Succeeded", "Failed") for p in e2e.pods("baddata")),
+             timeout=60, what="every worker pod to end")
+    assert e2e.status("baddata")["workers"]["attempt"] == 2
