@@ -341,7 +341,9 @@ def describe(status: dict[str, Any]) -> str:
 def answers(model_dir: Path, conversations: list[list[dict[str, str]]]) -> list[str]:
     """Greedy answers of the model in `model_dir` to each conversation's question (plain transformers)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
     model: Any = AutoModelForCausalLM.from_pretrained(model_dir)
     out = []

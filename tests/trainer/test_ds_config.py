@@ -77,3 +77,13 @@ def test_deep_merge_does_not_mutate_its_inputs() -> None:
     base = {"a": {"b": 1}}
     merged = deep_merge(base, {"a": {"c": 2}})
     assert merged == {"a": {"b": 1, "c": 2}} and base == {"a": {"b": 1}}
+
+
+def test_deepspeeds_cpu_shm_op_is_not_compiled_at_start() -> None:
+    """On CPU the trainer skips a JIT build that cost a minute of every pod start (and is unused in training)."""
+    import importlib
+
+    from kubetune_trainer.distributed import _skip_shm_comm_op
+
+    _skip_shm_comm_op()
+    assert importlib.import_module("deepspeed.comm.torch").build_shm_op() is None

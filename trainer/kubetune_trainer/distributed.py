@@ -82,8 +82,10 @@ def _skip_shm_comm_op() -> None:
     for inference_all_reduce (tensor-parallel inference); training collectives go through
     torch.distributed (gloo) whether it exists or not.
     """
-    from deepspeed.comm import torch as ds_torch_comm
+    import importlib
 
+    # By module path: `from deepspeed.comm import torch` is the torch package itself.
+    ds_torch_comm = importlib.import_module("deepspeed.comm.torch")
     if hasattr(ds_torch_comm, "build_shm_op"):
         ds_torch_comm.build_shm_op = lambda: None
 
