@@ -64,6 +64,14 @@ class Gang:
         for rank in ranks:
             self.uploaders[rank].on_checkpoint_saved(step, shard_folder(root, rank, step))
 
+    def commit(self, root: Path, steps: Sequence[int], timeout: float) -> None:
+        """Save each step on every rank and wait until it is stored and committed."""
+        for step in steps:
+            self.save(root, step)
+            for uploader in self.uploaders:
+                uploader.drain(timeout=timeout)
+            self.committer.wait_committed(step, timeout=timeout)
+
     def close(self) -> None:
         for worker in [*self.uploaders, self.committer]:
             worker.close()
@@ -84,11 +92,7 @@ def assert_intact(store: Store, manifest: CheckpointManifest) -> None:
 def run_protocol(store: Store, tmp_path: Path) -> None:
     gang = Gang(store, keep_last=2)
     try:
-        for step in (2, 4, 6):
-            gang.save(tmp_path, step)
-            for uploader in gang.uploaders:
-                uploader.drain(timeout=60)
-            gang.committer.wait_committed(step, timeout=60)
+        gang.commit(tmp_path, (2, 4, 6), timeout=60)
     finally:
         gang.close()
     found = listing(store.list(""))
@@ -197,11 +201,7 @@ def test_resume_takes_the_newest_commit_and_removes_the_rest(tmp_path: Path) -> 
     store = FsStore(tmp_path / "store")
     gang = Gang(store, keep_last=3)
     try:
-        for step in (2, 4):
-            gang.save(tmp_path, step)
-            for uploader in gang.uploaders:
-                uploader.drain(timeout=30)
-            gang.committer.wait_committed(step, timeout=30)
+        gang.commit(tmp_path, (2, 4), timeout=30)
     finally:
         gang.close()
     # A killed run left step 6 half uploaded (no manifest), one file still being copied.

@@ -90,6 +90,18 @@ class _Worker:
     def _run(self) -> None:
         raise NotImplementedError
 
+    def _wait_until(self, done: Callable[[], bool], timeout: float | None, timeout_message: str) -> None:
+        """Wait (woken by the condition) until done() holds or the thread failed, then re-raise its
+        failure; StorageUnavailable(timeout_message.format(timeout)) after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._error is None and not done():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise StorageUnavailable(timeout_message.format(timeout))
+                self._cond.wait(remaining if remaining is not None else 1.0)
+        self.raise_if_failed()
+
     def raise_if_failed(self) -> None:
         if self._error is not None:
             error = self._error
@@ -148,15 +160,8 @@ class CheckpointUploader(_Worker, Callback):
 
     def drain(self, timeout: float | None = None) -> None:
         """Wait until every queued checkpoint is stored (or uploading failed for good)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while (self._queue or self._busy) and self._error is None:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise StorageUnavailable(f"{self.store.uri}: checkpoint uploads did not finish in "
-                                             f"{timeout:.0f}s")
-                self._cond.wait(remaining if remaining is not None else 1.0)
-        self.raise_if_failed()
+        self._wait_until(lambda: not (self._queue or self._busy), timeout,
+                         f"{self.store.uri}: checkpoint uploads did not finish in {{:.0f}}s")
 
     # -- upload thread
     def _run(self) -> None:
@@ -267,18 +272,16 @@ class CheckpointCommitter(_Worker, Callback):
 
     def wait_committed(self, step: int, timeout: float | None = None) -> None:
         """Block until `step` (or a later one) is committed; raise if that cannot happen."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._error is None and not any(s >= step for s in self.committed):
-                if step in self._rejected:
-                    raise CheckpointError(f"{self.store.uri}: checkpoint {step_folder(step)} failed its "
-                                          "checks and was not committed (see the checkpoint_rejected log line)")
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise StorageUnavailable(f"{self.store.uri}: checkpoint {step_folder(step)} was not "
-                                             f"committed within {timeout:.0f}s")
-                self._cond.wait(remaining if remaining is not None else 1.0)
-        self.raise_if_failed()
+        def committed() -> bool:
+            if any(s >= step for s in self.committed):
+                return True
+            if step in self._rejected:
+                raise CheckpointError(f"{self.store.uri}: checkpoint {step_folder(step)} failed its "
+                                      "checks and was not committed (see the checkpoint_rejected log line)")
+            return False
+
+        self._wait_until(committed, timeout,
+                         f"{self.store.uri}: checkpoint {step_folder(step)} was not committed within {{:.0f}}s")
 
     def _run(self) -> None:
         failing_since: float | None = None
