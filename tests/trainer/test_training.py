@@ -67,6 +67,53 @@ def test_single_process_on_pvc_claims_commits_and_exports(tiny_model_dir: Path, 
     assert second.of("output_published")
 
 
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_lora_checkpoints_hold_only_the_adapter_and_resume_exactly(zero_stage: int, tiny_model_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    root = tmp_path / "pvc"
+    for claim in ("models", "data", "work"):
+        (root / claim).mkdir(parents=True)
+    (root / "models" / "tiny").symlink_to(tiny_model_dir)
+    write_jsonl(root / "data" / "train.jsonl", [{"text": " ".join([SENTENCES[i % 3]] * 4)} for i in range(48)])
+    manifest = {"spec": {"model": {"uri": "pvc://models/tiny"},
+                         "dataset": {"train": "pvc://data/train.jsonl", "format": "text"},
+                         "method": {"type": "lora", "gradientCheckpointing": False,
+                                    "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "targetModules": ["q_proj", "v_proj"]}},
+                         "training": {"maxSteps": 6, "learningRate": 1e-2, "microBatchSize": 2,
+                                      "globalBatchSize": 4, "maxSeqLength": 32, "precision": "fp32",
+                                      "logEverySteps": 1},
+                         "deepspeed": {"zeroStage": zero_stage},
+                         "checkpoint": {"everySteps": 3, "keepLast": 2},
+                         "output": {"uri": "pvc://work/model"}}}
+    config = write_config(tmp_path / "job.json", manifest)
+    env = {"KUBETUNE_PVC_ROOT": str(root), "KUBETUNE_SCRATCH_DIR": str(tmp_path / "scratch")}
+    first = launch([python_module(config)], envs=[env])
+    assert_ok(first)
+
+    ckpts = root / "work" / "model" / "checkpoints"
+    import torch
+
+    states = next((ckpts / "step-00000003").glob("*model_states.pt"))  # mp_rank_00_ (ZeRO-2) or zero_pp_rank_0_
+    saved = torch.load(states, weights_only=False)["module"]
+    adapters = {k for k in saved if ".lora_" in k}
+    assert len(adapters) == 2 * 2 * 2  # 2 layers x (q_proj, v_proj) x (A, B)
+    # No frozen base weight, except DeepSpeed's copy of the output head when it is tied to the
+    # (frozen, left out) input embeddings under another name.
+    assert set(saved) - adapters <= {"base_model.model.lm_head.weight"}, sorted(set(saved) - adapters)
+
+    # Un-commit step 6, as a crash before its manifest would: the next start resumes from step 3
+    # (frozen weights from the model, the adapter and its optimizer state from the checkpoint)
+    # and retraces steps 4 to 6 exactly, dropout included.
+    (ckpts / "step-00000006" / "manifest.json").unlink()
+    second = launch([python_module(config)], envs=[env])
+    assert_ok(second)
+    assert second.of("resumed")[0]["step"] == 3
+    again = second.losses()
+    assert sorted(again) == [4, 5, 6]
+    for step, loss in again.items():
+        assert loss == pytest.approx(first.losses()[step], rel=1e-4), (step, loss, first.losses()[step])
+
+
 def test_bad_input_ends_with_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A developer's trainer config (local paths) is checked as strictly as a spec."""
     config: dict[str, Any] = {"model": {"path": "/m"}, "data": {"train": "/t.jsonl"}, "output": {"dir": "/o"},

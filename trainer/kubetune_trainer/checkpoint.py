@@ -6,6 +6,9 @@ what it uploads (streaming.py), whether or not other ranks share its disk:
     <rank dir>/step-00000500/                  the shards DeepSpeed has this rank write
     <rank dir>/step-00000500/rng-rank00001.pt  this rank's python/numpy/torch RNG states
 
+With frozen parameters (LoRA) only the trained ones are saved; the frozen ones are
+the base model's, loaded again from the model source before resuming.
+
 Resuming loads from one folder holding this rank's files plus the ones every
 rank reads (resume.py downloads them). The loop's position (step, epoch, step in
 epoch) and the run's config travel in DeepSpeed's `client_state`. RNG states
@@ -69,6 +72,10 @@ def _rng_file(folder: Path, rank: int) -> Path:
     return folder / f"rng-rank{rank:05d}.pt"
 
 
+def has_frozen_parameters(engine: Any) -> bool:
+    return any(not p.requires_grad for p in engine.module.parameters())
+
+
 def save_checkpoint(engine: Any, directory: str, state: TrainState, env: DistEnv,
                     config: dict[str, Any]) -> Path:
     """Write this rank's part of the checkpoint of `state` into `directory` (this rank's own
@@ -77,7 +84,10 @@ def save_checkpoint(engine: Any, directory: str, state: TrainState, env: DistEnv
     folder = Path(directory) / tag
     folder.mkdir(parents=True, exist_ok=True)
     client_state = {CLIENT_KEY: {"step": state.step, "position": asdict(state.position), "config": config}}
-    engine.save_checkpoint(directory, tag=tag, client_state=client_state, save_latest=False)
+    # Frozen weights (LoRA's base model) come back from the model source on resume: a checkpoint
+    # holds only what training changes, megabytes instead of the whole model.
+    engine.save_checkpoint(directory, tag=tag, client_state=client_state, save_latest=False,
+                           exclude_frozen_parameters=has_frozen_parameters(engine))
     torch.save(capture_rng(), _rng_file(folder, env.rank))
     barrier()  # the checkpoint is complete only once every rank has written
     return folder
@@ -85,7 +95,8 @@ def save_checkpoint(engine: Any, directory: str, state: TrainState, env: DistEnv
 
 def load_checkpoint(engine: Any, folder: Path, env: DistEnv) -> TrainState:
     """Restore the checkpoint in `folder` (a step-XXXXXXXX folder) into `engine` and the RNGs."""
-    path, client_state = engine.load_checkpoint(str(folder.parent), tag=folder.name)
+    path, client_state = engine.load_checkpoint(str(folder.parent), tag=folder.name,
+                                                load_module_strict=not has_frozen_parameters(engine))
     if path is None or not client_state or CLIENT_KEY not in client_state:
         raise TrainerError(f"{folder}: not a complete kubetune checkpoint; delete it to start over")
     saved = client_state[CLIENT_KEY]
