@@ -287,7 +287,9 @@ class Demo:
             if "checkpoints" in uri:
                 manifests = sorted(o["Key"] for o in objects if o["Key"].endswith("/manifest.json")
                                    and "/parts/" not in o["Key"] and o["Key"].count("/") == prefix.count("/") + 1)
-                print(f"{uri}: {len(objects)} objects, committed: " + ", ".join(m.split("/")[-2] for m in manifests))
+                size = sum(o["Size"] for o in objects)
+                print(f"{uri}: {len(objects)} objects ({size / 1e6:.0f} MB), committed: "
+                      + ", ".join(m.split("/")[-2] for m in manifests))
             else:
                 model = [o for o in objects if "/" not in o["Key"][len(prefix):]]  # not checkpoints/
                 top = sorted(o["Key"][len(prefix):] for o in model)
