@@ -44,7 +44,7 @@ demo: up ## the main job: bring the local cluster up and show it working
 lint: venv ## ruff and mypy on the project's packages
 	$(VENV)/bin/ruff check api operator trainer hack tests
 	$(PY) hack/gen_api.py --check
-	$(VENV)/bin/mypy api/kubetune_api operator/kubetune_operator trainer/kubetune_trainer hack/localcluster.py hack/localpki.py hack/nodeagent hack/demo.py hack/prepare_data.py
+	$(VENV)/bin/mypy api/kubetune_api operator/kubetune_operator trainer/kubetune_trainer hack/localcluster.py hack/localpki.py hack/nodeagent hack/demo.py hack/prepare_data.py hack/s3folders.py
 
 crds: venv ## regenerate crds/ and docs/api.md from the typed model in api/ (and the chart's copies)
 	$(PY) hack/gen_api.py

@@ -85,13 +85,9 @@ def s3_environment(work: Path) -> subprocess.Popen[bytes] | None:
 
 
 def model_dir(name: str) -> Path:
-    import importlib.util
+    from prepare_model import ensure_smollm2, ensure_tiny  # hack/ is on sys.path
 
-    spec = importlib.util.spec_from_file_location("prepare_model", REPO / "hack" / "prepare_model.py")
-    assert spec and spec.loader
-    prepare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare)
-    return Path(prepare.ensure_smollm2() if name == "smollm2" else prepare.ensure_tiny())
+    return Path(ensure_smollm2() if name == "smollm2" else ensure_tiny())
 
 
 def folder_bytes(folder: Path) -> int:

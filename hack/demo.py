@@ -35,6 +35,9 @@ from typing import Any
 
 import yaml
 from localcluster import REPO, LocalCluster, State, free_port
+from s3folders import delete_prefix, download_prefix, upload_folder
+
+from kubetune_trainer.logs import parse_log_lines
 
 NAMESPACE = "kubetune-demo"
 BUCKET = "kubetune-demo"
@@ -45,53 +48,7 @@ DATA_PREFIX = "datasets/chatterbot/"
 TIMEOUT_SECONDS = 900
 
 
-# -- helpers the end-to-end tests share ------------------------------------------------------
-
-def upload_folder(s3: Any, folder: Path, bucket: str, prefix: str) -> int:
-    """Upload every file below `folder` to s3://bucket/prefix, skipping files already there with
-    the same size; returns the bytes uploaded."""
-    existing = {o["Key"]: o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-                for o in page.get("Contents", [])}
-    sent = 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        key = prefix + path.relative_to(folder).as_posix()
-        if existing.get(key) != path.stat().st_size:
-            s3.upload_file(str(path), bucket, key)
-            sent += path.stat().st_size
-    return sent
-
-
-def download_prefix(s3: Any, bucket: str, prefix: str, into: Path) -> list[str]:
-    """Download every object below s3://bucket/prefix into `into`; returns the relative keys."""
-    keys = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            rel = obj["Key"][len(prefix):]
-            target = into / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, obj["Key"], str(target))
-            keys.append(rel)
-    return sorted(keys)
-
-
-def delete_prefix(s3: Any, bucket: str, prefix: str) -> None:
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if objects:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects})
-
-
-def trainer_events(log: str) -> list[dict[str, Any]]:
-    """The trainer's structured JSON lines in a worker's log."""
-    events = []
-    for line in log.splitlines():
-        if line.startswith('{"event"'):
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events
-
+# -- helpers ------------------------------------------------------------------------------------
 
 def parse_time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -264,7 +221,7 @@ class Demo:
     def report(self, job: dict[str, Any], applied_at: float, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
         status = job["status"]
         log = self.kubectl("logs", "-n", NAMESPACE, "quickstart-worker-0", check=False)
-        events = trainer_events(log)
+        events = parse_log_lines(log)
         self.step("From kubectl apply to the first training step")
         try:
             for line in Timeline.of(applied_at, self.pods_seen, self.running_seen, events).lines():

@@ -19,6 +19,7 @@ import shutil
 import sys
 import threading
 import urllib.parse
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -47,6 +48,16 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def _json(response: object) -> Any:
     """The body of a call made with _preload_content=False (typed as the model, it is the raw response)."""
     return json.loads(cast(Any, response).data)
+
+
+def _json_or_none(read: Callable[[], object]) -> Any:
+    """The body of a read made with _preload_content=False, or None when the object does not exist."""
+    try:
+        return _json(read())
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
 
 
 def _micro_now() -> str:
@@ -305,22 +316,12 @@ class Agent:
 
     # ------------------------------------------------------------ what pods need from the API
     def configmap(self, namespace: str, name: str) -> dict[str, bytes] | None:
-        try:
-            cm = _json(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return podspec.configmap_data(cm)
+        cm = _json_or_none(lambda: self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
+        return None if cm is None else podspec.configmap_data(cm)
 
     def secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
-        try:
-            secret = _json(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return podspec.decode_secret(secret)
+        secret = _json_or_none(lambda: self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+        return None if secret is None else podspec.decode_secret(secret)
 
     def token(self, pod: Manifest, audience: str | None, seconds: int) -> str:
         """A service-account token for the pod's account, bound to the pod (the TokenRequest API)."""

@@ -22,7 +22,6 @@ from typing import Any
 from .podspec import Manifest
 
 PODINIT = Path(__file__).with_name("podinit.py")
-START_ERROR_EXIT = 128  # what podinit exits with when it cannot start the command
 TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
 
@@ -48,12 +47,15 @@ class ContainerRun:
     spec: Manifest
     init: bool
     pod_dir: Path
-    restarts: int = 0
     runs: int = 0
     proc: subprocess.Popen[bytes] | None = None
     started_at: str = ""
     state: Manifest = field(default_factory=lambda: container_state("waiting", reason="ContainerCreating"))
     last_state: Manifest = field(default_factory=dict)
+
+    @property
+    def restarts(self) -> int:
+        return max(self.runs - 1, 0)
     exit_code: int | None = None  # of the last run, once it ended
     next_start: float = 0.0  # monotonic time of the next (re)start; inf: it will not run again
 
@@ -89,8 +91,6 @@ class ContainerRun:
         """Start the next run with `mounts` (and its termination-message file) in its view.
 
         Returns once the command runs, or once podinit gave up (which `exited` then reports)."""
-        if self.runs:
-            self.restarts += 1
         self.runs += 1
         self.termination_file.parent.mkdir(parents=True, exist_ok=True)
         self.termination_file.write_bytes(b"")

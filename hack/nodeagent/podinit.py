@@ -89,9 +89,6 @@ def main() -> None:
     # The agent reads this pipe until it closes: on exec (close-on-exec) or on exit, never before.
     os.set_inheritable(spec["execFd"], False)
     try:
-        if not argv:
-            raise RuntimeError("the container has no command: the node agent runs no images, so "
-                               "`command` must name a program of the project's environment")
         enter(spec)
         program = argv[0]
         if "/" not in program:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import network, podspec
-from .container import START_ERROR_EXIT, ContainerRun, container_state, now_rfc3339, signal_group
+from .container import ContainerRun, container_state, now_rfc3339, signal_group
+from .podinit import START_ERROR_EXIT
 from .podspec import ConfigError, Manifest, PodContext, Unsupported
 
 if TYPE_CHECKING:

@@ -18,15 +18,17 @@ from typing import Any
 
 import pytest
 import yaml
-from demo import QUICKSTART, download_prefix, trainer_events, upload_folder
+from demo import QUICKSTART
 from harness import Jobs, deep_merge, wait_for
 from prepare_data import write_chat_dataset
+from s3folders import delete_prefix, download_prefix, upload_folder
 
 from kubetune_api.constants import (
     REASON_BACKOFF_LIMIT_EXCEEDED,
     REASON_RESTARTING,
     REASON_TRAINING_COMPLETE,
 )
+from kubetune_trainer.logs import parse_log_lines
 
 pytestmark = pytest.mark.cluster
 
@@ -44,6 +46,8 @@ def store(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     upload_folder(s3, Path(ensure_tiny()), bucket, "models/tiny/")
     upload_folder(s3, write_chat_dataset(tmp_path_factory.mktemp("data"))[0].parent, bucket, "data/")
     yield bucket
+    delete_prefix(s3, bucket)
+    s3.delete_bucket(Bucket=bucket)
 
 
 @pytest.fixture
@@ -74,12 +78,8 @@ def quickstart(name: str, bucket: str, **spec: Any) -> dict[str, Any]:
 
 
 def kubectl_wait(cluster: Any, ns: str, name: str, condition: str, timeout: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*_kubectl(cluster), "wait", "-n", ns, f"--for=condition={condition}", f"ftj/{name}",
-                           f"--timeout={timeout}s"], env=cluster.env, capture_output=True, text=True)
-
-
-def _kubectl(cluster: Any) -> list[str]:
-    return [str(cluster.local.bins.kube("kubectl")), "--kubeconfig", str(cluster.kubeconfig)]
+    return cluster.kubectl("wait", "-n", ns, f"--for=condition={condition}", f"ftj/{name}", f"--timeout={timeout}s",
+                           check=False, timeout=timeout + 30)
 
 
 def logs(cluster: Any, ns: str, pod: str) -> str:
@@ -120,7 +120,7 @@ def test_quickstart_runs_two_nodes_to_success(cluster: Any, e2e: Jobs, store: st
     assert [p["metadata"]["name"] for p in pods] == ["qs-worker-0", "qs-worker-1"]
     assert all(p["status"]["phase"] == "Succeeded" for p in pods)
     assert len({p["status"]["podIP"] for p in pods}) == 2
-    events = trainer_events(logs(cluster, e2e.ns, "qs-worker-0"))
+    events = parse_log_lines(logs(cluster, e2e.ns, "qs-worker-0"))
     assert [e["world_size"] for e in events if e["event"] == "rendezvous"] == [2]
     assert [e["step"] for e in events if e["event"] == "eval"] == [0, 6]  # the base model's loss, then after
 
@@ -166,7 +166,7 @@ def test_a_deleted_worker_restarts_the_gang_which_resumes_from_the_last_commit(
     assert resumed["uri"] == f"s3://{store}/output/resume/checkpoints/step-{resumed['step']:08d}/"
 
     # The new rank 0 says so in its log, and started from that step, not from 0.
-    events = trainer_events(logs(cluster, e2e.ns, "resume-worker-0"))
+    events = parse_log_lines(logs(cluster, e2e.ns, "resume-worker-0"))
     assert [e["step"] for e in events if e["event"] == "resumed"] == [resumed["step"]]
     assert [e["start_step"] for e in events if e["event"] == "train_start"] == [resumed["step"]]
     reasons = {e["reason"] for e in e2e.events("resume")}

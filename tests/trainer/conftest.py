@@ -4,12 +4,10 @@ that runs the trainer as users do (torchrun, a config file) and returns its JSON
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,12 +15,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from localcluster import REPO, free_port
+from prepare_model import ensure_smollm2, ensure_tiny
+from s3folders import keys
 
-REPO = Path(__file__).resolve().parents[2]
+from kubetune_trainer.logs import parse_log_lines
+
 PYTHON = Path(sys.executable)
 TORCHRUN = PYTHON.parent / "torchrun"
 
@@ -30,24 +31,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub access on test machines
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def _prepare_model() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("prepare_model", REPO / "hack" / "prepare_model.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """A tiny random Llama (2 layers, hidden 64) with the SmolLM2 tokenizer."""
-    return Path(_prepare_model().ensure_tiny())
+    return Path(ensure_tiny())
 
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a plain HF directory (converted from the shipped GGUF once)."""
-    return Path(_prepare_model().ensure_smollm2())
+    return Path(ensure_smollm2())
 
 
 @pytest.fixture(scope="session")
@@ -70,12 +63,6 @@ def chat_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_chat_dataset(tmp_path_factory.mktemp("chatterbot"), held_out=16)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def trainer_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -93,14 +80,6 @@ class Run:
 
     def losses(self) -> dict[int, float]:
         return {e["step"]: e["loss"] for e in self.of("step")}
-
-
-def parse_events(output: str) -> list[dict[str, Any]]:
-    events = []
-    for line in output.splitlines():
-        if line.startswith('{"event"'):
-            events.append(json.loads(line))
-    return events
 
 
 class Launched:
@@ -121,7 +100,7 @@ class Launched:
         return "\n".join(log.read_text(errors="replace") for log in self.logs)
 
     def events(self) -> list[dict[str, Any]]:
-        return parse_events(self.output())
+        return parse_log_lines(self.output())
 
     def wait(self, timeout: float = 420) -> Run:
         deadline = time.monotonic() + timeout
@@ -134,7 +113,7 @@ class Launched:
             self.kill()
         output = self.output()
         shutil.rmtree(self.folder, ignore_errors=True)  # the Run keeps the output
-        return Run([p.returncode for p in self.procs], output, parse_events(output))
+        return Run([p.returncode for p in self.procs], output, parse_log_lines(output))
 
     def kill(self) -> None:
         """Stop whatever still runs (whole process groups: torchrun and its workers)."""
@@ -169,10 +148,6 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def torchrun_standalone(config: Path, nproc: int = 2) -> list[str]:
-    return [str(TORCHRUN), "--standalone", f"--nproc-per-node={nproc}", "-m", "kubetune_trainer", str(config)]
-
-
 def torchrun_nodes(config: Path | None, nodes: int = 2) -> list[list[str]]:
     """One torchrun per 'node', rendezvousing over c10d on loopback, as the operator's pods do."""
     endpoint = f"127.0.0.1:{free_port()}"
@@ -194,40 +169,13 @@ def s3_env(cluster: Any) -> dict[str, str]:
     return {k: v for k, v in cluster.local.env().items() if k.startswith("AWS_")}
 
 
-def upload_folder(s3: Any, bucket: str, prefix: str, folder: Path) -> None:
-    for path in sorted(folder.iterdir()):
-        if path.is_file():
-            s3.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.name}")
-
-
-def s3_keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
-    keys = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", [])]
-    return sorted(keys)
-
-
-def download_prefix(s3: Any, bucket: str, prefix: str, dest: Path) -> Path:
-    for key in s3_keys(s3, bucket, prefix):
-        target = dest / key[len(prefix):].lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        s3.download_file(bucket, key, str(target))
-    return dest
-
-
-def empty_bucket(s3: Any, bucket: str) -> None:
-    keys = s3_keys(s3, bucket)
-    for start in range(0, len(keys), 1000):
-        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
-
-
 def assert_manifests_intact(s3: Any, bucket: str, prefix: str) -> list[int]:
     """Every committed checkpoint under `prefix` has every file its manifest lists, with the listed
     size and SHA-256; returns the committed steps."""
     import hashlib
 
     steps = []
-    for key in s3_keys(s3, bucket, prefix):
+    for key in keys(s3, bucket, prefix):
         if not key.endswith("/manifest.json"):
             continue
         manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -236,7 +184,7 @@ def assert_manifests_intact(s3: Any, bucket: str, prefix: str) -> list[int]:
         for entry in manifest["files"]:
             body = s3.get_object(Bucket=bucket, Key=f"{folder}/{entry['name']}")["Body"].read()
             assert len(body) == entry["size"] and hashlib.sha256(body).hexdigest() == entry["sha256"], entry
-        parts = [k for k in s3_keys(s3, bucket, folder + "/") if "/part-rank" in k]
+        parts = [k for k in keys(s3, bucket, folder + "/") if "/part-rank" in k]
         assert len(parts) == manifest["world_size"], parts
         steps.append(manifest["step"])
     return sorted(steps)

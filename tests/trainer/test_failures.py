@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import launch, python_module, s3_env, upload_folder, write_jsonl
+from conftest import launch, python_module, s3_env, write_jsonl
+from s3folders import delete_prefix, upload_folder
 
 from kubetune_trainer.__main__ import main
 
@@ -83,11 +84,10 @@ def test_bad_data_fails_fast(train: str, training: dict[str, Any], expected: str
 def model_bucket(cluster: Any, tiny_model_dir: Path, pvc_root: Path) -> Iterator[str]:
     s3, bucket = cluster.s3_client(), f"bad-input-{secrets.token_hex(3)}"
     s3.create_bucket(Bucket=bucket)
-    upload_folder(s3, bucket, "models/tiny", tiny_model_dir)
+    upload_folder(s3, tiny_model_dir, bucket, "models/tiny")
     s3.upload_file(str(pvc_root / "data" / "train.jsonl"), bucket, "data/train.jsonl")
     yield bucket
-    for key in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]:
-        s3.delete_object(Bucket=bucket, Key=key)
+    delete_prefix(s3, bucket)
     s3.delete_bucket(Bucket=bucket)
 
 

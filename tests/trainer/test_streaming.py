@@ -27,17 +27,14 @@ from conftest import (
     Minio,
     Run,
     assert_manifests_intact,
-    download_prefix,
-    empty_bucket,
     job_reporting_access,
     launch,
     s3_env,
-    s3_keys,
     torchrun_nodes,
-    upload_folder,
     wait_for_event,
     write_jsonl,
 )
+from s3folders import delete_prefix, download_prefix, keys, upload_folder
 
 from kubetune_trainer.config import DataConfig
 from kubetune_trainer.data import IGNORE_INDEX, build_datasets, collate
@@ -64,7 +61,7 @@ class Stack:
 
 def seed_bucket(s3: Any, bucket: str, model_dir: Path, data: Path) -> None:
     s3.create_bucket(Bucket=bucket)
-    upload_folder(s3, bucket, "models/tiny", model_dir)
+    upload_folder(s3, model_dir, bucket, "models/tiny")
     s3.upload_file(str(data), bucket, "data/train.jsonl")
 
 
@@ -80,7 +77,7 @@ def stack(cluster: Any, crd: None, tiny_model_dir: Path, tmp_path_factory: pytes
         yield Stack(cluster, s3, bucket, namespace, data, work)
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-        empty_bucket(s3, bucket)
+        delete_prefix(s3, bucket)
         s3.delete_bucket(Bucket=bucket)
 
 
@@ -160,13 +157,13 @@ def exported_model(s3: Any, bucket: str, prefix: str, dest: Path) -> Path:
     """Download the output, checking it against its own manifest."""
     import hashlib
 
-    folder = download_prefix(s3, bucket, prefix, dest)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    download_prefix(s3, bucket, prefix, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
     names = {f["name"] for f in manifest["files"]}
     assert {"config.json", "tokenizer.json"} <= names and any(n.endswith(".safetensors") for n in names)
     for entry in manifest["files"]:
-        assert hashlib.sha256((folder / entry["name"]).read_bytes()).hexdigest() == entry["sha256"]
-    return folder
+        assert hashlib.sha256((dest / entry["name"]).read_bytes()).hexdigest() == entry["sha256"]
+    return dest
 
 
 # --- ZeRO-2, reporting to a FineTuneJob
@@ -197,7 +194,7 @@ def test_two_nodes_zero2_commit_checkpoints_and_export_a_plain_model(stack: Stac
     assert zero2.of("checkpoint_committed")[-1]["step"] == STEPS
     committed = assert_manifests_intact(stack.s3, stack.bucket, "zero2/ckpt/")
     assert len(committed) == 2 and committed[-1] == STEPS  # a checkpoint still waiting may be superseded
-    folders = {k.split("/")[2] for k in s3_keys(stack.s3, stack.bucket, "zero2/ckpt/")}
+    folders = {k.split("/")[2] for k in keys(stack.s3, stack.bucket, "zero2/ckpt/")}
     assert folders == {f"step-{s:08d}" for s in committed}  # nothing uncommitted is left behind
     manifest = json.loads(stack.s3.get_object(Bucket=stack.bucket, Key="zero2/ckpt/step-00000008/manifest.json")
                           ["Body"].read())
@@ -235,9 +232,9 @@ def worker_pid(torchrun: subprocess.Popen[str]) -> int:
 
 def step_folders(s3: Any, bucket: str, prefix: str) -> tuple[set[int], set[int]]:
     """(committed, uncommitted) steps under a checkpoint prefix."""
-    keys = s3_keys(s3, bucket, prefix)
-    steps = {int(k[len(prefix):].split("/")[0].removeprefix("step-")) for k in keys}
-    committed = {s for s in steps if f"{prefix}step-{s:08d}/manifest.json" in keys}
+    found = keys(s3, bucket, prefix)
+    steps = {int(k[len(prefix):].split("/")[0].removeprefix("step-")) for k in found}
+    committed = {s for s in steps if f"{prefix}step-{s:08d}/manifest.json" in found}
     return committed, steps - committed
 
 

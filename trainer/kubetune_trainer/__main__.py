@@ -75,9 +75,8 @@ def _run(path: str, settings: Settings) -> None:
     from kubetune_trainer.logs import log_event
 
     job = load_job(path, settings)  # before the heavy imports: a bad spec fails in a second
-    from kubetune_trainer.config import StorageConfig
     from kubetune_trainer.recipe import run
-    from kubetune_trainer.spec_adapter import train_config_from_spec
+    from kubetune_trainer.spec_adapter import storage_config, train_config_from_spec
     from kubetune_trainer.staging import check_storage, check_writable, stage_model
 
     if not isinstance(job, Job):  # a developer's trainer config: local paths
@@ -87,8 +86,7 @@ def _run(path: str, settings: Settings) -> None:
     spec = job.spec
     if os.environ.get("RANK", "0") == "0":
         log_event("config", job=job.record["job"], spec=redacted(job.manifest))
-    storage = StorageConfig(endpoint=spec.storage.endpoint, region=spec.storage.region,
-                            addressing_style=spec.storage.addressing_style)
+    storage = storage_config(spec)
     # Cheap checks first: wrong credentials or a missing bucket fail before any model is loaded.
     check_storage([spec.model.uri, spec.dataset.train, spec.dataset.eval, spec.checkpoint_uri, spec.output.uri],
                   settings, storage)

@@ -28,6 +28,7 @@ import torch
 from kubetune_trainer.data.sampler import DataPosition
 from kubetune_trainer.distributed import DistEnv, barrier
 from kubetune_trainer.errors import TrainerError
+from kubetune_trainer.manifest import step_folder
 
 CLIENT_KEY = "kubetune"
 
@@ -40,10 +41,6 @@ class TrainState:
     """Optimizer steps completed."""
     position: DataPosition = field(default_factory=DataPosition)
     """Where the next step's data starts."""
-
-
-def tag_for(step: int) -> str:
-    return f"step-{step:08d}"
 
 
 def capture_rng() -> dict[str, Any]:
@@ -80,7 +77,7 @@ def save_checkpoint(engine: Any, directory: str, state: TrainState, env: DistEnv
                     config: dict[str, Any]) -> Path:
     """Write this rank's part of the checkpoint of `state` into `directory` (this rank's own
     folder; call on every rank); returns the step folder."""
-    tag = tag_for(state.step)
+    tag = step_folder(state.step)
     folder = Path(directory) / tag
     folder.mkdir(parents=True, exist_ok=True)
     client_state = {CLIENT_KEY: {"step": state.step, "position": asdict(state.position), "config": config}}

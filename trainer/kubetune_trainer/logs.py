@@ -21,6 +21,18 @@ def log_event(event: str, **fields: Any) -> None:
     print(json.dumps(line, default=str), file=sys.stdout, flush=True)
 
 
+def parse_log_lines(text: str) -> list[dict[str, Any]]:
+    """The events `log_event` printed, from a log that may hold other lines too (e.g. `kubectl logs`)."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith('{"event"'):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:  # cut off, e.g. by a killed process
+                continue
+    return events
+
+
 def quiet_libraries() -> None:
     """Keep DeepSpeed, transformers and peft to warnings; no progress bars in pod logs."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -9,7 +9,6 @@ FineTuneJob spec or a developer's config file.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from kubetune_trainer.output import publish_model
 from kubetune_trainer.progress import ProgressReporter, kube_status_patcher
 from kubetune_trainer.resume import download_checkpoint, newest_committed, remove_uncommitted
 from kubetune_trainer.settings import Settings
-from kubetune_trainer.staging import UriFiles
+from kubetune_trainer.staging import UriFiles, path_slug
 from kubetune_trainer.storage import Store, open_store, retry
 from kubetune_trainer.streaming import CheckpointCommitter, CheckpointUploader
 
@@ -50,10 +49,6 @@ class UploadFailedElsewhere(TrainerError):
     """Another rank could not store its part of the final checkpoint."""
 
     exit_code = EXIT_FAILED
-
-
-def _slug(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run(cfg: TrainConfig, *, settings: Settings | None = None, record: dict[str, Any] | None = None,
@@ -114,7 +109,7 @@ def run(cfg: TrainConfig, *, settings: Settings | None = None, record: dict[str,
         if cfg.checkpoint.uri:
             store = open_store(cfg.checkpoint.uri, cfg.storage, settings)
             closing.append(store)
-            staging = settings.scratch_dir / "checkpoints" / _slug(cfg.checkpoint.uri) / f"rank-{env.rank:05d}"
+            staging = settings.scratch_dir / "checkpoints" / path_slug(cfg.checkpoint.uri) / f"rank-{env.rank:05d}"
             shutil.rmtree(staging, ignore_errors=True)  # leftovers of an earlier container on this disk
             if cfg.checkpoint.resume:
                 start = _resume(engine, store, env, staging / "resume", settings, reporter) or start

@@ -37,8 +37,6 @@ class Settings:
     """KUBETUNE_SCRATCH_DIR: node-local disk for the staged model and checkpoint shards."""
     pvc_root: str = PVC_MOUNT_ROOT
     """KUBETUNE_PVC_ROOT: where pvc://claim/path URIs are mounted (tests point it at a temp dir)."""
-    termination_log: Path = Path(TERMINATION_LOG)
-    """KUBETUNE_TERMINATION_LOG: the file that receives the one-line failure reason, if it exists."""
     service_account_dir: Path = Path(SERVICE_ACCOUNT_DIR)
     """KUBETUNE_SERVICE_ACCOUNT_DIR: the pod's service account token and ca.crt."""
     status_interval_seconds: float = 10.0
@@ -91,7 +89,6 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         namespace=env.get("KUBETUNE_NAMESPACE") or None,
         scratch_dir=Path(env.get("KUBETUNE_SCRATCH_DIR") or defaults.scratch_dir),
         pvc_root=env.get("KUBETUNE_PVC_ROOT") or defaults.pvc_root,
-        termination_log=Path(env.get("KUBETUNE_TERMINATION_LOG") or defaults.termination_log),
         service_account_dir=Path(env.get("KUBETUNE_SERVICE_ACCOUNT_DIR") or defaults.service_account_dir),
         status_interval_seconds=number("KUBETUNE_STATUS_INTERVAL_SECONDS", float, 0.0,
                                        defaults.status_interval_seconds),

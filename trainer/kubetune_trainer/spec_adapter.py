@@ -78,6 +78,11 @@ def train_config_from_spec(spec: FineTuneJobSpec, *, model_dir: str, output_dir:
             keep_last=spec.checkpoint.keep_last,
         ),
         output=OutputConfig(dir=output_dir, uri=spec.output.uri, merge_lora=spec.output.merge_lora),
-        storage=StorageConfig(endpoint=spec.storage.endpoint, region=spec.storage.region,
-                              addressing_style=spec.storage.addressing_style),
+        storage=storage_config(spec),
     )
+
+
+def storage_config(spec: FineTuneJobSpec) -> StorageConfig:
+    """How the trainer reaches the store of the spec's s3:// URIs."""
+    return StorageConfig(endpoint=spec.storage.endpoint, region=spec.storage.region,
+                         addressing_style=spec.storage.addressing_style)

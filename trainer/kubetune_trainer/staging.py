@@ -46,7 +46,8 @@ def node_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _slug(uri: str) -> str:
+def path_slug(uri: str) -> str:
+    """A short, file-name-safe name for `uri` (its local cache folder)."""
     return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
@@ -66,7 +67,7 @@ def stage_model(uri: str, settings: Settings, storage: StorageConfig) -> str:
 
 
 def _stage_s3_model(uri: str, settings: Settings, storage: StorageConfig) -> str:
-    target = settings.scratch_dir / "models" / _slug(uri)
+    target = settings.scratch_dir / "models" / path_slug(uri)
     with node_lock(settings.scratch_dir / "models" / ".lock"):
         if (target / _COMPLETE).is_file():
             return str(target)

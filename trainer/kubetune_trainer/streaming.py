@@ -130,11 +130,10 @@ class CheckpointUploader(_Worker, Callback):
     name = "uploader"
 
     def __init__(self, store: Store, *, rank: int, world_size: int, run_id: str,
-                 give_up_after: float, on_uploaded: Callable[[int], None] | None = None) -> None:
+                 give_up_after: float) -> None:
         super().__init__()
         self.store, self.rank, self.world_size, self.run_id = store, rank, world_size, run_id
         self.give_up_after = give_up_after
-        self.on_uploaded = on_uploaded
         self._queue: list[Pending] = []
         self._busy = False
         self.uploaded: list[int] = []
@@ -223,8 +222,6 @@ class CheckpointUploader(_Worker, Callback):
                   seconds=round(seconds, 3), mb_per_second=round(total / 2**20 / max(seconds, 1e-9), 1))
         shutil.rmtree(job.folder, ignore_errors=True)
         self.uploaded.append(job.step)
-        if self.on_uploaded is not None:
-            self.on_uploaded(job.step)
 
 
 @dataclass(frozen=True)
