@@ -84,7 +84,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, f'{what} "{container}" in pod "{pod}" has not run (yet)')
             return
         path, live = found
-        data = tail(path.read_bytes(), int(query.get("tailLines", ["-1"])[0]))
+        content = path.read_bytes()
+        data = tail(content, int(query.get("tailLines", ["-1"])[0]))
         limit = int(query.get("limitBytes", ["0"])[0]) or None
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -92,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         sent = self._chunk(data[:limit])
         if flag("follow") and live:
-            offset = path.stat().st_size
+            offset = len(content)  # not the size now: what was written since must still be sent
             while limit is None or sent < limit:
                 size = path.stat().st_size
                 if size > offset:
