@@ -6,6 +6,7 @@ operator writing a condition and a dashboard or test reading it can never spell
 it differently.
 """
 
+from enum import StrEnum
 from typing import Final
 
 GROUP: Final = "kubetune.io"
@@ -40,22 +41,20 @@ S3_SECRET_ACCESS_KEY_KEY: Final = "AWS_SECRET_ACCESS_KEY"
 S3_SESSION_TOKEN_KEY: Final = "AWS_SESSION_TOKEN"  # optional key
 S3_ENDPOINT_URL_KEY: Final = "AWS_ENDPOINT_URL"  # optional key, used when spec.storage.endpoint is unset
 
-# status.phase
-PHASE_PENDING: Final = "Pending"
-PHASE_RUNNING: Final = "Running"
-PHASE_RESTARTING: Final = "Restarting"
-PHASE_SUSPENDED: Final = "Suspended"
-PHASE_SUCCEEDED: Final = "Succeeded"
-PHASE_FAILED: Final = "Failed"
-PHASES: Final = (
-    PHASE_PENDING,
-    PHASE_RUNNING,
-    PHASE_RESTARTING,
-    PHASE_SUSPENDED,
-    PHASE_SUCCEEDED,
-    PHASE_FAILED,
-)
-TERMINAL_PHASES: Final = frozenset({PHASE_SUCCEEDED, PHASE_FAILED})
+# status.phase: the one list of phases (the status model, the CRD's enum, the
+# operator's decisions and its metrics all read it from here).
+class Phase(StrEnum):
+    """Pending, Running, Restarting, Suspended, Succeeded or Failed; the last two are final."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+TERMINAL_PHASES: Final = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 
 # status.conditions[].type, after the kstatus convention (Ready, Reconciling,
 # Stalled) plus the terminal outcomes that `kubectl wait --for=condition=...` uses.

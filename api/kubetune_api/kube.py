@@ -87,6 +87,9 @@ Quantity = Annotated[int | str, _QuantityFormat()]
 FreeForm = dict[str, Any]
 """An object passed through unchecked (x-kubernetes-preserve-unknown-fields)."""
 
+Manifest = dict[str, Any]
+"""A Kubernetes object (or a part of one) as plain JSON-ready data, camelCase keys."""
+
 
 # DeepSpeed configuration keys that spec.training owns.
 DEEPSPEED_BATCH_KEYS = (

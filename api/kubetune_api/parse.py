@@ -43,9 +43,15 @@ class SpecError(ValueError):
         self.errors = list(errors)
         super().__init__(str(self))
 
+    @property
+    def what(self) -> str:
+        """What is invalid: "FineTuneJob spec", or "FineTuneJob" when more than its spec is wrong."""
+        in_spec = all(e.path == "spec" or e.path.startswith(("spec.", "spec[")) for e in self.errors)
+        return "FineTuneJob spec" if in_spec else "FineTuneJob"
+
     def __str__(self) -> str:
         count = len(self.errors)
-        head = f"invalid FineTuneJob spec ({count} error{'s' if count != 1 else ''}):"
+        head = f"invalid {self.what} ({count} error{'s' if count != 1 else ''}):"
         return "\n".join([head, *(f"  - {e}" for e in self.errors)])
 
 

@@ -105,6 +105,14 @@ _VOLUME_MOUNTS_RULE = Rule(
 )
 
 
+def _global_batch_problem(global_batch: int, per_pass: int) -> str:
+    lower = max(per_pass, global_batch // per_pass * per_pass)
+    return (
+        "must be a multiple of microBatchSize x resources.nodes x resources.gpusPerNode = "
+        f"{per_pass} (got {global_batch}); use e.g. {lower} or {lower + per_pass}"
+    )
+
+
 class FineTuneJobSpec(ApiModel):
     """Desired state of a FineTuneJob. Only runPolicy may change after creation."""
 
@@ -196,10 +204,8 @@ class FineTuneJobSpec(ApiModel):
             "(self.resources.gpusPerNode > 0 ? self.resources.gpusPerNode : 1)) == 0",
             message="must be a multiple of microBatchSize x resources.nodes x "
             "resources.gpusPerNode (a node without GPUs counts as 1)",
-            explain=lambda s: (
-                "must be a multiple of microBatchSize x resources.nodes x "
-                f"resources.gpusPerNode = {s.training.micro_batch_size * s.resources.world_size} "
-                f"(got {s.training.global_batch_size})"
+            explain=lambda s: _global_batch_problem(
+                s.training.global_batch_size, s.training.micro_batch_size * s.resources.world_size
             ),
             holds=lambda s: (
                 s.training.global_batch_size is None

@@ -9,26 +9,19 @@ readers rely on it: types, non-negative counters, known phases.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 from .base import ListMap
-from .constants import TERMINAL_PHASES
+from .constants import TERMINAL_PHASES, Phase
+from .timestamps import format_timestamp
 
-Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
-
-def _rfc3339(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
+Timestamp = Annotated[datetime, PlainSerializer(format_timestamp, return_type=str, when_used="json")]
 """A point in time, written as RFC 3339 in UTC to the second (like metav1.Time)."""
 
 Count = Annotated[int, Field(ge=0)]

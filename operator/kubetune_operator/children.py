@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
-from kubetune_api import FineTuneJobSpec
+from kubetune_api import FineTuneJob, FineTuneJobSpec, JobMetadata, Manifest
 from kubetune_api.constants import API_VERSION, GROUP, JOB_NAME_LABEL, KIND, PLURAL
-
-Manifest = dict[str, Any]
 
 RENDEZVOUS_PORT = 29500
 CONFIG_FILE = "config.json"
@@ -86,23 +83,14 @@ def build_service(job: JobRef) -> Manifest:
     }
 
 
-def trainer_config(job: JobRef, spec_manifest: Manifest, spec: FineTuneJobSpec) -> Manifest:
-    """What the trainer reads: the spec exactly as the user wrote it (after defaults), plus derived values."""
-    return {
-        "job": {"name": job.name, "namespace": job.namespace, "uid": job.uid},
-        "spec": spec_manifest,
-        "derived": {
-            "nodes": spec.resources.nodes,
-            "processesPerNode": spec.resources.processes_per_node,
-            "worldSize": spec.world_size,
-            "checkpointUri": spec.checkpoint_uri,
-        },
-    }
+def trainer_job(job: JobRef, spec: FineTuneJobSpec) -> FineTuneJob:
+    """What the trainer reads: the job's identity and its parsed spec, as one FineTuneJob manifest."""
+    return FineTuneJob(metadata=JobMetadata(name=job.name, namespace=job.namespace, uid=job.uid), spec=spec)
 
 
-def build_config_map(job: JobRef, spec_manifest: Manifest, spec: FineTuneJobSpec) -> Manifest:
+def build_config_map(job: JobRef, spec: FineTuneJobSpec) -> Manifest:
     """The trainer's configuration. It holds names of Secrets, never their contents."""
-    body = json.dumps(trainer_config(job, spec_manifest, spec), indent=2, sort_keys=True)
+    body = json.dumps(trainer_job(job, spec).to_manifest(), indent=2, sort_keys=True)
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": metadata(job, job.config_map_name, "config"),
@@ -140,12 +128,12 @@ def build_role_binding(job: JobRef) -> Manifest:
     }
 
 
-def build_children(job: JobRef, spec_manifest: Manifest, spec: FineTuneJobSpec) -> list[Manifest]:
+def build_children(job: JobRef, spec: FineTuneJobSpec) -> list[Manifest]:
     """Everything a job owns besides its workers, in the order it is created."""
     return [
         build_service_account(job),
         build_role(job),
         build_role_binding(job),
         build_service(job),
-        build_config_map(job, spec_manifest, spec),
+        build_config_map(job, spec),
     ]

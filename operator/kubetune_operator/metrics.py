@@ -10,6 +10,8 @@ import threading
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from kubetune_api.constants import Phase
+
 JOBS = Gauge("kubetune_jobs", "FineTuneJobs known to this operator, by phase.", ["phase"])
 RECONCILE_SECONDS = Histogram(
     "kubetune_reconcile_duration_seconds", "Time one reconcile of a FineTuneJob takes.",
@@ -48,5 +50,5 @@ def _refresh() -> None:
     counts: dict[str, int] = {}
     for p in _phases.values():
         counts[p] = counts.get(p, 0) + 1
-    for p in ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"):
+    for p in Phase:
         JOBS.labels(p).set(counts.get(p, 0))

@@ -27,12 +27,6 @@ from kubetune_api.constants import (
     CONDITION_RECONCILING,
     CONDITION_STALLED,
     CONDITION_SUCCEEDED,
-    PHASE_FAILED,
-    PHASE_PENDING,
-    PHASE_RESTARTING,
-    PHASE_RUNNING,
-    PHASE_SUCCEEDED,
-    PHASE_SUSPENDED,
     REASON_BACKOFF_LIMIT_EXCEEDED,
     REASON_CREATING_WORKERS,
     REASON_DEADLINE_EXCEEDED,
@@ -44,6 +38,7 @@ from kubetune_api.constants import (
     REASON_WAITING_FOR_WORKERS,
     REASON_WORKERS_RUNNING,
     TERMINAL_PHASES,
+    Phase,
 )
 
 from .failures import Cause, WorkerFailure, classify, gang_failure
@@ -110,15 +105,15 @@ def _condition(old: list[Manifest], type_: str, status: str, reason: str, messag
 def conditions_for(phase: str, reason: str, message: str, old: list[Manifest],
                    now: datetime, generation: int) -> list[Manifest]:
     """kstatus conditions (Ready, Reconciling, Stalled) plus the terminal Succeeded/Failed."""
-    in_progress = phase in (PHASE_PENDING, PHASE_RESTARTING)
+    in_progress = phase in (Phase.PENDING, Phase.RESTARTING)
     out = [
-        _condition(old, CONDITION_READY, "True" if phase == PHASE_RUNNING else "False", reason, message, now, generation),
+        _condition(old, CONDITION_READY, "True" if phase == Phase.RUNNING else "False", reason, message, now, generation),
         _condition(old, CONDITION_RECONCILING, "True" if in_progress else "False", reason, message, now, generation),
-        _condition(old, CONDITION_STALLED, "True" if phase == PHASE_FAILED else "False", reason, message, now, generation),
+        _condition(old, CONDITION_STALLED, "True" if phase == Phase.FAILED else "False", reason, message, now, generation),
     ]
-    if phase == PHASE_SUCCEEDED:
+    if phase == Phase.SUCCEEDED:
         out.append(_condition(old, CONDITION_SUCCEEDED, "True", reason, message, now, generation))
-    if phase == PHASE_FAILED:
+    if phase == Phase.FAILED:
         out.append(_condition(old, CONDITION_FAILED, "True", reason, message, now, generation))
     return out
 
@@ -197,9 +192,9 @@ def plan_invalid(obs: Observed, problem: str) -> Plan:
     """A spec that got past admission but not the parse step: Failed, no workers."""
     b = _Builder(obs, nodes=0)
     b.plan.delete_pods = [p["metadata"]["name"] for p in obs.pods if not p["metadata"].get("deletionTimestamp")]
-    if b.old_phase != PHASE_FAILED:
+    if b.old_phase != Phase.FAILED:
         b.event("Warning", REASON_INVALID_SPEC, problem)
-    return b.finish(PHASE_FAILED, REASON_INVALID_SPEC, problem)
+    return b.finish(Phase.FAILED, REASON_INVALID_SPEC, problem)
 
 
 def _terminal(b: _Builder, spec: FineTuneJobSpec) -> Plan:
@@ -252,11 +247,11 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
     if spec.run_policy.suspend:
         b.launched = False
         b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")]
-        if b.old_phase != PHASE_SUSPENDED:
+        if b.old_phase != Phase.SUSPENDED:
             b.event("Normal", REASON_SUSPENDED, "suspended: worker pods deleted; resume continues from the last checkpoint")
-        return b.finish(PHASE_SUSPENDED, REASON_SUSPENDED, "suspended (spec.runPolicy.suspend)")
+        return b.finish(Phase.SUSPENDED, REASON_SUSPENDED, "suspended (spec.runPolicy.suspend)")
 
-    if b.old_phase == PHASE_SUSPENDED:
+    if b.old_phase == Phase.SUSPENDED:
         b.start_time = _ts(obs.now)  # like a Job: the active deadline restarts on resume
         b.event("Normal", REASON_RESUMED, "resumed: recreating worker pods")
 
@@ -268,7 +263,7 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
             message = f"exceeded spec.runPolicy.activeDeadlineSeconds ({deadline}s)"
             b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")]
             b.event("Warning", REASON_DEADLINE_EXCEEDED, message)
-            return b.finish(PHASE_FAILED, REASON_DEADLINE_EXCEEDED, message)
+            return b.finish(Phase.FAILED, REASON_DEADLINE_EXCEEDED, message)
         b.plan.requeue_after = remaining
 
     failures: list[WorkerFailure] = [f for p in live if (f := classify(p)) is not None]
@@ -286,14 +281,14 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
     if len(live) == spec.resources.nodes and all(p.get("status", {}).get("phase") == "Succeeded" for p in live):
         message = f"all {spec.resources.nodes} workers completed"
         b.event("Normal", REASON_TRAINING_COMPLETE, message)
-        return b.finish(PHASE_SUCCEEDED, REASON_TRAINING_COMPLETE, message)
+        return b.finish(Phase.SUCCEEDED, REASON_TRAINING_COMPLETE, message)
 
     if not b.launched:
         b.plan.ensure_children = True
         if stale:
             # Same names as the new workers: wait until the old ones are gone.
             b.plan.requeue_after = _sooner(b.plan.requeue_after, POLL_SECONDS)
-            return b.finish(PHASE_RESTARTING, REASON_RESTARTING,
+            return b.finish(Phase.RESTARTING, REASON_RESTARTING,
                             f"waiting for {len(stale)} worker(s) of the previous attempt to terminate")
         b.plan.create_ranks = sorted(set(range(spec.resources.nodes)) - present)
         if b.plan.create_ranks and b.old_phase is None:
@@ -304,14 +299,14 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
     ready = sum(_is_ready(p) for p in live)
     if ready == spec.resources.nodes:
         message = f"all {ready} workers running (attempt {b.attempt})"
-        if b.old_phase != PHASE_RUNNING:
+        if b.old_phase != Phase.RUNNING:
             b.event("Normal", REASON_WORKERS_RUNNING, message)
-        return b.finish(PHASE_RUNNING, REASON_WORKERS_RUNNING, message, ready)
+        return b.finish(Phase.RUNNING, REASON_WORKERS_RUNNING, message, ready)
     b.plan.requeue_after = _sooner(b.plan.requeue_after, POLL_SECONDS)
-    if b.old_phase == PHASE_RUNNING:
-        return b.finish(PHASE_RUNNING, REASON_WORKERS_RUNNING,
+    if b.old_phase == Phase.RUNNING:
+        return b.finish(Phase.RUNNING, REASON_WORKERS_RUNNING,
                         f"{ready}/{spec.resources.nodes} workers ready", ready)
-    phase = PHASE_RESTARTING if b.attempt > 1 else PHASE_PENDING
+    phase = Phase.RESTARTING if b.attempt > 1 else Phase.PENDING
     reason = REASON_RESTARTING if b.attempt > 1 else REASON_WAITING_FOR_WORKERS
     message = f"waiting for workers: {ready}/{spec.resources.nodes} ready (attempt {b.attempt})" + _waiting_reason(live)
     return b.finish(phase, reason, message, ready)
@@ -333,7 +328,7 @@ def _after_failure(b: _Builder, spec: FineTuneJobSpec, failure: WorkerFailure, l
                                and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
         message = f"backoff limit reached ({limit} restart(s) after trainer failures); last: {failure.message}"
         b.event("Warning", REASON_BACKOFF_LIMIT_EXCEEDED, message)
-        return b.finish(PHASE_FAILED, REASON_BACKOFF_LIMIT_EXCEEDED, message)
+        return b.finish(Phase.FAILED, REASON_BACKOFF_LIMIT_EXCEEDED, message)
     # A restart replaces every worker: the new ones take the same names.
     b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")]
     b.restarts[failure.cause.value] += 1
@@ -344,4 +339,4 @@ def _after_failure(b: _Builder, spec: FineTuneJobSpec, failure: WorkerFailure, l
         f"; {limit - b.restarts['application']} application restart(s) left"
     message = f"restarting all workers (attempt {b.attempt}) after {failure.cause.value} failure: {failure.message}{budget}"
     b.event("Warning", REASON_RESTARTING, message)
-    return b.finish(PHASE_RESTARTING, REASON_RESTARTING, message)
+    return b.finish(Phase.RESTARTING, REASON_RESTARTING, message)

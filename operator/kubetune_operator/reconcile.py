@@ -103,7 +103,7 @@ def _reconcile(kube: Kube, namespace: str, name: str, trainer_image: str, now: d
 
     if spec is not None:
         if decision.ensure_children:
-            for child in build_children(ref, job["spec"], spec):
+            for child in build_children(ref, spec):
                 kube.create_if_absent(child)
         for rank in decision.create_ranks:
             kube.create_if_absent(build_worker_pod(ref, spec, rank, decision.attempt, trainer_image))

@@ -43,16 +43,13 @@ def _secret_key(secret: str, key: str, optional: bool = False) -> dict[str, Any]
     return {"secretKeyRef": ref}
 
 
-def worker_env(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int) -> list[Manifest]:
-    """The trainer's environment. S3 keys are references to the user's Secret, never copied."""
+def worker_env(job: JobRef, spec: FineTuneJobSpec, attempt: int) -> list[Manifest]:
+    """The trainer's environment (each variable is read by the trainer's settings). S3 keys are
+    references to the user's Secret, never copied."""
     env: list[Manifest] = [
         {"name": "KUBETUNE_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
         {"name": "KUBETUNE_JOB_NAME", "value": job.name},
-        {"name": "KUBETUNE_JOB_UID", "value": job.uid},
         {"name": "KUBETUNE_NAMESPACE", "valueFrom": _downward("metadata.namespace")},
-        {"name": "KUBETUNE_POD_NAME", "valueFrom": _downward("metadata.name")},
-        {"name": "KUBETUNE_POD_IP", "valueFrom": _downward("status.podIP")},
-        {"name": "KUBETUNE_NODE_RANK", "value": str(rank)},
         {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)},
         {"name": "KUBETUNE_SCRATCH_DIR", "value": SCRATCH_MOUNT},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -136,7 +133,7 @@ def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int
         "image": spec.image or default_image,
         "command": ["torchrun"],
         "args": torchrun_args(job, spec, rank),
-        "env": worker_env(job, spec, rank, attempt),
+        "env": worker_env(job, spec, attempt),
         "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
         "resources": _resources(spec),
         "volumeMounts": mounts,

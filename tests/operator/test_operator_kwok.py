@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from harness import Jobs, ftj, wait_for
 
+from kubetune_api import parse_job
+
 pytestmark = pytest.mark.cluster
 
 
@@ -49,7 +51,9 @@ def test_two_node_job_gets_its_children_and_runs(operator, jobs: Jobs, cluster) 
     config = json.loads(cluster.kubectl("get", "configmap", "llama-config", "-n", ns, "-o", "json").stdout)
     trainer_config = json.loads(config["data"]["config.json"])
     assert trainer_config["spec"]["resources"]["nodes"] == 2
-    assert trainer_config["derived"]["worldSize"] == 16
+    # What the trainer reads back: the job's identity and a spec of 2 x 8 processes.
+    trainer_job = parse_job(trainer_config)
+    assert trainer_job.metadata.name == "llama" and trainer_job.spec.world_size == 16
     for kind in ("serviceaccount", "role", "rolebinding"):
         cluster.kubectl("get", kind, "llama-worker", "-n", ns)
 
