@@ -102,24 +102,31 @@ class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         import torch
 
-        from kubetune_trainer.config import MethodConfig, ModelConfig, StorageConfig, TrainingConfig
-        from kubetune_trainer.distributed import init_distributed
-        from kubetune_trainer.engine import create_engine, ds_config_for, lr_schedule
+        from kubetune_api import parse_spec
+        from kubetune_trainer.distributed import init_distributed, process_world
+        from kubetune_trainer.ds_config import build_ds_config
+        from kubetune_trainer.engine import create_engine, lr_schedule
         from kubetune_trainer.modeling import load_model
-        from kubetune_trainer.s3 import s3_client
         from kubetune_trainer.settings import Settings
+        from kubetune_trainer.storage import s3_client
 
         self.args, self.work = args, work
-        self.env = init_distributed()
+        self.env = process_world()
+        init_distributed(self.env)
         path = model_dir(args.model)
-        training = TrainingConfig(max_steps=1000, learning_rate=1e-5, micro_batch_size=2, precision="fp32")
-        model = load_model(ModelConfig(path=str(path)), MethodConfig(), "fp32")
-        ds_config = ds_config_for(training, zero_stage=2, offload="none", overrides={}, world_size=1)
-        self.engine = create_engine(model, ds_config, lr_schedule(training, 1000), 0.0)
+        # A full fine-tune under ZeRO-2 in one process; the locations are not read here.
+        spec = parse_spec({
+            "model": {"uri": "pvc://bench/model"}, "dataset": {"train": "pvc://bench/train.jsonl", "format": "text"},
+            "training": {"maxSteps": 1000, "learningRate": 1e-5, "microBatchSize": 2, "precision": "fp32"},
+            "method": {"gradientCheckpointing": False}, "deepspeed": {"zeroStage": 2},
+            "resources": {"gpusPerNode": 0}, "output": {"uri": "pvc://bench/out"},
+            "storage": {"addressingStyle": "path"}})
+        model = load_model(str(path), spec)
+        self.engine = create_engine(model, build_ds_config(spec), lr_schedule(spec.training, 1000), 0.0)
         self.vocab = int(model.config.vocab_size)
         self.generator = torch.Generator().manual_seed(0)
         self.settings = Settings(scratch_dir=work)
-        self.client = s3_client(StorageConfig(addressing_style="path"))
+        self.client = s3_client(spec.storage)
         self.bucket = f"bench-{secrets.token_hex(4)}"
         self.client.create_bucket(Bucket=self.bucket)
         self.step = 0
@@ -143,7 +150,7 @@ class Bench:
         return time.monotonic() - started, folder
 
     def store(self, prefix: str) -> Any:
-        from kubetune_trainer.s3 import S3Store
+        from kubetune_trainer.storage import S3Store
 
         return S3Store(f"s3://{self.bucket}/{prefix}/", self.client, self.settings)
 

@@ -39,8 +39,14 @@ class StatusModel(BaseModel):
     )
 
     def to_manifest(self) -> dict[str, object]:
-        """The status as JSON-ready data (camelCase, unset fields left out), e.g. for a patch."""
+        """The status as JSON-ready data (camelCase, fields without a value left out)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def to_patch(self) -> dict[str, object]:
+        """Only the fields given when the model was built, for a JSON merge patch: the operator
+        and the trainer each write their own part of one status, and a field one of them leaves
+        out (even one with a default, such as checkpoints.committed) stays as the other wrote it."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
 
 
 class Condition(StatusModel):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from conftest import write_jsonl
 
-from kubetune_trainer.config import DataConfig
+from kubetune_api import DatasetSpec, StorageSpec, TrainingSpec
 from kubetune_trainer.data import (
     FILLER,
     IGNORE_INDEX,
@@ -26,6 +26,18 @@ from kubetune_trainer.data.packing import pack, truncate
 from kubetune_trainer.data.sampler import steps_per_epoch
 from kubetune_trainer.data.sources import Record, read_records
 from kubetune_trainer.errors import ConfigError, DataError
+from kubetune_trainer.settings import Settings
+from kubetune_trainer.staging import UriFiles
+
+
+def datasets(root: Path, tokenizer: Any, train: Path, fmt: str = "text", *, max_positions: int | None = None,
+             eval_split: float | None = None, **training: Any) -> Any:
+    """build_datasets as the trainer calls it, on `train` (a file below `root`, which plays the
+    mounted claims: pvc://<folder>/<file>)."""
+    dataset = DatasetSpec(train=f"pvc://{train.relative_to(root)}", format=fmt, eval_split=eval_split)
+    spec = TrainingSpec(max_steps=1, **training)
+    return build_datasets(dataset, spec, tokenizer, max_positions=max_positions,
+                          files=UriFiles(Settings(pvc_root=str(root)), StorageSpec()))
 
 
 def learned_text(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
@@ -142,9 +154,10 @@ def test_too_little_data_for_one_global_batch_says_what_to_do() -> None:
 
 
 def test_bad_record_error_names_file_and_line(tmp_path: Path, tokenizer: Any) -> None:
-    path = write_jsonl(tmp_path / "train.jsonl", [{"text": "fine"}, {"text": "fine"}, {"txt": "typo"}])
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:3: field 'text' must be a non-empty string \(missing\)"):
-        build_datasets(DataConfig(train=str(path)), tokenizer, seed=0, max_positions=None)
+    (tmp_path / "data").mkdir()
+    path = write_jsonl(tmp_path / "data" / "train.jsonl", [{"text": "fine"}, {"text": "fine"}, {"txt": "typo"}])
+    with pytest.raises(DataError, match=r"^pvc://data/train.jsonl:3: field 'text' must be a non-empty string \(missing\)"):
+        datasets(tmp_path, tokenizer, path)
 
 
 def test_invalid_json_line_fails_fast_with_its_line_number(tmp_path: Path) -> None:
@@ -166,9 +179,10 @@ def test_empty_and_missing_files_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_chat_record_without_assistant_turn_is_rejected(tmp_path: Path, tokenizer: Any) -> None:
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: no assistant message"):
-        build_datasets(DataConfig(train=str(path), format="chat"), tokenizer, seed=0, max_positions=None)
+    (tmp_path / "data").mkdir()
+    path = write_jsonl(tmp_path / "data" / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(DataError, match=r"^pvc://data/chat.jsonl:1: no assistant message"):
+        datasets(tmp_path, tokenizer, path, "chat")
 
 
 def test_parquet_reads_like_jsonl_and_reports_rows(tmp_path: Path) -> None:
@@ -188,10 +202,10 @@ def test_parquet_reads_like_jsonl_and_reports_rows(tmp_path: Path) -> None:
 
 
 def test_sequence_longer_than_the_model_allows_is_a_config_error(tmp_path: Path, tokenizer: Any) -> None:
-    path = write_jsonl(tmp_path / "train.jsonl", [{"text": "x"}])
-    cfg = DataConfig(train=str(path), max_seq_length=4096)
+    (tmp_path / "data").mkdir()
+    path = write_jsonl(tmp_path / "data" / "train.jsonl", [{"text": "x"}])
     with pytest.raises(ConfigError, match=r"sequence length 4096 \(spec.training.maxSeqLength\) exceeds the model's maximum of 2048 tokens"):
-        build_datasets(cfg, tokenizer, seed=0, max_positions=2048)
+        datasets(tmp_path, tokenizer, path, max_positions=2048, max_seq_length=4096)
 
 
 def test_eval_fraction_holds_out_records_deterministically(tmp_path: Path, tokenizer: Any) -> None:
@@ -200,7 +214,7 @@ def test_eval_fraction_holds_out_records_deterministically(tmp_path: Path, token
     assert len(held) == 5 and len(train) == 15
     assert not {r.where for r in train} & {r.where for r in held}
     assert split_records(records, 0.25, seed=3) == (train, held)
-    path = write_jsonl(tmp_path / "train.jsonl", [r.data for r in records])
-    data = build_datasets(DataConfig(train=str(path), eval_fraction=0.25, packing=False), tokenizer,
-                          seed=3, max_positions=None)
+    (tmp_path / "data").mkdir()
+    path = write_jsonl(tmp_path / "data" / "train.jsonl", [r.data for r in records])
+    data = datasets(tmp_path, tokenizer, path, eval_split=0.25, packing=False, seed=3)
     assert (data.train_records, data.eval_records) == (15, 5) and len(data.eval) == 5

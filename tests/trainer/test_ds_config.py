@@ -1,4 +1,4 @@
-"""The DeepSpeed config derived from the trainer's settings."""
+"""The DeepSpeed config derived from the FineTuneJob spec."""
 
 from __future__ import annotations
 
@@ -6,15 +6,24 @@ from typing import Any
 
 import pytest
 
-from kubetune_trainer.ds_config import build_ds_config, deep_merge, gradient_accumulation_steps
-from kubetune_trainer.errors import ConfigError
+from kubetune_api import SpecError, parse_spec
+from kubetune_trainer.ds_config import build_ds_config, deep_merge
 
 
-def ds(**overrides: Any) -> dict[str, Any]:
-    args: dict[str, Any] = dict(zero_stage=2, offload="none", precision="bf16", micro_batch_size=4,
-                                global_batch_size=64, world_size=8, learning_rate=2e-4, weight_decay=0.1,
-                                max_grad_norm=1.0)
-    return build_ds_config(**{**args, **overrides})
+def ds(zero_stage: int = 2, offload: str = "none", precision: str = "bf16", micro_batch_size: int = 4,
+       global_batch_size: int = 64, world_size: int = 8, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """build_ds_config of a spec with these settings (`world_size` GPUs on one node), lr 2e-4,
+    weight decay 0.1, gradient clipping 1.0."""
+    deepspeed: dict[str, Any] = {"zeroStage": zero_stage, "offload": offload}
+    if overrides:
+        deepspeed["config"] = overrides
+    return build_ds_config(parse_spec({
+        "model": {"uri": "s3://models/m/"}, "dataset": {"train": "s3://data/t.jsonl", "format": "text"},
+        "training": {"maxSteps": 10, "precision": precision, "microBatchSize": micro_batch_size,
+                     "globalBatchSize": global_batch_size, "learningRate": 2e-4, "weightDecay": 0.1,
+                     "gradientClipping": 1.0},
+        "deepspeed": deepspeed, "resources": {"nodes": 1, "gpusPerNode": world_size},
+        "output": {"uri": "s3://models/out/"}}))
 
 
 @pytest.mark.parametrize(("global_batch", "micro", "world", "accum"), [
@@ -22,13 +31,16 @@ def ds(**overrides: Any) -> dict[str, Any]:
 ])
 def test_gradient_accumulation_is_global_over_micro_times_world(global_batch: int, micro: int, world: int,
                                                                  accum: int) -> None:
-    assert gradient_accumulation_steps(global_batch, micro, world) == accum
+    config = ds(micro_batch_size=micro, global_batch_size=global_batch, world_size=world)
+    assert config["gradient_accumulation_steps"] == accum
+    assert config["train_batch_size"] == global_batch
 
 
 def test_indivisible_global_batch_names_the_field_and_suggests_values() -> None:
-    with pytest.raises(ConfigError, match=r"global_batch_size=60 is not a multiple of micro_batch_size \(4\) "
-                                          r"x world size \(8\) = 32; use e.g. 32 or 64"):
-        gradient_accumulation_steps(60, 4, 8)
+    with pytest.raises(SpecError, match=r"spec.training.globalBatchSize must be a multiple of microBatchSize x "
+                                        r"resources.nodes x resources.gpusPerNode = 32 \(got 60\); "
+                                        r"use e.g. 32 or 64"):
+        ds(global_batch_size=60, micro_batch_size=4, world_size=8)
 
 
 def test_generated_config() -> None:
@@ -57,8 +69,8 @@ def test_cpu_offload_moves_optimizer_state_and_at_stage_3_the_weights() -> None:
     stage3 = ds(zero_stage=3, offload="cpu")["zero_optimization"]
     assert stage3["offload_param"]["device"] == "cpu"
     assert ds(offload="cpu")["optimizer"]["params"]["torch_adam"] is False  # needs DeepSpeed's CPU Adam
-    with pytest.raises(ConfigError, match=r"offload=cpu needs deepspeed\.zero_stage >= 1"):
-        ds(zero_stage=0, offload="cpu")
+    with pytest.raises(SpecError, match=r"spec.deepspeed.offload may be cpu only with zeroStage 2 or 3"):
+        ds(zero_stage=1, offload="cpu")
 
 
 def test_raw_overrides_are_deep_merged_last() -> None:

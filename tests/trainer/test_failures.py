@@ -54,7 +54,8 @@ def fails_with(tmp_path: Path, job: dict[str, Any], env: dict[str, str]) -> str:
     """Run the trainer on `job`; assert exit 2 with exactly one error line, also in the termination
     log; return that line."""
     config = tmp_path / "job.yaml"
-    config.write_text(json.dumps({"spec": job}))  # the standalone shape: just the spec
+    config.write_text(json.dumps({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                  "metadata": {"name": "bad-input"}, "spec": job}))
     log = tmp_path / "termination-log"
     log.write_text("")
     started = time.monotonic()
@@ -125,7 +126,7 @@ def test_invalid_spec_names_the_field(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_a_hub_model_without_network_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubetune_trainer.config import StorageConfig
+    from kubetune_api import StorageSpec
     from kubetune_trainer.errors import ConfigError, DataError
     from kubetune_trainer.settings import Settings
     from kubetune_trainer.staging import UriFiles, stage_model
@@ -134,6 +135,6 @@ def test_a_hub_model_without_network_is_one_clear_line(tmp_path: Path, monkeypat
     settings = Settings(scratch_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"^model.uri hf://HuggingFaceTB/SmolLM2-135M@main: the Hub cannot be "
                                           r"reached from the pods \(offline\)"):
-        stage_model("hf://HuggingFaceTB/SmolLM2-135M@main", settings, StorageConfig())
+        stage_model("hf://HuggingFaceTB/SmolLM2-135M@main", settings, StorageSpec())
     with pytest.raises(DataError, match=r"^hf://datasets/org/chat/train: cannot list the dataset on the Hub"):
-        UriFiles(settings, StorageConfig()).files("hf://datasets/org/chat/train")
+        UriFiles(settings, StorageSpec()).files("hf://datasets/org/chat/train")

@@ -28,17 +28,29 @@ METHODS = {
 def fine_tune(method: str, model: Path, corpus: tuple[Path, Path], work: Path) -> Run:
     spec, learning_rate, steps = METHODS[method]
     train, held_out = corpus
-    config: dict[str, Any] = {
-        "model": {"path": str(model)},
-        "data": {"train": str(train), "eval": str(held_out), "format": "chat", "maxSeqLength": 128},
-        "method": spec,
+    # The model and the corpus as mounted claims (KUBETUNE_PVC_ROOT), as a developer runs it by hand.
+    claims = work / "pvc"
+    claims.mkdir()
+    (claims / "models").symlink_to(model)
+    (claims / "data").symlink_to(train.parent)
+    config: dict[str, Any] = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                              "metadata": {"name": f"learning-{method}"}, "spec": {
+        "model": {"uri": "pvc://models"},
+        "dataset": {"train": f"pvc://data/{train.name}", "eval": f"pvc://data/{held_out.name}", "format": "chat"},
+        "method": {**spec, "gradientCheckpointing": False},
+        # Evaluating every `steps` steps: the base model's loss before the first step, and after the last.
         "training": {"maxSteps": steps, "learningRate": learning_rate, "lrScheduler": "constant", "warmupSteps": 1,
-                     "microBatchSize": 4, "precision": "fp32", "evalAtStart": True},
+                     "microBatchSize": 4, "maxSeqLength": 128, "packing": True, "precision": "fp32",
+                     "evalEverySteps": steps, "logEverySteps": 1},
         "deepspeed": {"zeroStage": 0},
-        "output": {"dir": str(work / "model")},
-    }
+        "resources": {"gpusPerNode": 0},
+        "checkpoint": {"everySteps": steps},
+        # Merged, so that plain transformers loads the result below.
+        "output": {"uri": "pvc://work/model", "mergeLora": method == "lora"}}}
+    (claims / "work").symlink_to(work)
     # Without torchrun: a world of one, the fastest way through on two CPU cores.
-    return launch([python_module(write_config(work / "config.json", config))], timeout=900)
+    return launch([python_module(write_config(work / "config.json", config))], timeout=900,
+                  envs=[{"KUBETUNE_PVC_ROOT": str(claims), "KUBETUNE_SCRATCH_DIR": str(work / "scratch")}])
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

@@ -13,8 +13,8 @@ from typing import Any
 
 from kubetune_api import FineTuneJobStatus
 from kubetune_trainer.callbacks import StepMetrics
+from kubetune_trainer.manifest import Commit
 from kubetune_trainer.progress import ProgressReporter, Report, status_patch
-from kubetune_trainer.streaming import Commit
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -20,6 +20,7 @@ import pytest
 from kubetune_trainer.errors import ConfigError, StorageError
 from kubetune_trainer.manifest import (
     CheckpointManifest,
+    Commit,
     FileEntry,
     PartManifest,
     files_for_rank,
@@ -28,10 +29,9 @@ from kubetune_trainer.manifest import (
     retention_plan,
 )
 from kubetune_trainer.resume import download_checkpoint, newest_committed, remove_uncommitted
-from kubetune_trainer.s3 import S3Store, s3_client
 from kubetune_trainer.settings import Settings
-from kubetune_trainer.storage import FsStore, Store, Upload
-from kubetune_trainer.streaming import CheckpointCommitter, CheckpointUploader, Commit
+from kubetune_trainer.storage import FsStore, S3Store, Store, Upload, s3_client
+from kubetune_trainer.streaming import CheckpointCommitter, CheckpointUploader
 
 WORLD = 2
 
@@ -118,10 +118,10 @@ def test_uploaders_and_commit_on_minio(s3: Any, bucket: str, tmp_path: Path, clu
     for key, value in cluster.local.env().items():
         if key.startswith("AWS_"):
             monkeypatch.setenv(key, value)
-    from kubetune_trainer.config import StorageConfig
+    from kubetune_api import StorageSpec
 
     settings = Settings(upload_chunk_bytes=5 * 2**20)
-    store = S3Store(f"s3://{bucket}/ckpt/", s3_client(StorageConfig(addressing_style="path")), settings)
+    store = S3Store(f"s3://{bucket}/ckpt/", s3_client(StorageSpec(addressing_style="path")), settings)
     run_protocol(store, tmp_path)
     assert s3.head_object(Bucket=bucket, Key="ckpt/step-00000006/manifest.json")
     # The uploader records each file's SHA-256 with the object; a replaced file is caught.

@@ -36,9 +36,12 @@ from conftest import (
 )
 from s3folders import delete_prefix, download_prefix, keys, upload_folder
 
-from kubetune_trainer.config import DataConfig
+from kubetune_api import DatasetSpec, StorageSpec, TrainingSpec, parse_spec
+from kubetune_operator.children import JobRef, trainer_job
 from kubetune_trainer.data import IGNORE_INDEX, build_datasets, collate
 from kubetune_trainer.modeling import load_tokenizer
+from kubetune_trainer.settings import Settings
+from kubetune_trainer.staging import UriFiles
 
 pytestmark = pytest.mark.cluster
 
@@ -103,9 +106,8 @@ def tiny_spec(bucket: str, prefix: str, endpoint: str, **overrides: Any) -> dict
 
 
 def operator_config(path: Path, name: str, namespace: str, spec: dict[str, Any]) -> Path:
-    """The config.json the operator mounts into every worker."""
-    body = {"job": {"name": name, "namespace": namespace, "uid": "test"}, "spec": spec,
-            "derived": {"nodes": 2, "processesPerNode": 1, "worldSize": 2}}
+    """The config.json the operator mounts into every worker (built by the operator's own code)."""
+    body = trainer_job(JobRef(name, namespace, "test"), parse_spec(spec)).to_manifest()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=1))
     return path
@@ -131,8 +133,11 @@ def held_out_loss(model_dir: Path, train: Path, seed: int = 5) -> float:
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(str(model_dir))
-    samples = build_datasets(DataConfig(train=str(train), eval_fraction=0.1, max_seq_length=32), tokenizer,
-                             seed=seed, max_positions=None).eval
+    # The run's own split of its records (the folder of `train` plays a mounted claim).
+    dataset = DatasetSpec(train=f"pvc://{train.parent.name}/{train.name}", format="text", eval_split=0.1)
+    training = TrainingSpec(max_steps=1, max_seq_length=32, packing=True, seed=seed)
+    files = UriFiles(Settings(pvc_root=str(train.parent.parent)), StorageSpec())
+    samples = build_datasets(dataset, training, tokenizer, max_positions=None, files=files).eval
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     batch = collate(samples, tokenizer.pad_token_id)
     with torch.no_grad():

@@ -75,7 +75,8 @@ def test_lora_checkpoints_hold_only_the_adapter_and_resume_exactly(zero_stage: i
         (root / claim).mkdir(parents=True)
     (root / "models" / "tiny").symlink_to(tiny_model_dir)
     write_jsonl(root / "data" / "train.jsonl", [{"text": " ".join([SENTENCES[i % 3]] * 4)} for i in range(48)])
-    manifest = {"spec": {"model": {"uri": "pvc://models/tiny"},
+    manifest = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "lora"},
+                "spec": {"model": {"uri": "pvc://models/tiny"},
                          "dataset": {"train": "pvc://data/train.jsonl", "format": "text"},
                          "method": {"type": "lora", "gradientCheckpointing": False,
                                     "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "targetModules": ["q_proj", "v_proj"]}},
@@ -115,9 +116,13 @@ def test_lora_checkpoints_hold_only_the_adapter_and_resume_exactly(zero_stage: i
 
 
 def test_bad_input_ends_with_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A developer's trainer config (local paths) is checked as strictly as a spec."""
-    config: dict[str, Any] = {"model": {"path": "/m"}, "data": {"train": "/t.jsonl"}, "output": {"dir": "/o"},
-                              "training": {"epochs": 0}}
-    assert main([str(write_config(tmp_path / "config.json", config))]) == 2
-    assert capsys.readouterr().err == "kubetune-trainer: error: training.epochs must be >= 1 (got 0)\n"
+    """A manifest a developer writes by hand is checked exactly as the operator's is."""
+    config: dict[str, Any] = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "x"},
+                              "spec": {"model": {"uri": "pvc://m/model"},
+                                       "dataset": {"train": "pvc://d/t.jsonl", "format": "text"},
+                                       "output": {"uri": "pvc://o/out"}, "training": {"epochs": 0}}}
+    path = write_config(tmp_path / "config.json", config)
+    assert main([str(path)]) == 2
+    assert capsys.readouterr().err == ("kubetune-trainer: error: "
+                                       f"{path}: invalid FineTuneJob spec: spec.training.epochs must be >= 1 (got 0)\n")
     assert main([]) == 2

@@ -1,7 +1,8 @@
 """`python -m kubetune_trainer [CONFIG]`: run one fine-tuning job under torchrun.
 
-CONFIG (the first argument, or $KUBETUNE_CONFIG) is the operator's config.json,
-a FineTuneJob manifest, or a developer's trainer config (see jobfile.py). Bad
+CONFIG (the first argument, or $KUBETUNE_CONFIG) is a FineTuneJob manifest: the
+operator's config.json, or any manifest a developer runs by hand (see
+jobfile.py). Bad
 input ends with one line on stderr, in the pod's termination log
 (/dev/termination-log, when it exists) and exit code 2; storage that stays
 unreachable exits 1 the same way; anything else is a bug and keeps its
@@ -71,31 +72,29 @@ def crash_reason(error: Exception) -> str:
 
 
 def _run(path: str, settings: Settings) -> None:
-    from kubetune_trainer.jobfile import Job, load_job, redacted
+    from kubetune_trainer.jobfile import load_job, redacted
     from kubetune_trainer.logs import log_event
 
     job = load_job(path, settings)  # before the heavy imports: a bad spec fails in a second
-    from kubetune_trainer.recipe import run
-    from kubetune_trainer.spec_adapter import storage_config, train_config_from_spec
+    from kubetune_trainer.context import RunContext
+    from kubetune_trainer.distributed import process_world
+    from kubetune_trainer.recipe import check_world, run
     from kubetune_trainer.staging import check_storage, check_writable, stage_model
 
-    if not isinstance(job, Job):  # a developer's trainer config: local paths
-        check_writable(job.checkpoint.uri, settings)
-        run(job, settings=settings)
-        return
-    spec = job.spec
-    if os.environ.get("RANK", "0") == "0":
-        log_event("config", job=job.record["job"], spec=redacted(job.manifest))
-    storage = storage_config(spec)
+    spec, world = job.spec, process_world()
+    if world.is_main:
+        log_event("config", job=job.metadata.identity(), attempt=settings.attempt,
+                  spec=redacted(spec.to_manifest()))
+    check_world(job, world)
     # Cheap checks first: wrong credentials or a missing bucket fail before any model is loaded.
     check_storage([spec.model.uri, spec.dataset.train, spec.dataset.eval, spec.checkpoint_uri, spec.output.uri],
-                  settings, storage)
+                  settings, spec.storage)
     check_writable(spec.checkpoint_uri, settings)
     check_writable(spec.output.uri, settings)
-    model_dir = stage_model(spec.model.uri, settings, storage)
-    output_dir = settings.scratch_dir / "output" / (job.name or "standalone")
-    cfg = train_config_from_spec(spec, model_dir=model_dir, output_dir=str(output_dir))
-    run(cfg, settings=settings, record=job.record)
+    context = RunContext(model_dir=stage_model(spec.model.uri, settings, spec.storage),
+                         output_dir=settings.scratch_dir / "output" / (job.metadata.name or "standalone"),
+                         world=world, attempt=settings.attempt)
+    run(job, context, settings=settings)
 
 
 if __name__ == "__main__":

@@ -58,12 +58,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_distributed() -> DistEnv:
-    """Join the process group torchrun describes (or form a world of one) through DeepSpeed."""
+def process_world() -> DistEnv:
+    """This process's place as torchrun set it in the environment; outside torchrun, a world of
+    one (whose rendezvous variables this sets, for init_distributed)."""
     if "RANK" not in os.environ:  # not under torchrun: a single process
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    env = dist_env(os.environ)
+    return dist_env(os.environ)
+
+
+def init_distributed(env: DistEnv) -> None:
+    """Join the process group of `env` (torchrun's, or a world of one) through DeepSpeed."""
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank)
     import deepspeed
@@ -71,7 +76,6 @@ def init_distributed() -> DistEnv:
     if not torch.cuda.is_available():
         _skip_shm_comm_op()
     deepspeed.init_distributed(dist_backend=backend(), auto_mpi_discovery=False)
-    return env
 
 
 def _skip_shm_comm_op() -> None:

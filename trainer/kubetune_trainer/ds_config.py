@@ -1,8 +1,11 @@
-"""The DeepSpeed config, derived from a few plain settings.
+"""The DeepSpeed config, derived from the FineTuneJob spec.
 
 A pure function, so that what DeepSpeed receives can be read in a test table
-rather than discovered in a pod log. The user's raw overrides are deep-merged
-last: they can change anything, and nothing here silently undoes them.
+rather than discovered in a pod log. The batch arithmetic (global batch,
+gradient accumulation) is kubetune_api's, the one the operator and the CRD's
+rules use too. The user's raw overrides (spec.deepspeed.config) are
+deep-merged last: they can change anything but the batch keys (the spec
+forbids those), and nothing here silently undoes them.
 """
 
 from __future__ import annotations
@@ -11,19 +14,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from kubetune_trainer.errors import ConfigError
-
-
-def gradient_accumulation_steps(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
-    """Micro-steps per optimizer step so that global = micro * world * accumulation."""
-    per_pass = micro_batch_size * world_size
-    if global_batch_size % per_pass != 0:
-        lower = max(per_pass, global_batch_size // per_pass * per_pass)
-        raise ConfigError(
-            f"training.global_batch_size={global_batch_size} is not a multiple of micro_batch_size "
-            f"({micro_batch_size}) x world size ({world_size}) = {per_pass}; use e.g. {lower} "
-            f"or {lower + per_pass}")
-    return global_batch_size // per_pass
+from kubetune_api import FineTuneJobSpec
 
 
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,50 +28,36 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
     return merged
 
 
-def build_ds_config(
-    *,
-    zero_stage: int,
-    offload: str,
-    precision: str,
-    micro_batch_size: int,
-    global_batch_size: int,
-    world_size: int,
-    learning_rate: float,
-    weight_decay: float,
-    max_grad_norm: float,
-    overrides: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The DeepSpeed config dict for deepspeed.initialize."""
-    if offload != "none" and zero_stage < 1:
-        raise ConfigError("deepspeed.offload=cpu needs deepspeed.zero_stage >= 1 (got 0)")
-    zero: dict[str, Any] = {"stage": zero_stage}
-    if offload == "cpu":
+def build_ds_config(spec: FineTuneJobSpec) -> dict[str, Any]:
+    """The DeepSpeed config dict for deepspeed.initialize, for the spec's world of processes."""
+    training, deepspeed, world = spec.training, spec.deepspeed, spec.world_size
+    zero: dict[str, Any] = {"stage": deepspeed.zero_stage}
+    if deepspeed.offload == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-        if zero_stage == 3:
+        if deepspeed.zero_stage == 3:
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     config: dict[str, Any] = {
-        "train_batch_size": global_batch_size,
-        "train_micro_batch_size_per_gpu": micro_batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps(
-            global_batch_size, micro_batch_size, world_size),
-        "gradient_clipping": max_grad_norm,
+        "train_batch_size": training.global_batch_size_for(world),
+        "train_micro_batch_size_per_gpu": training.micro_batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps(world),
+        "gradient_clipping": training.gradient_clipping,
         "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16"},
+        "bf16": {"enabled": training.precision == "bf16"},
+        "fp16": {"enabled": training.precision == "fp16"},
         "optimizer": {
             "type": "AdamW",
             "params": {
-                "lr": learning_rate,
+                "lr": training.learning_rate,
                 "betas": [0.9, 0.999],
                 "eps": 1e-8,
-                "weight_decay": weight_decay,
+                "weight_decay": training.weight_decay,
                 # torch's AdamW needs no JIT-compiled op (DeepSpeed's FusedAdam builds one at
                 # start-up); offload needs DeepSpeed's own CPU Adam.
-                "torch_adam": offload == "none",
+                "torch_adam": deepspeed.offload == "none",
             },
         },
         # The trainer logs its own step lines on rank 0.
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
-    return deep_merge(config, overrides or {})
+    return deep_merge(config, deepspeed.config or {})

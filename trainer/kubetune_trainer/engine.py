@@ -1,7 +1,8 @@
 """Wrapping the model in a DeepSpeed engine: config, AdamW parameter groups, LR schedule.
 
 The one place that calls `deepspeed.initialize`; everything it is given comes
-from pure functions (`build_ds_config`, `lr_at`) that are tested on their own.
+from pure functions (`ds_config.build_ds_config`, `schedule.lr_at`) that are
+tested on their own.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from typing import Any
 
 import torch
 
-from kubetune_trainer.config import TrainingConfig
-from kubetune_trainer.ds_config import build_ds_config
+from kubetune_api import TrainingSpec
 from kubetune_trainer.modeling import param_groups
 from kubetune_trainer.schedule import LrSchedule, build_lr_scheduler
 
 
-def lr_schedule(training: TrainingConfig, total_steps: int) -> LrSchedule:
+def lr_schedule(training: TrainingSpec, total_steps: int) -> LrSchedule:
+    """The learning-rate schedule of spec.training for a run of `total_steps` steps."""
     return LrSchedule(kind=training.lr_scheduler, peak_lr=training.learning_rate,
-                      warmup_steps=training.warmup_steps_for(total_steps), total_steps=total_steps,
-                      min_lr=training.min_learning_rate)
+                      warmup_steps=training.warmup_steps_for(total_steps), total_steps=total_steps)
 
 
 def create_engine(model: torch.nn.Module, ds_config: dict[str, Any], schedule: LrSchedule,
@@ -35,16 +35,3 @@ def create_engine(model: torch.nn.Module, ds_config: dict[str, Any], schedule: L
         lr_scheduler=lambda optimizer: build_lr_scheduler(optimizer, schedule),
     )
     return engine
-
-
-def ds_config_for(training: TrainingConfig, *, zero_stage: int, offload: str,
-                  overrides: dict[str, Any], world_size: int) -> dict[str, Any]:
-    """build_ds_config from the trainer's config; the global batch defaults to one micro-batch per rank."""
-    global_batch = training.global_batch_size or training.micro_batch_size * world_size
-    return build_ds_config(
-        zero_stage=zero_stage, offload=offload, precision=training.precision,
-        micro_batch_size=training.micro_batch_size, global_batch_size=global_batch,
-        world_size=world_size, learning_rate=training.learning_rate,
-        weight_decay=training.weight_decay, max_grad_norm=training.max_grad_norm,
-        overrides=overrides,
-    )

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kubetune_api import FineTuneJobSpec
 from kubetune_trainer.callbacks import Callback, StepMetrics
 from kubetune_trainer.checkpoint import TrainState, save_checkpoint
 from kubetune_trainer.data import (
@@ -29,7 +30,6 @@ from kubetune_trainer.data import (
     eval_batches,
     micro_batches,
 )
-from kubetune_trainer.data.sampler import steps_per_epoch
 from kubetune_trainer.distributed import DistEnv, all_reduce_sum
 
 
@@ -54,11 +54,16 @@ class LoopPlan:
     checkpoint_dir: str | None = None
     """This rank's local folder for the checkpoints it writes (streaming.py uploads them)."""
 
-
-def plan_steps(num_samples: int, layout: BatchLayout, epochs: int, max_steps: int | None) -> tuple[int, int]:
-    """(steps per epoch, total steps): max_steps when set, else epochs * steps per epoch."""
-    per_epoch = steps_per_epoch(num_samples, layout)
-    return per_epoch, (max_steps if max_steps is not None else epochs * per_epoch)
+    @classmethod
+    def for_spec(cls, spec: FineTuneJobSpec, steps_per_epoch: int, checkpoint_dir: str) -> LoopPlan:
+        """The plan spec.training and spec.checkpoint ask for, given the steps one epoch takes."""
+        training = spec.training
+        return cls(layout=BatchLayout.for_spec(spec), steps_per_epoch=steps_per_epoch,
+                   total_steps=training.total_steps(steps_per_epoch), seed=training.seed,
+                   eval_every_steps=training.eval_every_steps or 0,
+                   # The base model's loss, to compare with: only when evaluating along the way.
+                   eval_at_start=training.eval_every_steps is not None,
+                   checkpoint_every_steps=spec.checkpoint.every_steps, checkpoint_dir=checkpoint_dir)
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -74,6 +74,19 @@ class PartManifest:
 
 
 @dataclass(frozen=True)
+class Commit:
+    """A checkpoint that was just committed, and how many committed ones the store keeps."""
+
+    step: int
+    uri: str
+    """The step folder."""
+    committed_at: str
+    """RFC 3339, UTC: when its manifest was written."""
+    committed: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class CheckpointManifest:
     """The commit record of a checkpoint."""
 

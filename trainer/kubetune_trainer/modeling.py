@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kubetune_trainer.config import ALL_LINEAR, LoraConfig, MethodConfig, ModelConfig
+from kubetune_api import FineTuneJobSpec, LoraSpec
 from kubetune_trainer.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
-        raise ConfigError(f"model.path={path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"the model in {path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -39,42 +39,42 @@ def max_positions(path: str, trust_remote_code: bool = False) -> int | None:
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model.path={path}: cannot read the model's config.json "
+        raise ConfigError(f"the model in {path}: cannot read its config.json "
                           f"({str(e).splitlines()[0]})") from None
     value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     return int(value) if value else None
 
 
-def _lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
+def _lora(model: torch.nn.Module, lora: LoraSpec) -> torch.nn.Module:
     import peft
 
+    targets = lora.peft_target_modules
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [] if lora.all_linear else sorted(set(lora.target_modules) - names)
+    missing = sorted(set(targets) - names) if isinstance(targets, list) else []
     if missing:
-        raise ConfigError(f"method.lora.target_modules: the model has no module named "
+        raise ConfigError(f"spec.method.lora.targetModules: the model has no module named "
                           f"{', '.join(missing)}; e.g. q_proj, k_proj, v_proj, o_proj for Llama")
-    targets: list[str] | str = ALL_LINEAR if lora.all_linear else list(lora.target_modules)
     config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=targets, task_type="CAUSAL_LM")
     return peft.get_peft_model(model, config)
 
 
-def load_model(model_cfg: ModelConfig, method: MethodConfig, precision: str) -> torch.nn.Module:
-    """The causal LM in the training precision, wrapped with LoRA adapters when asked."""
+def load_model(path: str, spec: FineTuneJobSpec) -> torch.nn.Module:
+    """The causal LM in `path`, in the spec's training precision, with LoRA adapters for method lora."""
     from transformers import AutoModelForCausalLM
 
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=DTYPES[precision],
-                                                          trust_remote_code=model_cfg.trust_remote_code)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[spec.training.precision],
+                                                          trust_remote_code=spec.model.trust_remote_code)
     except OSError as e:
-        raise ConfigError(f"model.path={model_cfg.path}: cannot load a model "
-                          f"({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"the model in {path}: cannot load it ({str(e).splitlines()[0]})") from None
     model.config.use_cache = False  # the KV cache only helps generation
-    if model_cfg.gradient_checkpointing:
+    if spec.method.gradient_checkpointing:
         # Non-reentrant checkpointing also works when only adapters require grad.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if method.type == "lora":
-        model = _lora(model, method.lora)
+    lora = spec.method.effective_lora
+    if lora is not None:
+        model = _lora(model, lora)
     return model
 
 

@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kubetune_api import format_timestamp, utc_now
 from kubetune_trainer.errors import StorageError
 from kubetune_trainer.logs import log_event
 from kubetune_trainer.manifest import MANIFEST
 from kubetune_trainer.storage import Store, Upload, file_sha256, raise_first_failure, retry
-from kubetune_trainer.streaming import utc_now
 
 OUTPUT_FORMAT = "kubetune.io/model-v1"
 
@@ -43,7 +43,7 @@ def publish_model(folder: Path, store: Store, *, step: int, config: dict[str, An
             raise StorageError(f"{store.uri}: {u.key} did not arrive intact; check the store")
     manifest = {
         "format": OUTPUT_FORMAT,
-        "createdAt": utc_now(),
+        "createdAt": format_timestamp(utc_now()),
         "step": step,
         "files": [{"name": u.key, "size": u.path.stat().st_size, "sha256": u.sha256} for u in uploads],
         "config": config,

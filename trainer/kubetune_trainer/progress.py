@@ -12,22 +12,31 @@ Outside a cluster there is nothing to patch, and the log lines are the report.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from kubetune_api import ProgressStatus, progress_text
+from kubetune_api import (
+    CheckpointRef,
+    CheckpointsStatus,
+    FineTuneJobStatus,
+    Manifest,
+    OutputStatus,
+    ProgressStatus,
+    parse_timestamp,
+    progress_text,
+    utc_now,
+)
 from kubetune_api.constants import GROUP, PLURAL, VERSION
+from kubetune_trainer.background import BackgroundWorker
 from kubetune_trainer.callbacks import Callback, StepMetrics
 from kubetune_trainer.logs import log_event
+from kubetune_trainer.manifest import Commit
 from kubetune_trainer.settings import Settings
-from kubetune_trainer.streaming import Commit
 
-Patch = dict[str, Any]
-Patcher = Callable[[Patch], None]
+Patcher = Callable[[Manifest], None]
 
 
 def _finite(value: float | None) -> float | None:
@@ -37,7 +46,7 @@ def _finite(value: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class Report:
-    """What rank 0 knows; rendered into a status patch by `status_patch`."""
+    """What rank 0 knows, as the loop measured it (NaN included); `trainer_status` makes it a status."""
 
     step: int = 0
     total_steps: int | None = None
@@ -52,8 +61,8 @@ class Report:
     output_uri: str | None = None
 
 
-def status_patch(report: Report, now: datetime) -> Patch:
-    """The merge patch for `report`: status.progress, progressText, checkpoints and output."""
+def trainer_status(report: Report, now: datetime) -> FineTuneJobStatus:
+    """The trainer's part of the status (progress, progressText, checkpoints, output) for `report`."""
     eta = _finite(report.eta_seconds)
     progress = ProgressStatus(
         step=report.step,
@@ -66,21 +75,30 @@ def status_patch(report: Report, now: datetime) -> Patch:
         eta_seconds=max(0, round(eta)) if eta is not None else None,
         updated_at=now,
     )
-    status: Patch = {"progress": progress.to_manifest(),
-                     "progressText": progress_text(report.step, report.total_steps)}
-    checkpoints: Patch = {}
     commit = report.latest_checkpoint
+    resumed = report.resumed_from
+    # Only what this attempt knows: a field left out of the patch keeps what an earlier attempt
+    # wrote (e.g. checkpoints.latest and committed, before this attempt's first commit).
+    checkpoints: dict[str, Any] = {}
     if commit is not None:
-        checkpoints["latest"] = {"step": commit.step, "uri": commit.uri, "committedAt": commit.committed_at}
+        checkpoints["latest"] = CheckpointRef(step=commit.step, uri=commit.uri,
+                                             committed_at=parse_timestamp(commit.committed_at))
         checkpoints["committed"] = commit.committed
-    if report.resumed_from is not None:
-        step, uri, committed_at = report.resumed_from
-        checkpoints["resumedFrom"] = {"step": step, "uri": uri, "committedAt": committed_at}
+    if resumed is not None:
+        checkpoints["resumed_from"] = CheckpointRef(step=resumed[0], uri=resumed[1],
+                                                   committed_at=parse_timestamp(resumed[2]))
+    status: dict[str, Any] = {
+        "progress": progress, "progress_text": progress_text(report.step, report.total_steps)}
     if checkpoints:
-        status["checkpoints"] = checkpoints
+        status["checkpoints"] = CheckpointsStatus(**checkpoints)
     if report.output_uri:
-        status["output"] = {"uri": report.output_uri}
-    return {"status": status}
+        status["output"] = OutputStatus(uri=report.output_uri)
+    return FineTuneJobStatus(**status)
+
+
+def status_patch(report: Report, now: datetime) -> Manifest:
+    """The merge patch for `report` on the job's status subresource."""
+    return {"status": trainer_status(report, now).to_patch()}
 
 
 def kube_status_patcher(settings: Settings) -> Patcher | None:
@@ -101,7 +119,7 @@ def kube_status_patcher(settings: Settings) -> Patcher | None:
     api = client.CustomObjectsApi(client.ApiClient(configuration))
     namespace, name = str(settings.namespace), str(settings.job_name)
 
-    def patch(body: Patch) -> None:
+    def patch(body: Manifest) -> None:
         api.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, body,
             _content_type="application/merge-patch+json", _request_timeout=(5, 15))
@@ -109,19 +127,19 @@ def kube_status_patcher(settings: Settings) -> Patcher | None:
     return patch
 
 
-class ProgressReporter(Callback):
+class ProgressReporter(BackgroundWorker, Callback):
     """Keeps the latest progress and patches it at most every `interval` seconds (rank 0 only)."""
 
+    name = "status"
+
     def __init__(self, patcher: Patcher, interval: float) -> None:
+        super().__init__()
         self.patcher, self.interval = patcher, interval
         self._report = Report()
         self._dirty = self._urgent = False
         self._last_sent = 0.0
         self._last_error_logged = -math.inf
-        self._cond = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="kubetune-status", daemon=True)
-        self._thread.start()
+        self.start()
 
     def _update(self, urgent: bool = False, **changes: Any) -> None:
         with self._cond:
@@ -157,10 +175,7 @@ class ProgressReporter(Callback):
 
     def close(self, timeout: float = 20.0) -> None:
         """Send what is pending, then stop."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
+        super().close(timeout)
 
     # -- reporting thread
     def _run(self) -> None:
@@ -168,13 +183,13 @@ class ProgressReporter(Callback):
             with self._cond:
                 while True:
                     wait = self._last_sent + self.interval - time.monotonic()
-                    if self._dirty and (self._urgent or self._stop or wait <= 0):
+                    if self._dirty and (self._urgent or self.stopping or wait <= 0):
                         break
-                    if self._stop:
+                    if self.stopping:
                         return
                     self._cond.wait(wait if self._dirty else None)
                 report, self._dirty, self._urgent = self._report, False, False
-                stopping = self._stop
+                stopping = self.stopping
             self._send(report)
             if stopping:
                 with self._cond:
@@ -184,7 +199,7 @@ class ProgressReporter(Callback):
     def _send(self, report: Report) -> None:
         self._last_sent = time.monotonic()
         try:
-            self.patcher(status_patch(report, datetime.now(UTC)))
+            self.patcher(status_patch(report, utc_now()))
         except Exception as e:  # best effort: never let reporting break training
             if time.monotonic() - self._last_error_logged > 60:
                 self._last_error_logged = time.monotonic()

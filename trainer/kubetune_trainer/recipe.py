@@ -2,9 +2,9 @@
 
 Shaped like a torchtune recipe. It wires the pieces together and holds no
 logic of its own beyond the order of things; each step is a call into the
-module that owns it. `run` takes the trainer's own TrainConfig (with the model
-already staged to a local folder), so it does not care whether that came from a
-FineTuneJob spec or a developer's config file.
+module that owns it. `run` takes the FineTuneJob itself (the spec, parsed by
+kubetune_api, is the one configuration) and the RunContext of facts known only
+at run time (the staged model folder, the output folder, rank and attempt).
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kubetune_api import FineTuneJob
 from kubetune_trainer.callbacks import Callback, CallbackList, LogLines
 from kubetune_trainer.checkpoint import TrainState, load_checkpoint, seed_all
-from kubetune_trainer.config import TrainConfig
+from kubetune_trainer.context import RunContext
 from kubetune_trainer.data import BatchLayout, build_datasets
+from kubetune_trainer.data.sampler import steps_per_epoch
 from kubetune_trainer.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -30,11 +31,13 @@ from kubetune_trainer.distributed import (
     destroy_distributed,
     init_distributed,
 )
-from kubetune_trainer.engine import create_engine, ds_config_for, lr_schedule
+from kubetune_trainer.ds_config import build_ds_config
+from kubetune_trainer.engine import create_engine, lr_schedule
 from kubetune_trainer.errors import EXIT_FAILED, ConfigError, TrainerError
 from kubetune_trainer.export import export_model, gather_state_dict
+from kubetune_trainer.jobfile import job_record
 from kubetune_trainer.logs import log_event, quiet_libraries
-from kubetune_trainer.loop import LoopPlan, plan_steps, train
+from kubetune_trainer.loop import LoopPlan, train
 from kubetune_trainer.modeling import count_parameters, load_model, load_tokenizer, max_positions
 from kubetune_trainer.output import publish_model
 from kubetune_trainer.progress import ProgressReporter, kube_status_patcher
@@ -51,52 +54,57 @@ class UploadFailedElsewhere(TrainerError):
     exit_code = EXIT_FAILED
 
 
-def run(cfg: TrainConfig, *, settings: Settings | None = None, record: dict[str, Any] | None = None,
-        callbacks: Sequence[Callback] = ()) -> Path:
-    """Train as `cfg` says; write the final model to cfg.output.dir (and publish it to
-    cfg.output.uri); returns that directory.
+def check_world(job: FineTuneJob, world: DistEnv) -> None:
+    """The processes torchrun started are the ones the spec asks for (batch sizes depend on it)."""
+    resources = job.spec.resources
+    if world.world_size != job.spec.world_size:
+        raise ConfigError(
+            f"{world.world_size} training process(es) were started, but spec.resources asks for "
+            f"{resources.nodes} node(s) x {resources.processes_per_node} process(es) = {job.spec.world_size}; "
+            "start torchrun with --nnodes and --nproc-per-node to match (the operator does)")
 
-    `record` is the job's config as the user wrote it (the FineTuneJob spec), stored in every
-    checkpoint and the output's manifest; default: `cfg` itself. `callbacks` run on every rank.
-    """
+
+def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = None,
+        callbacks: Sequence[Callback] = ()) -> Path:
+    """Fine-tune as `job` says; write the final model to context.output_dir and publish it to
+    spec.output.uri; returns that directory. `callbacks` run on every rank."""
     settings = settings or Settings()
-    record = record if record is not None else {"trainConfig": asdict(cfg)}
+    spec, training, env = job.spec, job.spec.training, context.world
+    record = job_record(job)  # stored in every checkpoint and the output's manifest
     quiet_libraries()
-    if cfg.training.precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("training.precision=fp16 is not supported by DeepSpeed on CPU; use bf16 or fp32")
-    training = cfg.training
+    check_world(job, env)
+    if training.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("spec.training.precision fp16 is not supported by DeepSpeed on CPU; use bf16 or fp32")
     # Tokenizer and data first, before the process group: bad input fails within seconds, the same
     # way on every rank.
-    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    data = build_datasets(cfg.data, tokenizer, seed=training.seed,
-                          max_positions=max_positions(cfg.model.path, cfg.model.trust_remote_code),
-                          files=UriFiles(settings, cfg.storage))
-    env = init_distributed()
+    tokenizer = load_tokenizer(context.model_dir, spec.model.trust_remote_code)
+    data = build_datasets(spec.dataset, training, tokenizer,
+                          max_positions=max_positions(context.model_dir, spec.model.trust_remote_code),
+                          files=UriFiles(settings, spec.storage))
+    init_distributed(env)
     closing: list[Any] = []  # threads and stores to stop, newest first
     try:
         run_id = broadcast_object(uuid.uuid4().hex if env.is_main else "", env)
         if env.is_main:  # every rank is in the process group: the rendezvous is done
-            log_event("rendezvous", world_size=env.world_size, backend=str(torch.distributed.get_backend()))
+            log_event("rendezvous", world_size=env.world_size, attempt=context.attempt,
+                      backend=str(torch.distributed.get_backend()))
         seed_all(training.seed)  # identical on every rank: LoRA adapters start the same everywhere
-        model = load_model(cfg.model, cfg.method, training.precision)
+        model = load_model(context.model_dir, spec)
         if env.is_main:
-            log_event("model_loaded", path=cfg.model.path, method=cfg.method.type)
-        ds_config = ds_config_for(training, zero_stage=cfg.deepspeed.zero_stage,
-                                  offload=cfg.deepspeed.offload, overrides=dict(cfg.deepspeed.config),
-                                  world_size=env.world_size)
-        # From the final DeepSpeed config, so that raw overrides of batch keys are honoured here too.
-        layout = BatchLayout(ds_config["train_micro_batch_size_per_gpu"], env.world_size,
-                             ds_config["gradient_accumulation_steps"])
-        per_epoch, total_steps = plan_steps(len(data.train), layout, training.epochs, training.max_steps)
+            log_event("model_loaded", path=context.model_dir, method=spec.method.type)
+        staging = settings.scratch_dir / "checkpoints" / path_slug(spec.checkpoint_uri) / f"rank-{env.rank:05d}"
+        plan = LoopPlan.for_spec(spec, steps_per_epoch(len(data.train), BatchLayout.for_spec(spec)), str(staging))
         if env.is_main:
             trainable, total = count_parameters(model)
             log_event("setup", world_size=env.world_size, train_records=data.train_records,
                       train_sequences=len(data.train), eval_records=data.eval_records,
                       eval_sequences=len(data.eval), dropped_sequences=data.dropped,
-                      first_dropped=data.first_dropped, steps_per_epoch=per_epoch, total_steps=total_steps,
-                      gradient_accumulation=layout.grad_accum, trainable_params=trainable, params=total,
-                      zero_stage=cfg.deepspeed.zero_stage, precision=training.precision)
-        engine = create_engine(model, ds_config, lr_schedule(training, total_steps), training.weight_decay)
+                      first_dropped=data.first_dropped, steps_per_epoch=plan.steps_per_epoch,
+                      total_steps=plan.total_steps, gradient_accumulation=plan.layout.grad_accum,
+                      trainable_params=trainable, params=total,
+                      zero_stage=spec.deepspeed.zero_stage, precision=training.precision)
+        engine = create_engine(model, build_ds_config(spec), lr_schedule(training, plan.total_steps),
+                               training.weight_decay)
 
         hooks: list[Callback] = [LogLines(training.log_every_steps)] if env.is_main else []
         reporter = None
@@ -105,58 +113,48 @@ def run(cfg: TrainConfig, *, settings: Settings | None = None, record: dict[str,
             closing.append(reporter)
             hooks.append(reporter)
 
-        start, uploader, committer, staging = TrainState(), None, None, None
-        if cfg.checkpoint.uri:
-            store = open_store(cfg.checkpoint.uri, cfg.storage, settings)
-            closing.append(store)
-            staging = settings.scratch_dir / "checkpoints" / path_slug(cfg.checkpoint.uri) / f"rank-{env.rank:05d}"
-            shutil.rmtree(staging, ignore_errors=True)  # leftovers of an earlier container on this disk
-            if cfg.checkpoint.resume:
-                start = _resume(engine, store, env, staging / "resume", settings, reporter) or start
-            barrier()  # nobody uploads before rank 0 has removed the uncommitted folders
-            if cfg.checkpoint.every_steps:
-                if env.is_main:
-                    committer = CheckpointCommitter(
-                        store, world_size=env.world_size, run_id=run_id, keep_last=cfg.checkpoint.keep_last,
-                        config=record, give_up_after=settings.upload_give_up_seconds,
-                        on_commit=reporter.on_commit if reporter else None)
-                    closing.append(committer)
-                    hooks.append(committer)  # before the uploader: it expects the step first
-                uploader = CheckpointUploader(store, rank=env.rank, world_size=env.world_size, run_id=run_id,
-                                              give_up_after=settings.upload_give_up_seconds)
-                closing.append(uploader)
-                hooks.append(uploader)
+        store = open_store(spec.checkpoint_uri, spec.storage, settings)
+        closing.append(store)
+        shutil.rmtree(staging, ignore_errors=True)  # leftovers of an earlier container on this disk
+        start = _resume(engine, store, env, staging / "resume", settings, reporter) or TrainState()
+        barrier()  # nobody uploads before rank 0 has removed the uncommitted folders
+        committer = None
+        if env.is_main:
+            committer = CheckpointCommitter(
+                store, world_size=env.world_size, run_id=run_id, keep_last=spec.checkpoint.keep_last,
+                config=record, give_up_after=settings.upload_give_up_seconds,
+                on_commit=reporter.on_commit if reporter else None)
+            closing.append(committer)
+            hooks.append(committer)  # before the uploader: it expects the step first
+        uploader = CheckpointUploader(store, rank=env.rank, world_size=env.world_size, run_id=run_id,
+                                      give_up_after=settings.upload_give_up_seconds)
+        closing.append(uploader)
+        hooks.append(uploader)
         if start.step == 0:
             seed_all(training.seed + env.rank)  # different dropout masks on different ranks
 
-        plan = LoopPlan(layout=layout, steps_per_epoch=per_epoch, total_steps=total_steps, seed=training.seed,
-                        eval_every_steps=training.eval_every_steps, eval_at_start=training.eval_at_start,
-                        checkpoint_every_steps=cfg.checkpoint.every_steps if uploader else 0,
-                        checkpoint_dir=str(staging) if staging else None)
         final = train(engine, data.train, data.eval, plan, env=env, pad_id=int(tokenizer.pad_token_id),
                       callbacks=CallbackList([*hooks, *callbacks]), start=start, config=record)
 
         # Export while the last checkpoint uploads: gathering is collective under ZeRO-3.
         state = gather_state_dict(engine.module, env.is_main)
-        output = Path(cfg.output.dir)
+        output = context.output_dir
         if env.is_main:
-            export_model(engine.module, state, output_dir=cfg.output.dir, tokenizer=tokenizer,
-                         base_model_path=cfg.model.path, merge_lora=cfg.output.merge_lora)
-            log_event("exported", path=str(output), method=cfg.method.type,
-                      merged=cfg.method.type == "lora" and cfg.output.merge_lora)
-            if cfg.output.uri:
-                out_store = open_store(cfg.output.uri, cfg.storage, settings)
-                closing.append(out_store)
-                uri = publish_model(output, out_store, step=final.step, config=record,
-                                    give_up_after=settings.upload_give_up_seconds)
-                if reporter:
-                    reporter.on_output(uri)
+            merged = spec.method.type == "lora" and spec.output.merge_lora
+            export_model(engine.module, state, output_dir=str(output), tokenizer=tokenizer,
+                         base_model_path=context.model_dir, merge_lora=merged)
+            log_event("exported", path=str(output), method=spec.method.type, merged=merged)
+            out_store = open_store(spec.output.uri, spec.storage, settings)
+            closing.append(out_store)
+            uri = publish_model(output, out_store, step=final.step, config=record,
+                                give_up_after=settings.upload_give_up_seconds)
+            if reporter:
+                reporter.on_output(uri)
         del state
         # The one place training waits for storage: the final checkpoint must be committed.
-        if uploader is not None:
-            _drain_everywhere(uploader, env)
-            if committer is not None and final.step > start.step:
-                committer.wait_committed(final.step, timeout=settings.upload_give_up_seconds)
+        _drain_everywhere(uploader, env)
+        if committer is not None and final.step > start.step:
+            committer.wait_committed(final.step, timeout=settings.upload_give_up_seconds)
         barrier()
         return output
     finally:

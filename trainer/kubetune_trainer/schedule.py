@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from kubetune_trainer.config import LrSchedulerKind
+from kubetune_api.spec import LrScheduler
 
 
 @dataclass(frozen=True)
 class LrSchedule:
     """Linear warmup to peak_lr, then linear/cosine decay to min_lr at total_steps, or constant."""
 
-    kind: LrSchedulerKind
+    kind: LrScheduler
     """Shape after warmup."""
     peak_lr: float
     """Learning rate at the end of warmup."""

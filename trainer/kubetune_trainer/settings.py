@@ -33,6 +33,9 @@ class Settings:
     """KUBETUNE_JOB_NAME: the FineTuneJob whose status rank 0 patches; unset: standalone."""
     namespace: str | None = None
     """KUBETUNE_NAMESPACE: the job's namespace."""
+    attempt: int = 1
+    """KUBETUNE_ATTEMPT: the gang attempt this pod belongs to (1, plus one per gang restart), as
+    the operator counts it in status.workers.attempt."""
     scratch_dir: Path = Path(tempfile.gettempdir()) / "kubetune"
     """KUBETUNE_SCRATCH_DIR: node-local disk for the staged model and checkpoint shards."""
     pvc_root: str = PVC_MOUNT_ROOT
@@ -87,6 +90,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         config_path=env.get("KUBETUNE_CONFIG") or None,
         job_name=env.get("KUBETUNE_JOB_NAME") or None,
         namespace=env.get("KUBETUNE_NAMESPACE") or None,
+        attempt=int(number("KUBETUNE_ATTEMPT", int, 1, defaults.attempt)),
         scratch_dir=Path(env.get("KUBETUNE_SCRATCH_DIR") or defaults.scratch_dir),
         pvc_root=env.get("KUBETUNE_PVC_ROOT") or defaults.pvc_root,
         service_account_dir=Path(env.get("KUBETUNE_SERVICE_ACCOUNT_DIR") or defaults.service_account_dir),

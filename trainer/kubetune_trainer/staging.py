@@ -1,6 +1,6 @@
 """Getting the model and the data to where transformers and the data layer read them.
 
-The model becomes a local folder: pvc:// and local paths are used in place; an
+The model becomes a local folder: a pvc:// folder is used where it is mounted; an
 s3:// prefix is downloaded once per node (the first process on the node
 downloads, its siblings wait on a lock and reuse the folder), all files at
 once; hf://org/name@revision comes from the Hub into the node's scratch cache.
@@ -20,14 +20,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from kubetune_api import parse_uri
-from kubetune_trainer.config import StorageConfig
+from kubetune_api import StorageSpec, parse_uri
 from kubetune_trainer.data.sources import SUFFIXES, list_local, open_local, suffix_of
 from kubetune_trainer.errors import ConfigError, DataError
 from kubetune_trainer.logs import log_event
-from kubetune_trainer.s3 import S3Store, s3_client
 from kubetune_trainer.settings import Settings
-from kubetune_trainer.storage import FsStore, local_path, raise_first_failure, retry
+from kubetune_trainer.storage import (
+    FsStore,
+    S3Store,
+    mounted_path,
+    raise_first_failure,
+    retry,
+    s3_client,
+)
 
 _COMPLETE = ".kubetune-complete"
 # What a model folder needs; other files under the prefix (e.g. a checkpoints/ folder) are skipped.
@@ -51,14 +56,14 @@ def path_slug(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
-def stage_model(uri: str, settings: Settings, storage: StorageConfig) -> str:
-    """A local folder holding the model of `uri` (s3://, hf://, pvc:// or a local path)."""
+def stage_model(uri: str, settings: Settings, storage: StorageSpec) -> str:
+    """A local folder holding the model of `uri` (s3://, hf:// or pvc://)."""
     if uri.startswith("s3://"):
         path = _stage_s3_model(uri, settings, storage)
     elif uri.startswith("hf://"):
         path = _stage_hub_model(uri, settings)
     else:
-        path = local_path(uri, settings.pvc_root) or uri
+        path = mounted_path(uri, settings.pvc_root)
     if not (Path(path) / "config.json").is_file():
         what = "is not a folder" if not Path(path).is_dir() else "has no config.json"
         raise ConfigError(f"model.uri {uri}: {what}; expected a folder written by save_pretrained "
@@ -66,7 +71,7 @@ def stage_model(uri: str, settings: Settings, storage: StorageConfig) -> str:
     return path
 
 
-def _stage_s3_model(uri: str, settings: Settings, storage: StorageConfig) -> str:
+def _stage_s3_model(uri: str, settings: Settings, storage: StorageSpec) -> str:
     target = settings.scratch_dir / "models" / path_slug(uri)
     with node_lock(settings.scratch_dir / "models" / ".lock"):
         if (target / _COMPLETE).is_file():
@@ -133,9 +138,9 @@ def _stage_hub_model(uri: str, settings: Settings) -> str:
 
 
 class UriFiles:
-    """Dataset files named by s3://, pvc://, hf://datasets/ URIs or local paths (a FileAccess)."""
+    """Dataset files named by s3://, pvc:// and hf://datasets/ URIs (a FileAccess)."""
 
-    def __init__(self, settings: Settings, storage: StorageConfig) -> None:
+    def __init__(self, settings: Settings, storage: StorageSpec) -> None:
         self.settings, self.storage = settings, storage
         self._stores: dict[str, S3Store] = {}
 
@@ -159,7 +164,7 @@ class UriFiles:
             return [f"s3://{location.location}/{k}" for k in keys]
         if uri.startswith("hf://"):
             return self._hub_files(uri)
-        path = local_path(uri, self.settings.pvc_root) or uri
+        path = mounted_path(uri, self.settings.pvc_root)
         found = list_local(path, shown_as=uri)
         return [uri if p == path else uri.rstrip("/") + "/" + str(Path(p).relative_to(path)) for p in found]
 
@@ -174,7 +179,7 @@ class UriFiles:
             return io.BytesIO(data)
         if uri.startswith("hf://"):
             return self._hub_open(uri)
-        return open_local(local_path(uri, self.settings.pvc_root) or uri, shown_as=uri)
+        return open_local(mounted_path(uri, self.settings.pvc_root), shown_as=uri)
 
     @staticmethod
     def _hub_path(uri: str) -> str:
@@ -206,7 +211,7 @@ class UriFiles:
                             f"({str(e).splitlines()[0]})") from None
 
 
-def check_storage(uris: list[str | None], settings: Settings, storage: StorageConfig) -> None:
+def check_storage(uris: list[str | None], settings: Settings, storage: StorageSpec) -> None:
     """Reach every bucket the job uses once, so that wrong credentials or a missing bucket fail in
     seconds, before any model is loaded; pvc:// locations must be mounted."""
     client = None
@@ -231,7 +236,7 @@ def check_storage(uris: list[str | None], settings: Settings, storage: StorageCo
                 raise ConfigError(f"{uri}: the PersistentVolumeClaim is not mounted at {mount}")
 
 
-def check_writable(uri: str | None, settings: Settings) -> None:
-    """A pvc:// or local checkpoint or output folder exists (or can be made) and is writable."""
-    if uri and not uri.startswith(("s3://", "hf://")):
-        FsStore(local_path(uri, settings.pvc_root) or uri, uri).check_access()
+def check_writable(uri: str, settings: Settings) -> None:
+    """A pvc:// checkpoint or output folder exists (or can be made) and is writable."""
+    if uri.startswith("pvc://"):
+        FsStore(mounted_path(uri, settings.pvc_root), uri).check_access()

@@ -27,20 +27,21 @@ Failures surface on the training thread: `raise_if_failed` at each step, and
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kubetune_api import format_timestamp, utc_now
+from kubetune_trainer.background import BackgroundWorker
 from kubetune_trainer.callbacks import Callback, StepMetrics
-from kubetune_trainer.errors import CheckpointError, StorageError, StorageUnavailable, TrainerError
+from kubetune_trainer.errors import CheckpointError, StorageError, StorageUnavailable
 from kubetune_trainer.logs import log_event
 from kubetune_trainer.manifest import (
     MANIFEST,
     CheckpointManifest,
+    Commit,
     FileEntry,
     PartManifest,
     listing,
@@ -49,73 +50,7 @@ from kubetune_trainer.manifest import (
     retention_plan,
     step_folder,
 )
-from kubetune_trainer.storage import (
-    Cancelled,
-    Store,
-    Upload,
-    file_sha256,
-    raise_first_failure,
-    retry,
-)
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class _Worker:
-    """A daemon thread whose first exception is kept and re-raised on the caller's thread."""
-
-    name = "worker"
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._cond = threading.Condition()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name=f"kubetune-{self.name}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _main(self) -> None:
-        try:
-            self._run()
-        except Cancelled:
-            pass
-        except BaseException as e:  # kept for the training thread, which reports it
-            with self._cond:
-                self._error = e
-                self._cond.notify_all()
-
-    def _run(self) -> None:
-        raise NotImplementedError
-
-    def _wait_until(self, done: Callable[[], bool], timeout: float | None, timeout_message: str) -> None:
-        """Wait (woken by the condition) until done() holds or the thread failed, then re-raise its
-        failure; StorageUnavailable(timeout_message.format(timeout)) after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._error is None and not done():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise StorageUnavailable(timeout_message.format(timeout))
-                self._cond.wait(remaining if remaining is not None else 1.0)
-        self.raise_if_failed()
-
-    def raise_if_failed(self) -> None:
-        if self._error is not None:
-            error = self._error
-            if isinstance(error, TrainerError):
-                raise type(error)(str(error))
-            raise RuntimeError(f"{self.name} failed: {type(error).__name__}: {error}") from error
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop without finishing pending work (the next run resumes from the last commit)."""
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+from kubetune_trainer.storage import Store, Upload, file_sha256, raise_first_failure, retry
 
 
 @dataclass(frozen=True)
@@ -124,7 +59,7 @@ class Pending:
     folder: Path
 
 
-class CheckpointUploader(_Worker, Callback):
+class CheckpointUploader(BackgroundWorker, Callback):
     """Uploads this rank's checkpoint folders in the background, in step order."""
 
     name = "uploader"
@@ -164,11 +99,11 @@ class CheckpointUploader(_Worker, Callback):
 
     # -- upload thread
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self.stopping:
             with self._cond:
-                while not self._queue and not self._stop.is_set():
+                while not self._queue and not self.stopping:
                     self._cond.wait()
-                if self._stop.is_set():
+                if self.stopping:
                     return
                 job = self._queue.pop(0)
                 self._busy = True
@@ -224,18 +159,7 @@ class CheckpointUploader(_Worker, Callback):
         self.uploaded.append(job.step)
 
 
-@dataclass(frozen=True)
-class Commit:
-    """A checkpoint that was just committed, and how many committed ones the store keeps."""
-
-    step: int
-    uri: str
-    committed_at: str
-    committed: int
-    bytes: int
-
-
-class CheckpointCommitter(_Worker, Callback):
+class CheckpointCommitter(BackgroundWorker, Callback):
     """Rank 0: commits each checkpoint once every rank's part is stored, then applies retention."""
 
     name = "committer"
@@ -283,7 +207,7 @@ class CheckpointCommitter(_Worker, Callback):
     def _run(self) -> None:
         failing_since: float | None = None
         attempt = 0
-        while not self._stop.is_set():
+        while not self.stopping:
             with self._cond:
                 expected = sorted(self._expected)
             delay = self.poll_seconds
@@ -301,7 +225,7 @@ class CheckpointCommitter(_Worker, Callback):
                     delay = min(30.0, self.poll_seconds * 2**attempt)
                     log_event("commit_retry", attempt=attempt, delay_seconds=delay, error=str(e))
             with self._cond:
-                if not self._stop.is_set():
+                if not self.stopping:
                     self._cond.wait(delay)
 
     def _commit_newest_ready(self, expected: list[int]) -> None:
@@ -353,7 +277,7 @@ class CheckpointCommitter(_Worker, Callback):
 
     def _commit(self, step: int, files: list[FileEntry]) -> None:
         manifest = CheckpointManifest(step=step, world_size=self.world_size, run_id=self.run_id,
-                                      committed_at=utc_now(), files=tuple(files), config=self.config)
+                                      committed_at=format_timestamp(utc_now()), files=tuple(files), config=self.config)
         self.store.put_bytes(f"{step_folder(step)}/{MANIFEST}", manifest.to_json())
         kept = self._apply_retention()  # never fails the commit: the next commit retries it
         uri = self.store.uri.rstrip("/") + f"/{step_folder(step)}/"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kubetune_trainer.config import DataConfig
+from kubetune_api import DatasetSpec, TrainingSpec
 from kubetune_trainer.data.formats import IGNORE_INDEX, Example, tokenize_records
 from kubetune_trainer.data.packing import Sample, collate, fit
 from kubetune_trainer.data.sampler import (
@@ -57,32 +57,34 @@ def split_records(records: list[Record], fraction: float, seed: int) -> tuple[li
     """Hold out round(fraction * n) records (at least one) chosen by `seed`: (train, eval)."""
     count = max(1, round(fraction * len(records)))
     if count >= len(records):
-        raise ConfigError(f"data.eval_fraction={fraction} leaves no training records out of "
-                          f"{len(records)}; lower it or give data.eval")
+        raise ConfigError(f"spec.dataset.evalSplit={fraction} leaves no training records out of "
+                          f"{len(records)}; lower it or give spec.dataset.eval")
     held_out = set(np.random.default_rng(seed).permutation(len(records))[:count].tolist())
     train = [r for i, r in enumerate(records) if i not in held_out]
     return train, [r for i, r in enumerate(records) if i in held_out]
 
 
-def build_datasets(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, *, seed: int,
+def build_datasets(dataset: DatasetSpec, training: TrainingSpec, tokenizer: PreTrainedTokenizerBase, *,
                    max_positions: int | None, files: FileAccess = LOCAL_FILES) -> Datasets:
-    """Read, split, tokenize and fit the training (and eval) data described by `cfg`."""
-    if max_positions is not None and cfg.max_seq_length > max_positions:
-        raise ConfigError(f"sequence length {cfg.max_seq_length} (spec.training.maxSeqLength) exceeds the "
+    """Read, split, tokenize and fit spec.dataset's training (and eval) records into sequences of
+    training.maxSeqLength tokens (packed or not)."""
+    seq_len = training.max_seq_length
+    if max_positions is not None and seq_len > max_positions:
+        raise ConfigError(f"sequence length {seq_len} (spec.training.maxSeqLength) exceeds the "
                           f"model's maximum of {max_positions} tokens (max_position_embeddings); lower it to "
                           f"{max_positions} or less")
-    train_records = read_records(cfg.train, files)
-    if cfg.eval is not None:
-        eval_records = read_records(cfg.eval, files)
-    elif cfg.eval_fraction > 0:
-        train_records, eval_records = split_records(train_records, cfg.eval_fraction, seed)
+    train_records = read_records(dataset.train, files)
+    if dataset.eval is not None:
+        eval_records = read_records(dataset.eval, files)
+    elif dataset.eval_split is not None:
+        train_records, eval_records = split_records(train_records, dataset.eval_split, training.seed)
     else:
         eval_records = []
-    keys = dict(cfg.fields)
-    train = fit(tokenize_records(train_records, cfg.format, tokenizer, keys), cfg.max_seq_length, cfg.packing)
+    keys = dataset.record_keys()
+    train = fit(tokenize_records(train_records, dataset.format, tokenizer, keys), seq_len, training.packing)
     if not train.samples:
-        raise DataError(f"{cfg.train}: no record has a learnable token within "
-                        f"data.max_seq_length={cfg.max_seq_length} (first: {train.first_dropped})")
-    evals = fit(tokenize_records(eval_records, cfg.format, tokenizer, keys), cfg.max_seq_length, cfg.packing)
+        raise DataError(f"{dataset.train}: no record has a learnable token within "
+                        f"spec.training.maxSeqLength={seq_len} (first: {train.first_dropped})")
+    evals = fit(tokenize_records(eval_records, dataset.format, tokenizer, keys), seq_len, training.packing)
     return Datasets(train.samples, evals.samples, len(train_records), len(eval_records),
                     train.dropped, train.first_dropped)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kubetune_api import FineTuneJobSpec
 from kubetune_trainer.errors import DataError
 
 FILLER = -1
@@ -47,6 +48,12 @@ class BatchLayout:
     def global_batch(self) -> int:
         return self.micro_batch_size * self.world_size * self.grad_accum
 
+    @classmethod
+    def for_spec(cls, spec: FineTuneJobSpec) -> BatchLayout:
+        """The layout of the spec's world of processes (kubetune_api's batch arithmetic)."""
+        world = spec.world_size
+        return cls(spec.training.micro_batch_size, world, spec.training.gradient_accumulation_steps(world))
+
 
 def steps_per_epoch(num_samples: int, layout: BatchLayout) -> int:
     """Optimizer steps in one epoch; at least one global batch of samples is required."""
@@ -54,7 +61,7 @@ def steps_per_epoch(num_samples: int, layout: BatchLayout) -> int:
     if steps == 0:
         raise DataError(f"the training data has {num_samples} sequences after tokenization, fewer than "
                         f"one global batch ({layout.global_batch}); add data, lower "
-                        "training.global_batch_size, or turn off packing")
+                        "spec.training.globalBatchSize, or turn off spec.training.packing")
     return steps
 
 

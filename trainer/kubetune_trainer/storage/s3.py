@@ -1,4 +1,4 @@
-"""The S3 side of storage: an s3://bucket/prefix/ as a `Store` (see storage.py).
+"""The S3 backend: an s3://bucket/prefix/ as a `Store` (store.py).
 
 boto3 with s3transfer's TransferManager: multipart above a chunk size, many
 files and parts in flight at once, an optional bandwidth cap, request retries
@@ -16,15 +16,56 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kubetune_api import parse_uri
-from kubetune_trainer.config import StorageConfig
+from kubetune_api import StorageSpec, parse_uri
+from kubetune_trainer.errors import StorageError, StorageUnavailable
 from kubetune_trainer.settings import Settings
-from kubetune_trainer.storage import SHA256_METADATA, ObjectInfo, Upload, child_key, classify
+from kubetune_trainer.storage.retry import classify as classify_os_error
+from kubetune_trainer.storage.store import ObjectInfo, Upload, child_key
 
 T = TypeVar("T")
 
+# The object metadata key under which the uploader records a file's SHA-256.
+SHA256_METADATA = "sha256"
 
-def s3_client(storage: StorageConfig, *, max_connections: int = 16) -> Any:
+_CREDENTIAL_HINTS = {
+    "InvalidAccessKeyId": "the store does not know the access key; check AWS_ACCESS_KEY_ID in the "
+                          "Secret named by spec.storage.credentialsSecret",
+    "SignatureDoesNotMatch": "the secret key does not match the access key; check "
+                             "AWS_SECRET_ACCESS_KEY in the Secret named by spec.storage.credentialsSecret",
+    "InvalidToken": "the session token is invalid; check AWS_SESSION_TOKEN",
+    "ExpiredToken": "the session token has expired; renew the credentials",
+    "AccessDenied": "the credentials are not allowed to do this here; grant them read, write, list "
+                    "and delete on this prefix",
+    "NoSuchBucket": "the bucket does not exist; create it or fix the URI",
+    "AllAccessDisabled": "all access to this bucket is disabled",
+}
+_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError",
+                    "ServiceUnavailable", "Throttling", "ThrottlingException", "XMinioServerNotInitialized",
+                    "XMinioStorageFull", "OperationAborted", "503", "500", "502", "504"}
+
+
+def classify(error: BaseException, where: str) -> Exception:
+    """A botocore/s3transfer (or OS) error as StorageError (final) or StorageUnavailable (retry)."""
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
+    if isinstance(error, NoCredentialsError | PartialCredentialsError):
+        return StorageError(f"{where}: no S3 credentials; set spec.storage.credentialsSecret (or "
+                            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) or give the pods ambient credentials")
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _CREDENTIAL_HINTS:
+            return StorageError(f"{where}: S3 refused the request ({code}): {_CREDENTIAL_HINTS[code]}")
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            return StorageUnavailable(f"{where}: S3 is unavailable ({code or status})")
+        if status == 403:
+            return StorageError(f"{where}: S3 refused the request (403 {code}): {_CREDENTIAL_HINTS['AccessDenied']}")
+        return StorageError(f"{where}: S3 refused the request ({code or status}: "
+                            f"{error.response.get('Error', {}).get('Message', '')})")
+    return classify_os_error(error, where)
+
+
+def s3_client(storage: StorageSpec, *, max_connections: int = 16) -> Any:
     """A boto3 S3 client; credentials from the environment (never from the spec, never logged)."""
     import boto3
     from botocore.config import Config
