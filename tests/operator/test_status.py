@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from harness import ftj
+from harness import ftj, merge_patch
 
 from kubetune_api import FineTuneJobStatus, Phase, parse_spec
 from kubetune_operator.plan import Observed, plan
@@ -31,19 +31,6 @@ TRAINER_STATUS: dict[str, Any] = {
     "checkpoints": {"latest": {"step": 40, "uri": "s3://ckpt/j/step-00000040/"}, "committed": 1},
     "output": {"uri": "s3://models/j/"},
 }
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, as the API server applies a status patch."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
 
 
 def pending_worker(rank: int) -> dict[str, Any]:
