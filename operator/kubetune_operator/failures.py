@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+
+from kubetune_api import Manifest
 
 from .workers import TRAINER_CONTAINER
 
@@ -38,7 +39,7 @@ class WorkerFailure:
     message: str  # one line a person can act on
 
 
-def _trainer_termination(pod: dict[str, Any]) -> dict[str, Any] | None:
+def _trainer_termination(pod: Manifest) -> Manifest | None:
     for status in pod.get("status", {}).get("containerStatuses") or ():
         if status.get("name") == TRAINER_CONTAINER:
             terminated = (status.get("state") or {}).get("terminated")
@@ -47,14 +48,14 @@ def _trainer_termination(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _disruption(pod: dict[str, Any]) -> dict[str, Any] | None:
+def _disruption(pod: Manifest) -> Manifest | None:
     for cond in pod.get("status", {}).get("conditions") or ():
         if cond.get("type") == DISRUPTION_CONDITION and cond.get("status") == "True":
             return dict(cond)
     return None
 
 
-def classify(pod: dict[str, Any]) -> WorkerFailure | None:
+def classify(pod: Manifest) -> WorkerFailure | None:
     """The failure a worker pod shows, or None while it is healthy or done."""
     name = pod["metadata"]["name"]
     if pod["metadata"].get("deletionTimestamp"):

@@ -1,9 +1,10 @@
 """Every kopf handler of the operator, registered in this one module.
 
-Handlers are glue: they unpack kopf's arguments and call `reconcile`, which
-reads the job fresh and is safe to run any number of times. Handler ids are
-part of the operator's API (kopf tracks progress under them), so each has an
-explicit, stable `id=`.
+Handlers are glue: they unpack kopf's arguments and call the `Reconciler`
+(reconcile.py), which reads the job fresh and is safe to run any number of
+times. They make no API calls themselves; they only configure the API client
+once, at startup. Handler ids are part of the operator's API (kopf tracks
+progress under them), so each has an explicit, stable `id=`.
 
 What wakes a reconcile of a job:
   - the job is created, its spec changes, or the operator (re)starts;
@@ -25,8 +26,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetune_api.constants import GROUP, JOB_NAME_LABEL, PLURAL, VERSION
 
-from .kube import Kube
-from .reconcile import reconcile
+from .reconcile import Reconciler
 from .resync import ResyncLoop
 from .settings import Settings
 
@@ -61,8 +61,9 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         from prometheus_client import start_http_server
 
         start_http_server(SETTINGS.metrics_port)
-    memo.kube = Kube(_api_client(SETTINGS.workers + 2), SETTINGS.api_qps, SETTINGS.api_burst)
-    memo.resync = ResyncLoop(memo.kube, SETTINGS)
+    memo.reconciler = Reconciler(_api_client(SETTINGS.workers + 2), SETTINGS.trainer_image,
+                                 SETTINGS.api_qps, SETTINGS.api_burst)
+    memo.resync = ResyncLoop(memo.reconciler, SETTINGS)
     memo.resync.start()
 
 
@@ -74,7 +75,7 @@ def stop_resync(memo: Any, **_: Any) -> None:
 def _run(memo: Any, namespace: str | None, name: str) -> None:
     assert namespace, "FineTuneJobs are namespaced"
     try:
-        reconcile(memo.kube, namespace, name, SETTINGS.trainer_image)
+        memo.reconciler.reconcile(namespace, name)
     except ApiException as e:
         # Transient (a conflict, a timeout, the API server restarting): try again soon.
         raise kopf.TemporaryError(f"reconcile of {namespace}/{name}: API error {e.status} {e.reason}", delay=5) from e
@@ -91,7 +92,7 @@ def on_job(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
 def on_worker(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
     assert namespace, "pods are namespaced"
     try:
-        reconcile(memo.kube, namespace, labels[JOB_NAME_LABEL], SETTINGS.trainer_image)
+        memo.reconciler.reconcile(namespace, labels[JOB_NAME_LABEL])
     except ApiException as e:
         log.warning("reconcile of %s/%s after a worker change failed: %s; the resync will retry",
                     namespace, labels[JOB_NAME_LABEL], e.reason)

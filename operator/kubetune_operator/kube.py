@@ -1,8 +1,8 @@
 """The operator's only door to the Kubernetes API.
 
-Everything else in the operator is pure; this module reads jobs and pods,
-creates children if absent, deletes pods (guarded by their uid, so a newer pod
-of the same name is never hit), patches status and records Events. Calls are
+Only reconcile.py uses it; everything below reconcile is pure. It reads jobs
+and pods, creates children if absent, deletes pods (guarded by their uid, so a
+newer pod of the same name is never hit), patches status and records Events. Calls are
 rate limited on the client side (QPS with a burst), and every API error is
 counted by operation for the metrics.
 """
@@ -14,17 +14,15 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from kubetune_api import Manifest, utc_now
 from kubetune_api.constants import GROUP, JOB_NAME_LABEL, KIND, PLURAL, VERSION
 
 from . import metrics
-
-Manifest = dict[str, Any]
 
 
 class RateLimiter:
@@ -127,6 +125,7 @@ class Kube:
                 raise
 
     def patch_status(self, namespace: str, name: str, status: Manifest) -> None:
+        """A JSON merge patch of the job's .status: keys not in `status` keep their values."""
         self._call("patch_status", self.custom.patch_namespaced_custom_object_status,
                    GROUP, VERSION, namespace, PLURAL, name, {"status": status})
 
@@ -143,7 +142,7 @@ class Kube:
     def record_event(self, job: Manifest, type_: str, reason: str, message: str) -> None:
         """An Event on the FineTuneJob (core/v1, as `kubectl describe` shows them)."""
         meta = job["metadata"]
-        now = datetime.now(UTC)
+        now = utc_now()
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(

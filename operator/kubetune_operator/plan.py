@@ -1,10 +1,11 @@
 """One reconcile decision: from what exists to what to do, as a pure function.
 
-`plan()` reads the job's spec and status, its worker pods and the time, and
-returns a `Plan`: the operator-owned part of the status to write, the workers
-to create or delete, the Events to record, and when to look again. Nothing here
-calls the API, reads the clock or the environment; `reconcile.py` carries the
-plan out, in an order that keeps every step safe to repeat after a crash:
+`plan()` reads the job's spec, its status (the typed `FineTuneJobStatus`), its
+worker pods and the time, and returns a `Plan`: the operator-owned part of the
+status (a `FineTuneJobStatus` with the trainer's fields unset; see status.py),
+the workers to create or delete, the Events to record, and when to look again.
+Nothing here calls the API, reads the clock or the environment; `reconcile.py`
+carries the plan out, in an order that keeps every step safe to repeat after a crash:
 
     create workers -> write status -> delete workers -> delete the job (TTL)
 
@@ -17,16 +18,10 @@ nor mistaken for a worker that vanished.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
-from kubetune_api import FineTuneJobSpec
+from kubetune_api import FineTuneJobSpec, FineTuneJobStatus, Manifest, RestartsStatus, WorkersStatus
 from kubetune_api.constants import (
-    CONDITION_FAILED,
-    CONDITION_READY,
-    CONDITION_RECONCILING,
-    CONDITION_STALLED,
-    CONDITION_SUCCEEDED,
     REASON_BACKOFF_LIMIT_EXCEEDED,
     REASON_CREATING_WORKERS,
     REASON_DEADLINE_EXCEEDED,
@@ -42,9 +37,8 @@ from kubetune_api.constants import (
 )
 
 from .failures import Cause, WorkerFailure, classify, gang_failure
+from .status import conditions_for
 from .workers import ATTEMPT_LABEL, RANK_LABEL
-
-Manifest = dict[str, Any]
 
 # How soon to look again while workers start or go. Their pod events wake the
 # operator anyway; this is the fallback should one be missed, kept long so that
@@ -65,14 +59,16 @@ class Observed:
 
     name: str  # the job's name
     generation: int
-    status: Manifest  # the job's .status as it is (may be empty)
+    status: FineTuneJobStatus  # the job's .status as stored (read leniently; may be empty)
     pods: list[Manifest]  # the job's worker pods, any attempt
-    now: datetime
+    now: datetime  # aware, UTC, to the second
 
 
 @dataclass
 class Plan:
-    status: Manifest  # operator-owned status fields, written with a merge patch
+    # The operator-owned status fields (the trainer's are left unset), written
+    # with a merge patch when they differ from what is stored.
+    status: FineTuneJobStatus = field(default_factory=FineTuneJobStatus)
     attempt: int = 1
     ensure_children: bool = False
     create_ranks: list[int] = field(default_factory=list)
@@ -81,41 +77,6 @@ class Plan:
     requeue_after: float | None = None
     delete_job: bool = False
     restart_cause: Cause | None = None
-
-
-def _ts(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_ts(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-def _condition(old: list[Manifest], type_: str, status: str, reason: str, message: str,
-               now: datetime, generation: int) -> Manifest:
-    """A metav1.Condition whose lastTransitionTime only moves when its status does."""
-    previous = next((c for c in old if c.get("type") == type_), None)
-    since = previous["lastTransitionTime"] if previous and previous.get("status") == status else _ts(now)
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": since, "observedGeneration": generation}
-
-
-def conditions_for(phase: str, reason: str, message: str, old: list[Manifest],
-                   now: datetime, generation: int) -> list[Manifest]:
-    """kstatus conditions (Ready, Reconciling, Stalled) plus the terminal Succeeded/Failed."""
-    in_progress = phase in (Phase.PENDING, Phase.RESTARTING)
-    out = [
-        _condition(old, CONDITION_READY, "True" if phase == Phase.RUNNING else "False", reason, message, now, generation),
-        _condition(old, CONDITION_RECONCILING, "True" if in_progress else "False", reason, message, now, generation),
-        _condition(old, CONDITION_STALLED, "True" if phase == Phase.FAILED else "False", reason, message, now, generation),
-    ]
-    if phase == Phase.SUCCEEDED:
-        out.append(_condition(old, CONDITION_SUCCEEDED, "True", reason, message, now, generation))
-    if phase == Phase.FAILED:
-        out.append(_condition(old, CONDITION_FAILED, "True", reason, message, now, generation))
-    return out
 
 
 def _rank(pod: Manifest) -> int:
@@ -153,14 +114,13 @@ class _Builder:
     def __init__(self, obs: Observed, nodes: int) -> None:
         self.obs = obs
         old = obs.status
-        self.old_phase: str | None = old.get("phase")
-        restarts = old.get("restarts") or {}
-        self.restarts = {"infrastructure": int(restarts.get("infrastructure", 0)),
-                         "application": int(restarts.get("application", 0))}
-        self.launched = bool((old.get("workers") or {}).get("launched", False))
-        self.start_time = old.get("startTime") or _ts(obs.now)
+        self.old_phase: Phase | None = old.phase
+        restarts = old.restarts or RestartsStatus()
+        self.restarts = {"infrastructure": restarts.infrastructure, "application": restarts.application}
+        self.launched = old.workers.launched if old.workers else False
+        self.start_time: datetime = old.start_time or obs.now
         self.nodes = nodes
-        self.plan = Plan(status={})
+        self.plan = Plan()
 
     @property
     def attempt(self) -> int:
@@ -169,21 +129,19 @@ class _Builder:
     def event(self, type_: str, reason: str, message: str) -> None:
         self.plan.events.append(Event(type_, reason, message))
 
-    def finish(self, phase: str, reason: str, message: str, ready: int = 0) -> Plan:
+    def finish(self, phase: Phase, reason: str, message: str, ready: int = 0) -> Plan:
         obs = self.obs
-        status: Manifest = {
-            "observedGeneration": obs.generation,
-            "phase": phase,
-            "conditions": conditions_for(phase, reason, message, obs.status.get("conditions") or [],
-                                         obs.now, obs.generation),
-            "startTime": self.start_time,
-            "workers": {"ready": ready, "total": self.nodes, "launched": self.launched, "attempt": self.attempt},
-            "restarts": dict(self.restarts),
-            "message": message,
-        }
-        if phase in TERMINAL_PHASES:
-            status["completionTime"] = obs.status.get("completionTime") or _ts(obs.now)
-        self.plan.status = status
+        completion = (obs.status.completion_time or obs.now) if phase in TERMINAL_PHASES else None
+        self.plan.status = FineTuneJobStatus(
+            observed_generation=obs.generation,
+            phase=phase,
+            conditions=conditions_for(phase, reason, message, obs.status, obs.now, obs.generation),
+            start_time=self.start_time,
+            completion_time=completion,
+            workers=WorkersStatus(ready=ready, total=self.nodes, launched=self.launched, attempt=self.attempt),
+            restarts=RestartsStatus(**self.restarts),
+            message=message,
+        )
         self.plan.attempt = self.attempt
         return self.plan
 
@@ -197,17 +155,16 @@ def plan_invalid(obs: Observed, problem: str) -> Plan:
     return b.finish(Phase.FAILED, REASON_INVALID_SPEC, problem)
 
 
-def _terminal(b: _Builder, spec: FineTuneJobSpec) -> Plan:
+def _terminal(b: _Builder, spec: FineTuneJobSpec, phase: Phase) -> Plan:
     """Succeeded or Failed already: stop leftover workers and honour the TTL."""
     obs = b.obs
-    phase = str(b.old_phase)
     # Completed workers stay (their logs are useful); running ones go.
     b.plan.delete_pods = [p["metadata"]["name"] for p in obs.pods
                           if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
                           and not p["metadata"].get("deletionTimestamp")]
-    plan = b.finish(phase, _last_reason(obs.status, phase), obs.status.get("message") or "")
+    plan = b.finish(phase, _last_reason(obs.status, phase), obs.status.message or "")
     ttl = spec.run_policy.ttl_seconds_after_finished
-    done = _parse_ts(plan.status.get("completionTime"))
+    done = plan.status.completion_time
     if ttl is not None and done is not None:
         remaining = (done + timedelta(seconds=ttl) - obs.now).total_seconds()
         if remaining <= 0:
@@ -217,19 +174,19 @@ def _terminal(b: _Builder, spec: FineTuneJobSpec) -> Plan:
     return plan
 
 
-def _last_reason(status: Manifest, phase: str) -> str:
-    for cond in status.get("conditions") or ():
-        if cond.get("type") == phase:
-            return str(cond.get("reason"))
-    return phase
+def _last_reason(status: FineTuneJobStatus, phase: Phase) -> str:
+    """The reason the job reached its terminal phase, as its condition of that name recorded it."""
+    cond = status.condition(phase)
+    return cond.reason if cond is not None else str(phase)
 
 
 def plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
+    """What to do about a job whose spec parsed: its status, workers, Events and next look."""
     decided = _plan(spec, obs)
     ttl = spec.run_policy.ttl_seconds_after_finished
-    if decided.status.get("phase") in TERMINAL_PHASES and ttl is not None and not decided.delete_job:
+    if decided.status.phase in TERMINAL_PHASES and ttl is not None and not decided.delete_job:
         # Also on the pass that finishes the job: its next look is when the TTL runs out.
-        done = _parse_ts(decided.status.get("completionTime")) or obs.now
+        done = decided.status.completion_time or obs.now
         remaining = (done + timedelta(seconds=ttl) - obs.now).total_seconds()
         decided.requeue_after = _sooner(decided.requeue_after, max(remaining, 0.0))
     return decided
@@ -237,8 +194,8 @@ def plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
 
 def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
     b = _Builder(obs, spec.resources.nodes)
-    if b.old_phase in TERMINAL_PHASES:
-        return _terminal(b, spec)
+    if b.old_phase is not None and b.old_phase in TERMINAL_PHASES:
+        return _terminal(b, spec, b.old_phase)
 
     live = [p for p in obs.pods if not _being_replaced(p, b.attempt)]
     stale = [p for p in obs.pods if _being_replaced(p, b.attempt)]
@@ -252,13 +209,12 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
         return b.finish(Phase.SUSPENDED, REASON_SUSPENDED, "suspended (spec.runPolicy.suspend)")
 
     if b.old_phase == Phase.SUSPENDED:
-        b.start_time = _ts(obs.now)  # like a Job: the active deadline restarts on resume
+        b.start_time = obs.now  # like a Job: the active deadline restarts on resume
         b.event("Normal", REASON_RESUMED, "resumed: recreating worker pods")
 
     deadline = spec.run_policy.active_deadline_seconds
     if deadline is not None:
-        started = _parse_ts(b.start_time) or obs.now
-        remaining = (started + timedelta(seconds=deadline) - obs.now).total_seconds()
+        remaining = (b.start_time + timedelta(seconds=deadline) - obs.now).total_seconds()
         if remaining <= 0:
             message = f"exceeded spec.runPolicy.activeDeadlineSeconds ({deadline}s)"
             b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")]

@@ -1,9 +1,16 @@
 """One reconcile pass of a FineTuneJob: fetch -> decide -> act -> one status write.
 
+`Reconciler` is what the kopf handlers and the resync loop call; it is the one
+module that uses the API client (`kube.py`), so everything below it (plan,
+status, children, workers, failures) stays pure and everything above it never
+touches the API itself.
+
 The job is read fresh from the API server (never from a possibly stale watch
 event), so the restart counters a decision builds on are the ones last written.
-Passes over the same job never overlap within the process (a slot per job);
-peering keeps a second operator process from running at the same time.
+Its status is read as the typed model and written once per pass, as a merge
+patch of the operator's own fields, and only when they differ from what is
+stored. Passes over the same job never overlap within the process (a slot per
+job); peering keeps a second operator process from running at the same time.
 """
 
 from __future__ import annotations
@@ -11,19 +18,27 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from kubetune_api import FineTuneJobSpec, SpecError, parse_spec
+from kubetune_api import SpecError, parse_spec, utc_now
+from kubetune_api.constants import TERMINAL_PHASES
 
 from . import metrics
 from .children import JobRef, build_children
 from .kube import Kube
 from .plan import Observed, Plan, plan, plan_invalid
+from .status import needs_write, read_status, status_patch
 from .workers import DEFAULT_TRAINER_IMAGE, build_worker_pod
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 # A job whose plan asked for no earlier look is still re-examined this often.
 SAFETY_RESYNC_SECONDS = 600.0
+
+JobKey = tuple[str, str]  # (namespace, name)
 
 
 class _Slot:
@@ -35,98 +50,104 @@ class _Slot:
         self.due = 0.0  # time.monotonic() when the job wants its next look; 0: unknown, now
 
 
-def is_due(namespace: str, name: str, now: float) -> bool:
-    """True when the last plan for the job asked to be looked at again by `now` (or there was none)."""
-    with _slots_guard:
-        slot = _slots.get((namespace, name))
-    return slot is None or now >= slot.due
+def needs_resync(job: Mapping[str, Any]) -> bool:
+    """Unfinished jobs, and finished ones that still wait for their TTL."""
+    finished = read_status(job.get("status")).phase in TERMINAL_PHASES
+    # A cheap look at one field of a LIST item; the pass itself parses the whole spec.
+    ttl = ((job.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    return not finished or ttl is not None
 
 
-_slots: defaultdict[tuple[str, str], _Slot] = defaultdict(_Slot)
-_slots_guard = threading.Lock()
+class Reconciler:
+    """Reconciles FineTuneJobs through one API client, one pass per job at a time."""
 
+    def __init__(self, api_client: ApiClient, trainer_image: str = DEFAULT_TRAINER_IMAGE,
+                 qps: float = 50.0, burst: int = 100) -> None:
+        self._kube = Kube(api_client, qps, burst)
+        self.trainer_image = trainer_image
+        self._slots: defaultdict[JobKey, _Slot] = defaultdict(_Slot)
+        self._slots_guard = threading.Lock()
 
-def _slot_for(namespace: str, name: str) -> _Slot:
-    with _slots_guard:
-        return _slots[(namespace, name)]
+    def reconcile(self, namespace: str, name: str, now: datetime | None = None) -> Plan | None:
+        """Bring one job's children and status in line with its spec.
 
-
-def _changed(current: dict[str, Any], desired: dict[str, Any]) -> bool:
-    return any(current.get(key) != value for key, value in desired.items())
-
-
-def reconcile(kube: Kube, namespace: str, name: str, trainer_image: str = DEFAULT_TRAINER_IMAGE,
-              now: datetime | None = None) -> Plan | None:
-    """Bring one job's children and status in line with its spec.
-
-    Returns the plan carried out, or None when the job is gone or when another
-    pass over the job is running right now: that pass runs once more instead,
-    so a burst of pod events costs one or two passes, not one each.
-    """
-    slot = _slot_for(namespace, name)
-    slot.dirty = True  # before trying the lock, so the running pass cannot miss it
-    result: Plan | None = None
-    while slot.dirty:
-        if not slot.lock.acquire(blocking=False):
-            return result
-        try:
-            if not slot.dirty:
+        Returns the plan carried out, or None when the job is gone or when another
+        pass over the job is running right now: that pass runs once more instead,
+        so a burst of pod events costs one or two passes, not one each.
+        """
+        with self._slots_guard:
+            slot = self._slots[(namespace, name)]
+        slot.dirty = True  # before trying the lock, so the running pass cannot miss it
+        result: Plan | None = None
+        while slot.dirty:
+            if not slot.lock.acquire(blocking=False):
                 return result
-            slot.dirty = False
-            with metrics.RECONCILE_SECONDS.time():
-                result = _reconcile(kube, namespace, name, trainer_image,
-                                    now or datetime.now(UTC).replace(microsecond=0))
-            wait = result.requeue_after if result and result.requeue_after is not None else SAFETY_RESYNC_SECONDS
-            slot.due = time.monotonic() + wait
-        finally:
-            slot.lock.release()
-    return result
+            try:
+                if not slot.dirty:
+                    return result
+                slot.dirty = False
+                with metrics.RECONCILE_SECONDS.time():
+                    result = self._pass(namespace, name, now or utc_now())
+                wait = result.requeue_after if result and result.requeue_after is not None else SAFETY_RESYNC_SECONDS
+                slot.due = time.monotonic() + wait
+            finally:
+                slot.lock.release()
+        return result
 
+    def jobs_due(self, namespaces: tuple[str, ...] = ()) -> list[JobKey]:
+        """The jobs whose last plan asked to be looked at again by now (or that have none yet).
 
-def _reconcile(kube: Kube, namespace: str, name: str, trainer_image: str, now: datetime) -> Plan | None:
-    job = kube.get_job(namespace, name)
-    if job is None or job["metadata"].get("deletionTimestamp"):
-        metrics.observe_phase(namespace, name, None)
-        return None
-    meta = job["metadata"]
-    ref = JobRef(name=name, namespace=namespace, uid=meta["uid"])
-    pods = kube.list_workers(namespace, name)
-    status = job.get("status") or {}
-    observed = Observed(name=name, generation=int(meta.get("generation", 1)), status=status, pods=pods, now=now)
-    spec: FineTuneJobSpec | None
-    try:
-        spec = parse_spec(job.get("spec"))
-    except SpecError as e:
-        spec, decision = None, plan_invalid(observed, str(e))
-    else:
-        decision = plan(spec, observed)
+        One LIST of every job in `namespaces` (all when empty); jobs that no
+        longer exist are forgotten on the way (their deletion wakes no pass).
+        """
+        jobs = self._kube.list_jobs(namespaces)
+        keys = [(j["metadata"]["namespace"], j["metadata"]["name"]) for j in jobs]
+        present = set(keys)
+        metrics.keep_only(present)
+        now = time.monotonic()
+        with self._slots_guard:
+            for key in set(self._slots) - present:
+                if not self._slots[key].lock.locked():
+                    del self._slots[key]
+            due_at = {key: slot.due for key, slot in self._slots.items()}
+        return [key for key, job in zip(keys, jobs, strict=True)
+                if needs_resync(job) and now >= due_at.get(key, 0.0)]
 
-    if spec is not None:
-        if decision.ensure_children:
-            for child in build_children(ref, spec):
-                kube.create_if_absent(child)
-        for rank in decision.create_ranks:
-            kube.create_if_absent(build_worker_pod(ref, spec, rank, decision.attempt, trainer_image))
-    if _changed(status, decision.status):
-        kube.patch_status(namespace, name, decision.status)
-    for event in decision.events:
-        kube.record_event(job, event.type, event.reason, event.message)
-    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
-    for pod in decision.delete_pods:
-        kube.delete_pod(namespace, pod, uids[pod])
-    if decision.restart_cause is not None:
-        metrics.RESTARTS.labels(decision.restart_cause.value).inc()
-    if decision.delete_job:
-        kube.delete_job(namespace, name, meta["uid"])
-        metrics.observe_phase(namespace, name, None)
-    else:
-        metrics.observe_phase(namespace, name, decision.status.get("phase"))
-    return decision
+    def _pass(self, namespace: str, name: str, now: datetime) -> Plan | None:
+        kube = self._kube
+        job = kube.get_job(namespace, name)
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            metrics.observe_phase(namespace, name, None)
+            return None
+        meta = job["metadata"]
+        ref = JobRef(name=name, namespace=namespace, uid=meta["uid"])
+        pods = kube.list_workers(namespace, name)
+        stored = read_status(job.get("status"))
+        observed = Observed(name=name, generation=int(meta.get("generation", 1)), status=stored, pods=pods, now=now)
+        try:
+            spec = parse_spec(job.get("spec"))
+        except SpecError as e:
+            decision = plan_invalid(observed, str(e))
+        else:
+            decision = plan(spec, observed)
+            if decision.ensure_children:
+                for child in build_children(ref, spec):
+                    kube.create_if_absent(child)
+            for rank in decision.create_ranks:
+                kube.create_if_absent(build_worker_pod(ref, spec, rank, decision.attempt, self.trainer_image))
 
-
-def forget_all_but(jobs: set[tuple[str, str]]) -> None:
-    """Drop the per-job slots of jobs that no longer exist."""
-    with _slots_guard:
-        for key in set(_slots) - jobs:
-            if not _slots[key].lock.locked():
-                del _slots[key]
+        if needs_write(stored, decision.status):
+            kube.patch_status(namespace, name, status_patch(decision.status))
+        for event in decision.events:
+            kube.record_event(job, event.type, event.reason, event.message)
+        uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
+        for pod in decision.delete_pods:
+            kube.delete_pod(namespace, pod, uids[pod])
+        if decision.restart_cause is not None:
+            metrics.RESTARTS.labels(decision.restart_cause.value).inc()
+        if decision.delete_job:
+            kube.delete_job(namespace, name, meta["uid"])
+            metrics.observe_phase(namespace, name, None)
+        else:
+            metrics.observe_phase(namespace, name, decision.status.phase)
+        return decision

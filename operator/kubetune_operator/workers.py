@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune_api import FineTuneJobSpec
+from kubetune_api import FineTuneJobSpec, Manifest
 from kubetune_api.constants import (
     GPU_RESOURCE,
     PVC_MOUNT_ROOT,
@@ -20,7 +20,7 @@ from kubetune_api.constants import (
     S3_SESSION_TOKEN_KEY,
 )
 
-from .children import CONFIG_FILE, CONFIG_MOUNT, RENDEZVOUS_PORT, JobRef, Manifest, labels, metadata
+from .children import CONFIG_FILE, CONFIG_MOUNT, RENDEZVOUS_PORT, JobRef, labels, metadata
 
 RANK_LABEL = "kubetune.io/rank"
 ATTEMPT_LABEL = "kubetune.io/attempt"

@@ -1,0 +1,195 @@
+"""Golden manifests: exactly what the operator creates for a table of specs.
+
+Each case builds a job's children (`build_children`) and every worker pod
+(`build_worker_pod`, one per rank) and compares them, as one multi-document
+YAML file, with the committed file `tests/operator/testdata/<case>.yaml`. A
+change to what the operator creates therefore shows up as a diff in review,
+and a failing test prints that diff.
+
+After an intended change, regenerate the files and read the diff before
+committing it:
+
+    KUBETUNE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/operator/test_builders.py
+
+Specs come from the test builder `ftj()` (tests/harness.py) and from every
+FineTuneJob in examples/*.yaml. The builders are pure and the YAML is
+rendered deterministically, so the files change only when a builder or a spec
+does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from harness import ftj
+from localcluster import REPO
+
+from kubetune_api import Manifest, parse_job
+from kubetune_operator.children import JobRef, build_children
+from kubetune_operator.workers import build_worker_pod
+
+TESTDATA = Path(__file__).parent / "testdata"
+UPDATE = os.environ.get("KUBETUNE_UPDATE_GOLDEN") == "1"
+REGENERATE = "KUBETUNE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/operator/test_builders.py"
+NAMESPACE = "ml"
+UID = "0b5a6f1e-7c4d-4e8a-9f00-000000000001"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str  # the golden file's name, without .yaml
+    job: Manifest  # a FineTuneJob manifest
+    attempt: int = 1
+
+
+def _examples() -> list[Case]:
+    cases = []
+    for path in sorted((REPO / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "FineTuneJob":
+                cases.append(Case(f"example-{path.stem}", doc))
+    return cases
+
+
+CASES = [
+    # 2 nodes x 8 GPUs of kwok's fake nodes (tolerations, nodeSelector), full fine-tuning,
+    # spec.image, S3 with an endpoint and a credentials Secret.
+    Case("gpu-full", ftj("gpu-full")),
+    Case("gpu-lora", ftj("gpu-lora", method={"type": "lora", "lora": {"r": 8, "alpha": 16}})),
+    # No GPUs: one process per node and no nvidia.com/gpu; no spec.image: the default image;
+    # the Secret's keys without an endpoint (the Secret may name one).
+    Case("cpu-only-default-image", ftj("cpu-only", nodes=1, gpus=0, image="",
+                                       storage={"endpoint": "", "region": "eu-west-1"})),
+    # Every location a pvc:// URI; two of them on one claim, which is mounted once.
+    Case("pvc-everywhere", ftj(
+        "pvc-job",
+        model={"uri": "pvc://models/base/llama-3.2-1b/"},
+        dataset={"train": "pvc://datasets/chat/train.jsonl", "eval": "pvc://datasets/chat/eval.jsonl"},
+        checkpoint={"uri": "pvc://checkpoints/pvc-job/"},
+        output={"uri": "pvc://models/pvc-job/"},
+        storage={"endpoint": "", "credentialsSecret": ""},
+    )),
+    # Where the workers may run, on a gang restarted twice (attempt 3).
+    Case("scheduling-attempt-3", ftj(
+        "scheduled", nodes=3, gpus=4,
+        resources={
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"kubetune.io/job-name": "scheduled"}}}]}},
+            "priorityClassName": "training-high",
+            "schedulerName": "kueue-scheduler",
+            "requests": {"cpu": "16", "memory": "128Gi"},
+            "limits": {"memory": "160Gi"},
+        },
+    ), attempt=3),
+    # The user's environment, registry credentials and volumes.
+    Case("env-secrets-volumes", ftj(
+        "env-job", nodes=1, gpus=1,
+        image="registry.example.com/private/trainer:1.2.3",
+        imagePullPolicy="Always",
+        imagePullSecrets=[{"name": "registry-credentials"}],
+        env=[
+            {"name": "NCCL_DEBUG", "value": "INFO"},
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "huggingface", "key": "token"}}},
+            {"name": "WANDB_PROJECT", "valueFrom": {"configMapKeyRef": {"name": "tracking", "key": "project"}}},
+        ],
+        envFrom=[
+            {"secretRef": {"name": "extra-secrets"}},
+            {"configMapRef": {"name": "extra-settings", "optional": True}, "prefix": "EXTRA_"},
+        ],
+        volumes=[{"name": "cache", "emptyDir": {"sizeLimit": "10Gi"}}],
+        volumeMounts=[{"name": "cache", "mountPath": "/cache"}],
+    )),
+    # Neither a Secret nor an endpoint: the pods' ambient credentials (e.g. IRSA).
+    Case("ambient-credentials", ftj("ambient", nodes=1, storage={"endpoint": "", "credentialsSecret": "",
+                                                                 "region": "us-west-2"})),
+    *_examples(),
+]
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for text of several lines (the trainer's config.json), so diffs show lines."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def build(case: Case) -> list[Manifest]:
+    """Everything the operator creates for the job: its children, then one worker per rank."""
+    job = parse_job(case.job)
+    assert job.metadata.name
+    ref = JobRef(name=job.metadata.name, namespace=NAMESPACE, uid=UID)
+    workers = [build_worker_pod(ref, job.spec, rank, case.attempt) for rank in range(job.spec.resources.nodes)]
+    return [*build_children(ref, job.spec), *workers]
+
+
+def render(case: Case, manifests: list[Manifest]) -> str:
+    header = (f"# Golden manifests of case {case.name!r} in tests/operator/test_builders.py.\n"
+              f"# Generated; regenerate with: {REGENERATE}\n")
+    body = yaml.dump_all(manifests, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                         explicit_start=True, allow_unicode=True, width=100)
+    return header + body
+
+
+def test_cases_have_distinct_names() -> None:
+    names = [c.name for c in CASES]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_builders_match_golden_manifests(case: Case) -> None:
+    manifests = build(case)
+    text = render(case, manifests)
+    assert list(yaml.safe_load_all(text)) == manifests, "the YAML must read back as exactly what was built"
+    path = TESTDATA / f"{case.name}.yaml"
+    if UPDATE:
+        TESTDATA.mkdir(exist_ok=True)
+        path.write_text(text)
+        return
+    assert path.exists(), f"no golden file {path.relative_to(REPO)}; create it with: {REGENERATE}"
+    expected = path.read_text()
+    if text != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(keepends=True), text.splitlines(keepends=True),
+                                            fromfile=f"{path.relative_to(REPO)} (golden)",
+                                            tofile=f"{case.name} (built now)"))
+        pytest.fail(f"the builders' output for {case.name!r} differs from its golden file "
+                    f"(if that is intended, regenerate: {REGENERATE}):\n{diff}", pytrace=False)
+
+
+def test_no_golden_file_without_a_case() -> None:
+    stale = sorted({p.stem for p in TESTDATA.glob("*.yaml")} - {c.name for c in CASES})
+    if UPDATE:
+        for name in stale:
+            (TESTDATA / f"{name}.yaml").unlink()
+        return
+    assert not stale, f"golden files of no case (delete them, or regenerate: {REGENERATE}): {stale}"
+
+
+def test_the_table_covers_what_the_builders_branch_on() -> None:
+    """The cases between them exercise every optional part of a worker pod."""
+    pods: list[dict[str, Any]] = [m for c in CASES for m in build(c) if m["kind"] == "Pod"]
+    pod_specs = [p["spec"] for p in pods]
+    containers = [s["containers"][0] for s in pod_specs]
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "schedulerName",
+                "imagePullSecrets"):
+        assert any(key in s for s in pod_specs), key
+    assert any("envFrom" in c for c in containers)
+    assert any("nvidia.com/gpu" in c["resources"].get("limits", {}) for c in containers)
+    assert any("nvidia.com/gpu" not in c["resources"].get("limits", {}) for c in containers)
+    assert any(v.get("persistentVolumeClaim") for s in pod_specs for v in s["volumes"])
+    env_names = [{e["name"] for e in c["env"]} for c in containers]
+    assert any("AWS_ACCESS_KEY_ID" in names and "AWS_ENDPOINT_URL" in names for names in env_names)
+    assert any("AWS_ACCESS_KEY_ID" not in names for names in env_names)
