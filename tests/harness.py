@@ -48,19 +48,6 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """`patch` applied to `target` as a JSON merge patch (RFC 7386), as the API server applies a status patch."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
-
-
 def ftj(name: str, nodes: int = 2, gpus: int = 8, metadata: dict[str, Any] | None = None,
         **spec: Any) -> dict[str, Any]:
     """A valid FineTuneJob on `nodes` x `gpus` of kwok's fake nodes; keyword arguments are merged into its spec
