@@ -143,7 +143,8 @@ def render_reference() -> str:
         "",
         "## Status",
         "",
-        "Written by the operator; `progress` and `progressText` by the trainer's rank 0.",
+        "Written by the operator; `progress`, `progressText`, `checkpoints` and `output` by the "
+        "trainer's rank 0.",
         "",
         "| Field | Type | Description |",
         "| --- | --- | --- |",

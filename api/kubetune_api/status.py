@@ -1,7 +1,9 @@
 """The FineTuneJob status: what the operator and the trainer report.
 
-The operator writes everything but `progress` and `progressText`, which rank 0
-of the trainer patches while it trains. Unlike the spec, these models are
+The operator writes the lifecycle (phase, conditions, times, workers, restarts,
+message); rank 0 of the trainer patches what only it knows (`progress`,
+`progressText`, `checkpoints`, `output`) while it trains. Each writes only its
+own fields with a merge patch. Unlike the spec, these models are
 lenient when reading (unknown keys are ignored, so an older operator can read a
 status a newer trainer wrote) and the CRD constrains the status only as far as
 readers rely on it: types, non-negative counters, known phases.
