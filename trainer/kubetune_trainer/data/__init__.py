@@ -22,14 +22,14 @@ from kubetune_trainer.data.sampler import (
     eval_batches,
     micro_batches,
 )
-from kubetune_trainer.data.sources import LOCAL_FILES, FileAccess, Record, read_records
+from kubetune_trainer.data.sources import FileAccess, Record, read_records
 from kubetune_trainer.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
-    "FILLER", "IGNORE_INDEX", "LOCAL_FILES", "BatchLayout", "DataPosition", "Datasets", "Example",
+    "FILLER", "IGNORE_INDEX", "BatchLayout", "DataPosition", "Datasets", "Example",
     "FileAccess", "Record", "Sample", "build_datasets", "collate", "eval_batches", "micro_batches",
     "split_records",
 ]
@@ -65,9 +65,10 @@ def split_records(records: list[Record], fraction: float, seed: int) -> tuple[li
 
 
 def build_datasets(dataset: DatasetSpec, training: TrainingSpec, tokenizer: PreTrainedTokenizerBase, *,
-                   max_positions: int | None, files: FileAccess = LOCAL_FILES) -> Datasets:
-    """Read, split, tokenize and fit spec.dataset's training (and eval) records into sequences of
-    training.maxSeqLength tokens (packed or not)."""
+                   max_positions: int | None, files: FileAccess) -> Datasets:
+    """Read (through `files`: staging.UriFiles in the trainer), split, tokenize and fit
+    spec.dataset's training (and eval) records into sequences of training.maxSeqLength tokens
+    (packed or not)."""
     seq_len = training.max_seq_length
     if max_positions is not None and seq_len > max_positions:
         raise ConfigError(f"sequence length {seq_len} (spec.training.maxSeqLength) exceeds the "
