@@ -34,8 +34,8 @@ from conftest import (
     wait_for_event,
     write_jsonl,
 )
-from s3folders import delete_prefix, download_prefix, keys, upload_folder
 
+from kubetune_testbed.s3folders import delete_prefix, download_prefix, keys, upload_folder
 from kubetune_trainer.config import DataConfig
 from kubetune_trainer.data import IGNORE_INDEX, build_datasets, collate
 from kubetune_trainer.modeling import load_tokenizer

@@ -1,6 +1,6 @@
 """The local cluster's node agent: a kubelet stand-in that runs pods as local processes.
 
-`make up` starts it beside kwok. Its Node schedules like any other (CPUs,
+`make up` starts it beside kwok, as `python -m kubetune_testbed.nodeagent`. Its Node schedules like any other (CPUs,
 memory, `nvidia.com/gpu`); the pods bound to it really run: the command of
 each container, in the project's environment (no image is pulled), inside a
 network namespace of its own with the DNS names of its headless Service's pods
