@@ -19,40 +19,42 @@ help: ## list the targets
 $(UV):
 	python3 -m pip install --quiet --disable-pip-version-check --target $(CACHE)/uv-$(UV_VERSION) uv==$(UV_VERSION)
 
-# The environment is rebuilt only when the lock file changes.
-$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+# The environment is rebuilt only when the lock file or a distribution's metadata changes.
+$(VENV)/.synced: uv.lock pyproject.toml testbed/pyproject.toml | $(UV)
 	$(UV) sync --frozen --all-extras --python 3.11
 	@touch $@
 
-venv: $(VENV)/.synced ## create .venv from uv.lock (all extras)
+venv: $(VENV)/.synced ## create .venv from uv.lock (all extras; the dev extra brings the test bed, testbed/)
 
 binaries: ## build the local cluster's binaries from Go modules into $(CACHE) (only missing ones)
 	hack/build-binaries.sh
 
 up: venv binaries ## start the local cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok, node agent, MinIO)
-	$(PY) hack/localcluster.py up --run-dir $(RUN_DIR)
+	$(PY) -m kubetune_testbed up --run-dir $(RUN_DIR)
 
 down: ## stop every process of the local cluster
-	@if [ -x $(PY) ]; then $(PY) hack/localcluster.py down --run-dir $(RUN_DIR); else echo "no environment, nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m kubetune_testbed down --run-dir $(RUN_DIR); else echo "no environment, nothing to stop"; fi
 
 status: venv ## show the local cluster's processes
-	$(PY) hack/localcluster.py status --run-dir $(RUN_DIR)
+	$(PY) -m kubetune_testbed status --run-dir $(RUN_DIR)
 
 demo: up ## the main job: bring the local cluster up and show it working
 	$(PY) hack/demo.py --run-dir $(RUN_DIR)
 
-lint: venv ## ruff and mypy on the project's packages
-	$(VENV)/bin/ruff check api operator trainer hack tests
+lint: venv ## ruff, mypy and the architecture contracts (.importlinter) on the project's packages and scripts
+	$(VENV)/bin/ruff check api operator trainer testbed hack tests
 	$(PY) hack/gen_api.py --check
-	$(VENV)/bin/mypy api/kubetune_api operator/kubetune_operator trainer/kubetune_trainer hack/localcluster.py hack/localpki.py hack/nodeagent hack/demo.py hack/prepare_data.py hack/s3folders.py
+	$(VENV)/bin/mypy -p kubetune_api -p kubetune_operator -p kubetune_trainer -p kubetune_testbed
+	$(VENV)/bin/mypy hack/*.py
+	$(VENV)/bin/lint-imports --no-cache
 
 crds: venv ## regenerate crds/ and docs/api.md from the typed model in api/ (and the chart's copies)
 	$(PY) hack/gen_api.py
 	cp crds/kubetune.io_finetunejobs.yaml charts/kubetune/files/crds/
 	cp crds/kopf.dev_peerings.yaml charts/kubetune/crds/
 
-chart-lint: binaries ## helm lint the chart with its defaults and with every charts/kubetune/ci/*-values.yaml
-	@helm=$$(PYTHONPATH=hack $(PY) -c 'from localcluster import Binaries, cache_dir, versions; print(Binaries(cache_dir(), versions()).helm)'); \
+chart-lint: venv binaries ## helm lint the chart with its defaults and with every charts/kubetune/ci/*-values.yaml
+	@helm=$$($(PY) -c 'from kubetune_testbed.binaries import Binaries; print(Binaries.pinned().helm)'); \
 	$$helm lint --strict charts/kubetune && \
 	for f in charts/kubetune/ci/*-values.yaml; do $$helm lint --strict charts/kubetune -f $$f --quiet || exit 1; done
 

@@ -34,15 +34,16 @@ import secrets
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "hack"))
+from kubetune_testbed import attach
+from kubetune_testbed.binaries import Binaries
+from kubetune_testbed.models import ensure_smollm2, ensure_tiny
+from kubetune_testbed.ports import free_port
 
 MB = 2**20
 
@@ -52,19 +53,15 @@ def s3_environment(work: Path) -> subprocess.Popen[bytes] | None:
     of our own (the cluster's cached binary, on a free port); returns the process we started."""
     if os.environ.get("AWS_ENDPOINT_URL"):
         return None
-    from localcluster import LocalCluster, State, free_port
-
-    cluster = LocalCluster(Path(os.environ.get("KUBETUNE_LOCAL_RUN_DIR", REPO / ".local")))
-    state = State.load(cluster.state_file)
-    if state is not None:
-        cluster.state = state
-        if cluster.healthy():
-            os.environ.update({k: v for k, v in cluster.env().items() if k.startswith("AWS_")})
-            return None
-    if not cluster.bins.minio.exists():
+    cluster = attach()
+    if cluster is not None:
+        os.environ.update({k: v for k, v in cluster.env().items() if k.startswith("AWS_")})
+        return None
+    minio = Binaries.pinned().minio
+    if not minio.exists():
         raise SystemExit("no S3 endpoint: run `make up` (or `make binaries`), or set AWS_ENDPOINT_URL and keys")
     port, user, password = free_port(), "bench", secrets.token_hex(12)
-    proc = subprocess.Popen([str(cluster.bins.minio), "server", "--quiet", f"--address=127.0.0.1:{port}",
+    proc = subprocess.Popen([str(minio), "server", "--quiet", f"--address=127.0.0.1:{port}",
                              str(work / "minio")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password,
                                  "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"})
@@ -85,8 +82,6 @@ def s3_environment(work: Path) -> subprocess.Popen[bytes] | None:
 
 
 def model_dir(name: str) -> Path:
-    from prepare_model import ensure_smollm2, ensure_tiny  # hack/ is on sys.path
-
     return Path(ensure_smollm2() if name == "smollm2" else ensure_tiny())
 
 
@@ -123,7 +118,8 @@ class Bench:
             "storage": {"addressingStyle": "path"}})
         model = load_model(str(path), spec)
         self.engine = create_engine(model, build_ds_config(spec), lr_schedule(spec.training, 1000), 0.0)
-        self.vocab = int(model.config.vocab_size)
+        config: Any = model.config  # transformers' config; nn.Module's __getattr__ types it as Tensor | Module
+        self.vocab = int(config.vocab_size)
         self.generator = torch.Generator().manual_seed(0)
         self.settings = Settings(scratch_dir=work)
         self.client = s3_client(spec.storage)

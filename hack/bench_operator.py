@@ -28,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from localcluster import FAKE_NODE_TOLERATION, REPO, LocalCluster, State, fake_gpu_node
+from kubetune_testbed import REPO, LocalCluster, attach, default_run_dir
+from kubetune_testbed.nodes import FAKE_NODE_TOLERATION, fake_gpu_node
 
 GPUS_PER_NODE = 8
 # Pods of the benchmark go to kwok's fake nodes only, never to the node agent's, where they would really run.
@@ -120,14 +121,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--nodes-per-job", type=int, default=2)
-    parser.add_argument("--run-dir", type=Path, default=REPO / ".local")
+    parser.add_argument("--run-dir", type=Path, default=default_run_dir())
     args = parser.parse_args()
-    cluster = LocalCluster(args.run_dir)
-    state = State.load(cluster.state_file)
-    if state is None:
-        print("the local cluster is not up: run `make up` first", file=sys.stderr)
+    cluster = attach(args.run_dir)
+    if cluster is None:
+        print(f"no local cluster is up in {args.run_dir}: run `make up` first", file=sys.stderr)
         return 1
-    cluster.state = state
     bench = Bench(cluster)
     pods = args.jobs * args.nodes_per_job
     for path in sorted((REPO / "crds").glob("*.yaml")):
@@ -141,7 +140,7 @@ def main() -> int:
     bench.kubectl("create", "namespace", ns)
     metrics_port = 18080
     log = Path(tempfile.mkdtemp()) / "operator.log"
-    env = {**bench.env, "PYTHONPATH": f"{REPO / 'api'}:{REPO / 'operator'}", "KUBETUNE_METRICS_PORT": str(metrics_port),
+    env = {**bench.env, "KUBETUNE_METRICS_PORT": str(metrics_port),
            "KUBETUNE_HEALTH_PORT": "0", "KUBETUNE_LOG_LEVEL": "WARNING"}
     with open(log, "wb") as out:
         op = subprocess.Popen([sys.executable, "-m", "kubetune_operator", "--standalone"], env=env, stdout=out,

@@ -33,18 +33,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-from localcluster import REPO, LocalCluster, State, free_port
-from s3folders import delete_prefix, download_prefix, upload_folder
-
+from kubetune_testbed import REPO, LocalCluster, attach, default_run_dir
+from kubetune_testbed.datasets import write_chat_dataset
+from kubetune_testbed.models import ensure_smollm2
+from kubetune_testbed.ports import free_port
+from kubetune_testbed.quickstart import QUICKSTART, QuickStart
+from kubetune_testbed.s3folders import delete_prefix, download_prefix, upload_folder
 from kubetune_trainer.logs import parse_log_lines
 
 NAMESPACE = "kubetune-demo"
-BUCKET = "kubetune-demo"
-SECRET = "kubetune-demo-s3"
-QUICKSTART = REPO / "examples" / "quickstart.yaml"
-MODEL_PREFIX = "models/smollm2-135m-instruct/"
-DATA_PREFIX = "datasets/chatterbot/"
+# Where examples/quickstart.yaml reads and writes (its bucket, model, data, output, Secret).
+QS = QuickStart.load()
 TIMEOUT_SECONDS = 900
 
 
@@ -150,18 +149,15 @@ class Demo:
 
     def upload(self) -> tuple[Path, Path]:
         self.step("Model and data to S3 (MinIO)")
-        from prepare_data import write_chat_dataset
-        from prepare_model import ensure_smollm2
-
         model_dir = Path(ensure_smollm2())
         data_dir = self.cluster.run / "demo" / "data"
         train, held_out = write_chat_dataset(data_dir)
         with contextlib.suppress(self.s3.exceptions.BucketAlreadyOwnedByYou):
-            self.s3.create_bucket(Bucket=BUCKET)
-        sent = upload_folder(self.s3, model_dir, BUCKET, MODEL_PREFIX)
-        sent += upload_folder(self.s3, data_dir, BUCKET, DATA_PREFIX)
-        print(f"s3://{BUCKET}/{MODEL_PREFIX}  SmolLM2-135M-Instruct from {model_dir}")
-        print(f"s3://{BUCKET}/{DATA_PREFIX}  {sum(1 for _ in train.open())} training and "
+            self.s3.create_bucket(Bucket=QS.bucket)
+        sent = upload_folder(self.s3, model_dir, QS.bucket, QS.model_prefix)
+        sent += upload_folder(self.s3, data_dir, QS.bucket, QS.data_prefix)
+        print(f"s3://{QS.bucket}/{QS.model_prefix}  SmolLM2-135M-Instruct from {model_dir}")
+        print(f"s3://{QS.bucket}/{QS.data_prefix}  {sum(1 for _ in train.open())} training and "
               f"{sum(1 for _ in held_out.open())} held-out chat records  ({sent / 1e6:.0f} MB uploaded)")
         return model_dir, held_out
 
@@ -170,21 +166,20 @@ class Demo:
         ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
         self.kubectl("apply", "-f", "-", input=json.dumps(ns))
         # A re-run starts from scratch: no old job, no old checkpoints to resume from.
-        self.kubectl("delete", "ftj", "quickstart", "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
-        output_uri = yaml.safe_load(QUICKSTART.read_text())["spec"]["output"]["uri"]
-        delete_prefix(self.s3, BUCKET, output_uri.removeprefix(f"s3://{BUCKET}/"))
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NAMESPACE},
+        self.kubectl("delete", "ftj", QS.name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+        delete_prefix(self.s3, QS.bucket, QS.output_prefix)
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": QS.secret, "namespace": NAMESPACE},
                   "stringData": {"AWS_ACCESS_KEY_ID": self.env["AWS_ACCESS_KEY_ID"],
                                  "AWS_SECRET_ACCESS_KEY": self.env["AWS_SECRET_ACCESS_KEY"],
                                  "AWS_ENDPOINT_URL": self.env["AWS_ENDPOINT_URL"]}}
         self.kubectl("apply", "-f", "-", input=json.dumps(secret))  # not printed: it holds the keys
-        print(f"secret/{SECRET} with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL")
+        print(f"secret/{QS.secret} with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL")
 
     def job(self) -> dict[str, Any]:
-        return dict(json.loads(self.kubectl("get", "ftj", "quickstart", "-n", NAMESPACE, "-o", "json")))
+        return dict(json.loads(self.kubectl("get", "ftj", QS.name, "-n", NAMESPACE, "-o", "json")))
 
     def pods(self) -> list[dict[str, Any]]:
-        out = self.kubectl("get", "pods", "-n", NAMESPACE, "-l", "kubetune.io/job-name=quickstart", "-o", "json")
+        out = self.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"kubetune.io/job-name={QS.name}", "-o", "json")
         return sorted(json.loads(out)["items"], key=lambda p: p["metadata"]["name"])
 
     def run_job(self) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
@@ -216,11 +211,11 @@ class Demo:
                     self.running_seen = now
             time.sleep(0.2 if not self.running_seen else 1)
         raise SystemExit(f"the job did not finish in {TIMEOUT_SECONDS} s; "
-                         f"see `kubectl describe ftj quickstart -n {NAMESPACE}`")
+                         f"see `kubectl describe ftj {QS.name} -n {NAMESPACE}`")
 
     def report(self, job: dict[str, Any], applied_at: float, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
         status = job["status"]
-        log = self.kubectl("logs", "-n", NAMESPACE, "quickstart-worker-0", check=False)
+        log = self.kubectl("logs", "-n", NAMESPACE, f"{QS.name}-worker-0", check=False)
         events = parse_log_lines(log)
         self.step("From kubectl apply to the first training step")
         try:
@@ -316,15 +311,13 @@ def answers(model_dir: Path, conversations: list[list[dict[str, str]]]) -> list[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, default=REPO / ".local")
+    parser.add_argument("--run-dir", type=Path, default=default_run_dir())
     parser.add_argument("--keep-operator", action="store_true", help="leave the operator running at the end")
     args = parser.parse_args()
-    cluster = LocalCluster(args.run_dir)
-    state = State.load(cluster.state_file)
-    if state is None:
-        print("the local cluster is not up: run `make up` first", file=sys.stderr)
+    cluster = attach(args.run_dir)
+    if cluster is None:
+        print(f"no local cluster is up in {args.run_dir}: run `make up` first", file=sys.stderr)
         return 1
-    cluster.state = state
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     demo = Demo(cluster)
@@ -337,7 +330,7 @@ def main() -> int:
         status = job["status"]
         if status["phase"] != "Succeeded":
             print(f"\nThe job {status['phase']}: {status.get('message')}", file=sys.stderr)
-            print(demo.kubectl("describe", "ftj", "quickstart", "-n", NAMESPACE, check=False), file=sys.stderr)
+            print(demo.kubectl("describe", "ftj", QS.name, "-n", NAMESPACE, check=False), file=sys.stderr)
             for pod in pods:
                 name = pod["metadata"]["name"]
                 tail = demo.kubectl("logs", "-n", NAMESPACE, name, "--tail=20", check=False)

@@ -15,11 +15,10 @@ import difflib
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "api"))
+from kubetune_api.crd import render_crd
+from kubetune_api.reference import render_reference
 
-from kubetune_api.crd import render_crd  # noqa: E402
-from kubetune_api.reference import render_reference  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CRD_PATH = ROOT / "crds" / "kubetune.io_finetunejobs.yaml"
 DOCS_PATH = ROOT / "docs" / "api.md"

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 from harness import Jobs, OperatorProcess
-from localcluster import REPO, LocalCluster, State
+
+from kubetune_testbed import REPO, LocalCluster, attach, default_run_dir
 
 
 @dataclass
@@ -69,14 +70,11 @@ class ClusterHandle:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[ClusterHandle]:
-    run_dir = Path(os.environ.get("KUBETUNE_LOCAL_RUN_DIR", REPO / ".local"))
-    local = LocalCluster(run_dir)
-    state = State.load(local.state_file)
-    if state is not None:
-        local.state = state
-        if local.healthy():
-            yield ClusterHandle(local)  # started by `make up`: leave it running
-            return
+    running = attach()
+    if running is not None:
+        yield ClusterHandle(running)  # started by `make up`: leave it running
+        return
+    local = LocalCluster(default_run_dir())
     local.up()
     try:
         yield ClusterHandle(local)

@@ -18,7 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from localcluster import FAKE_NODE_TOLERATION, REPO, free_port
+from kubetune_testbed import REPO
+from kubetune_testbed.nodes import FAKE_NODE_TOLERATION
+from kubetune_testbed.ports import free_port
 
 # kwok's fake nodes: pods placed there are marked Running and run nothing. Pods that do not
 # tolerate their taint (FAKE_NODE_TOLERATION) go to the node agent's node and really run.

@@ -14,7 +14,8 @@ import re
 from typing import Any
 
 import yaml
-from localcluster import REPO
+
+from kubetune_testbed import REPO
 
 GITOPS_DOC = REPO / "docs" / "gitops.md"
 ARGO_HEALTH_KEY = "resource.customizations.health.kubetune.io_FineTuneJob"

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from localcluster import REPO, Binaries, cache_dir, versions
+
+from kubetune_testbed import REPO
+from kubetune_testbed.binaries import Binaries, cache_dir, versions
 
 CHART = REPO / "charts" / "kubetune"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))

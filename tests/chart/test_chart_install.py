@@ -42,7 +42,10 @@ from helmchart import (
     render_text,
     value_args,
 )
-from localcluster import FAKE_NODE_TOLERATION, REPO, free_port
+
+from kubetune_testbed import REPO
+from kubetune_testbed.nodes import FAKE_NODE_TOLERATION
+from kubetune_testbed.ports import free_port
 
 pytestmark = pytest.mark.cluster
 

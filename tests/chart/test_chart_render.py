@@ -28,7 +28,8 @@ from helmchart import (
     render,
     render_text,
 )
-from localcluster import REPO
+
+from kubetune_testbed import REPO
 
 
 @pytest.fixture(scope="module")

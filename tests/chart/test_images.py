@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from localcluster import REPO
 
 from kubetune_operator.workers import DEFAULT_TRAINER_IMAGE, WORKER_UID
+from kubetune_testbed import REPO
 
 OPERATOR_DOCKERFILE = (REPO / "operator" / "Dockerfile").read_text()
 TRAINER_DOCKERFILE = (REPO / "trainer" / "Dockerfile").read_text()

@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from localcluster import REPO, LocalCluster
+
+from kubetune_testbed import REPO, LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -10,7 +10,9 @@ import json
 
 import pytest
 from harness import wait_for
-from localcluster import FAKE_NODE_TOLERATION, versions
+
+from kubetune_testbed.binaries import versions
+from kubetune_testbed.nodes import FAKE_NODE_TOLERATION
 
 pytestmark = pytest.mark.cluster
 

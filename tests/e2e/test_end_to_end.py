@@ -18,16 +18,16 @@ from typing import Any
 
 import pytest
 import yaml
-from demo import QUICKSTART
 from harness import Jobs, deep_merge, wait_for
-from prepare_data import write_chat_dataset
-from s3folders import delete_prefix, download_prefix, upload_folder
 
 from kubetune_api.constants import (
     REASON_BACKOFF_LIMIT_EXCEEDED,
     REASON_RESTARTING,
     REASON_TRAINING_COMPLETE,
 )
+from kubetune_testbed.datasets import write_chat_dataset
+from kubetune_testbed.quickstart import QUICKSTART
+from kubetune_testbed.s3folders import delete_prefix, download_prefix, upload_folder
 from kubetune_trainer.logs import parse_log_lines
 
 pytestmark = pytest.mark.cluster
@@ -38,7 +38,7 @@ SECRET = "e2e-s3"
 @pytest.fixture(scope="module")
 def store(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A bucket holding the tiny model and the chat data set; its name."""
-    from prepare_model import ensure_tiny
+    from kubetune_testbed.models import ensure_tiny
 
     s3 = cluster.s3_client()
     bucket = f"e2e-{secrets.token_hex(4)}"

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 from harness import wait_for
-from localcluster import FAKE_NODE_TOLERATION, NODE_AGENT_NODE
+
+from kubetune_testbed.nodes import FAKE_NODE_TOLERATION, NODE_AGENT_NODE
 
 pytestmark = pytest.mark.cluster
 

@@ -6,7 +6,8 @@ import base64
 from typing import Any
 
 import pytest
-from nodeagent.podspec import (
+
+from kubetune_testbed.nodeagent.podspec import (
     ConfigError,
     HostEntry,
     PodContext,

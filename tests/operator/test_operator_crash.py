@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 from harness import Jobs, OperatorProcess, ftj, wait_for
-from localcluster import REPO
+
+from kubetune_testbed import REPO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -190,7 +190,8 @@ def test_operator_metrics_count_jobs_and_restarts(operator, jobs: Jobs) -> None:
 def test_invalid_spec_past_admission_fails_with_the_field_and_no_pods(operator, jobs: Jobs, cluster) -> None:
     """An older, laxer CRD (say, not upgraded with the operator) let a bad spec in."""
     import yaml
-    from localcluster import REPO
+
+    from kubetune_testbed import REPO
 
     crd_file = REPO / "crds" / "kubetune.io_finetunejobs.yaml"
     lax = yaml.safe_load(crd_file.read_text())

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localcluster import REPO, free_port
-from prepare_model import ensure_smollm2, ensure_tiny
-from s3folders import keys
 
+from kubetune_testbed import REPO
+from kubetune_testbed.models import ensure_smollm2, ensure_tiny
+from kubetune_testbed.ports import free_port
+from kubetune_testbed.s3folders import keys
 from kubetune_trainer.logs import parse_log_lines
 
 PYTHON = Path(sys.executable)
@@ -58,7 +59,7 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
 @pytest.fixture(scope="session")
 def chat_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(train, eval) chat JSONL from chatterbot-corpus English Q/A pairs; eval pairs are held out."""
-    from prepare_data import write_chat_dataset
+    from kubetune_testbed.datasets import write_chat_dataset
 
     return write_chat_dataset(tmp_path_factory.mktemp("chatterbot"), held_out=16)
 

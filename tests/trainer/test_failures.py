@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from conftest import launch, python_module, s3_env, write_jsonl
-from s3folders import delete_prefix, upload_folder
 
+from kubetune_testbed.s3folders import delete_prefix, upload_folder
 from kubetune_trainer.__main__ import main
 
 PREFIX = "kubetune-trainer: error: "

@@ -34,10 +34,10 @@ from conftest import (
     wait_for_event,
     write_jsonl,
 )
-from s3folders import delete_prefix, download_prefix, keys, upload_folder
 
 from kubetune_api import DatasetSpec, StorageSpec, TrainingSpec, parse_spec
 from kubetune_operator.children import JobRef, trainer_job
+from kubetune_testbed.s3folders import delete_prefix, download_prefix, keys, upload_folder
 from kubetune_trainer.data import IGNORE_INDEX, build_datasets, collate
 from kubetune_trainer.modeling import load_tokenizer
 from kubetune_trainer.settings import Settings

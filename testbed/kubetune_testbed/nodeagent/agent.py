@@ -5,34 +5,36 @@ memory, and a configurable `nvidia.com/gpu` count so GPU pods schedule here),
 keeps it Ready with a Lease in kube-node-lease renewed every 10 s, watches the
 pods bound to it and hands each to a PodRunner, serves their logs to the API
 server, and keeps every pod's /etc/hosts in step with the addresses of the
-pods of its subdomain. What a pod needs from the API (ConfigMaps, Secrets,
-service-account tokens) is fetched here, with the agent's own credentials.
+pods of its subdomain. It builds the collaborators every pod's runner shares
+(NodeServices: the node's identity, the address pool, the hosts files, the API
+calls a pod needs) and hands each runner those, never itself.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
 import shutil
-import sys
 import threading
 import urllib.parse
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from . import network, podspec
+from . import network
+from .addresses import AddressPool
 from .container import now_rfc3339
+from .hosts import HostsFiles
 from .logserver import LogServer
 from .network import PodNetwork
-from .podspec import HostEntry, Manifest
-from .runner import PodRunner
+from .node import NodeIdentity
+from .podapi import SMP, PodApi, response_json
+from .podspec import Manifest
+from .runner import NodeServices, PodRunner
 
 log = logging.getLogger("nodeagent")
 
@@ -40,24 +42,6 @@ NODE_LABEL = "kubetune.io/node-agent"
 LEASE_NAMESPACE = "kube-node-lease"
 LEASE_SECONDS = 40
 HEARTBEAT_SECONDS = 10
-SMP = "application/strategic-merge-patch+json"
-# What a container finds on its PATH: the project's environment first, then the system's.
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def _json(response: object) -> Any:
-    """The body of a call made with _preload_content=False (typed as the model, it is the raw response)."""
-    return json.loads(cast(Any, response).data)
-
-
-def _json_or_none(read: Callable[[], object]) -> Any:
-    """The body of a read made with _preload_content=False, or None when the object does not exist."""
-    try:
-        return _json(read())
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
 
 
 def _micro_now() -> str:
@@ -86,6 +70,8 @@ def _memory_kib() -> int:
 
 
 class Agent:
+    """One node of the local cluster: its Node object and Lease, its pods' runners, its log endpoint."""
+
     def __init__(self, kubeconfig: Path, run_dir: Path, net: PodNetwork, node_name: str, gpus: int,
                  kubelet_version: str, serving_cert: str) -> None:
         self.api = config.new_client_from_config(config_file=str(kubeconfig))
@@ -103,8 +89,9 @@ class Agent:
         self.serving_cert = serving_cert
         self.lock = threading.Lock()
         self.runners: dict[str, PodRunner] = {}
-        self.ips: dict[str, str] = {}
-        self.hosts: dict[str, tuple[HostEntry, Path]] = {}
+        self.services = NodeServices(
+            node=NodeIdentity(node_name, net, self.pods_dir, self.api_host, self.api_port),
+            addresses=AddressPool(net), hosts=HostsFiles(), api=PodApi(self.core), finished=self.forget)
         self.stopping = threading.Event()
         self.started = now_rfc3339()
         self.node_uid = ""
@@ -180,13 +167,13 @@ class Agent:
                 "status": self.node_status()}
         try:
             created = self.core.create_node(node, _preload_content=False)
-            self.node_uid = _json(created)["metadata"]["uid"]
+            self.node_uid = response_json(created)["metadata"]["uid"]
         except ApiException as e:
             if e.status != 409:
                 raise
             self.core.patch_node(self.node_name, {"metadata": {"labels": labels}}, _content_type=SMP)
             self._post_node_status()
-            self.node_uid = _json(self.core.read_node(self.node_name, _preload_content=False))["metadata"]["uid"]
+            self.node_uid = response_json(self.core.read_node(self.node_name, _preload_content=False))["metadata"]["uid"]
 
     def _post_node_status(self) -> None:
         self.core.patch_node_status(self.node_name, {"status": self.node_status()}, _content_type=SMP,
@@ -220,7 +207,7 @@ class Agent:
         selector = f"spec.nodeName={self.node_name}"
         while not self.stopping.is_set():
             try:
-                listing = _json(self.core.list_pod_for_all_namespaces(
+                listing = response_json(self.core.list_pod_for_all_namespaces(
                     field_selector=selector, _preload_content=False))
                 present = {p["metadata"]["uid"] for p in listing["items"]}
                 for pod in listing["items"]:
@@ -252,7 +239,7 @@ class Agent:
             if runner is None:
                 if self.stopping.is_set():
                     return
-                runner = self.runners[uid] = PodRunner(self, pod)
+                runner = self.runners[uid] = PodRunner(self.services, pod)
                 runner.start()
                 return
         runner.update(pod)
@@ -272,98 +259,3 @@ class Agent:
         with self.lock:
             runner = next((r for r in self.runners.values() if (r.namespace, r.pod_name) == (namespace, pod)), None)
         return runner.container_log(container, previous) if runner else None
-
-    # ------------------------------------------------------------ addresses and /etc/hosts
-    def allocate_ip(self, uid: str) -> str:
-        with self.lock:
-            if uid in self.ips:
-                return self.ips[uid]
-            used = set(self.ips.values())
-            free = next((a for a in self.net.pod_addresses() if a not in used), None)
-            if free is None:
-                raise RuntimeError(f"no free address left in {self.net.subnet}")
-            self.ips[uid] = free
-            return free
-
-    def release_ip(self, uid: str) -> None:
-        with self.lock:
-            self.ips.pop(uid, None)
-
-    def register_host(self, uid: str, entry: HostEntry, path: Path) -> None:
-        with self.lock:
-            self.hosts[uid] = (entry, path)
-            self._write_hosts(entry)
-
-    def unregister_host(self, uid: str) -> None:
-        with self.lock:
-            gone = self.hosts.pop(uid, None)
-            if gone is not None:
-                self._write_hosts(gone[0])
-
-    def _write_hosts(self, changed: HostEntry) -> None:
-        """Rewrite /etc/hosts of every pod that sees `changed` (its subdomain's pods; the pod itself)."""
-        group = [(e, p) for e, p in self.hosts.values() if (e.namespace, e.subdomain) == (changed.namespace, changed.subdomain)]
-        for entry, path in group:
-            if entry.subdomain or entry == changed:
-                text = podspec.hosts_file(entry, [e for e, _ in group if e != entry]).encode()
-                # In place, never replaced: the pod's bind mount holds on to this inode.
-                with open(path, "ab+") as f:
-                    f.seek(0)
-                    if f.read() != text:
-                        f.seek(0)
-                        f.truncate()
-                        f.write(text)
-
-    # ------------------------------------------------------------ what pods need from the API
-    def configmap(self, namespace: str, name: str) -> dict[str, bytes] | None:
-        cm = _json_or_none(lambda: self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
-        return None if cm is None else podspec.configmap_data(cm)
-
-    def secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
-        secret = _json_or_none(lambda: self.core.read_namespaced_secret(name, namespace, _preload_content=False))
-        return None if secret is None else podspec.decode_secret(secret)
-
-    def token(self, pod: Manifest, audience: str | None, seconds: int) -> str:
-        """A service-account token for the pod's account, bound to the pod (the TokenRequest API)."""
-        meta = pod["metadata"]
-        spec: dict[str, Any] = {"expirationSeconds": seconds,
-                                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}}
-        if audience:
-            spec["audiences"] = [audience]
-        account = pod["spec"].get("serviceAccountName") or "default"
-        body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
-        response = self.core.create_namespaced_service_account_token(account, meta["namespace"], body,
-                                                                     _preload_content=False)
-        return str(_json(response)["status"]["token"])
-
-    def base_env(self, pod: Manifest) -> dict[str, str]:
-        """What every container's environment starts with, before the pod's own variables."""
-        env = {
-            "PATH": f"{Path(sys.executable).parent}:{SYSTEM_PATH}",
-            "HOSTNAME": str(pod["spec"].get("hostname") or pod["metadata"]["name"]),
-            "HOME": os.environ.get("HOME", "/root"),
-            "KUBERNETES_SERVICE_HOST": self.api_host,
-            "KUBERNETES_SERVICE_PORT": str(self.api_port),
-            "KUBERNETES_SERVICE_PORT_HTTPS": str(self.api_port),
-            "KUBERNETES_PORT": f"tcp://{self.api_host}:{self.api_port}",
-        }
-        for name in ("LANG", "LC_ALL", "TZ"):
-            if name in os.environ:
-                env[name] = os.environ[name]
-        return env
-
-    def patch_pod_status(self, pod: Manifest, status: Manifest) -> None:
-        meta = pod["metadata"]
-        self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status},
-                                              _content_type=SMP, _preload_content=False)
-
-    def confirm_deletion(self, pod: Manifest) -> None:
-        meta = pod["metadata"]
-        body: Any = {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}
-        try:
-            self.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=body, _preload_content=False)
-        except ApiException as e:
-            if e.status not in (404, 409):
-                raise
-        log.info("pod %s/%s deleted", meta["namespace"], meta["name"])
-

@@ -1,6 +1,7 @@
-"""`python -m nodeagent` (with hack/ on PYTHONPATH): run the node agent until SIGTERM.
+"""`python -m kubetune_testbed.nodeagent`: run the node agent until SIGTERM.
 
-Started by hack/localcluster.py; the pod network (its bridge) must exist already.
+Started by the local cluster (kubetune_testbed.cluster); the pod network (its
+bridge) must exist already.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ and reports every change through the pod's status subresource. When the pod is
 deleted it stops the processes (SIGTERM, the grace period, SIGKILL), removes
 the sandbox and the pod's files, and deletes the object with grace 0, as a
 kubelet confirms a termination.
+
+It sees its node only through NodeServices, narrow collaborators that the
+Agent builds once and shares: the node's identity, the address pool, the
+hosts files and the API calls a pod needs. Nothing here knows the Agent.
 """
 
 from __future__ import annotations
@@ -16,16 +20,18 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import network, podspec
+from .addresses import AddressPool
 from .container import ContainerRun, container_state, now_rfc3339, signal_group
+from .hosts import HostsFiles
+from .node import NodeIdentity
+from .podapi import PodApi
 from .podinit import START_ERROR_EXIT
 from .podspec import ConfigError, Manifest, PodContext, Unsupported
-
-if TYPE_CHECKING:
-    from .agent import Agent
 
 log = logging.getLogger("nodeagent")
 
@@ -37,16 +43,30 @@ DEFAULT_GRACE_SECONDS = 30
 SHUTDOWN_GRACE_SECONDS = 3  # when the agent itself stops (`make down`)
 
 
+@dataclass(frozen=True)
+class NodeServices:
+    """What a pod's runner uses of its node: each a narrow collaborator, shared by all of the node's runners."""
+
+    node: NodeIdentity
+    addresses: AddressPool
+    hosts: HostsFiles
+    api: PodApi
+    # Called once the runner is done and the pod deleted: forget the runner, remove its files.
+    finished: Callable[[PodRunner], None]
+
+
 class PodRunner(threading.Thread):
-    def __init__(self, agent: Agent, pod: Manifest) -> None:
+    def __init__(self, services: NodeServices, pod: Manifest) -> None:
         meta = pod["metadata"]
         super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
-        self.agent = agent
+        self.services = services
+        self.node = services.node
+        self.api = services.api
         self.pod = pod
         self.uid: str = meta["uid"]
         self.namespace: str = meta["namespace"]
         self.pod_name: str = meta["name"]
-        self.dir = agent.pods_dir / self.uid
+        self.dir = services.node.pods_dir / self.uid
         self.wake = threading.Event()
         self.gone = False  # the object no longer exists in the API
         self.shutting_down = False  # the agent stops; the pod object stays
@@ -113,10 +133,10 @@ class PodRunner(threading.Thread):
             return
         try:
             if not self.gone:
-                self.agent.confirm_deletion(self.pod)
+                self.api.confirm_deletion(self.pod)
         except Exception as e:  # the namespace controller or a later event finishes it
             log.warning("pod %s: deleting failed: %s", self.key, e)
-        self.agent.forget(self)
+        self.services.finished(self)
 
     def _live(self) -> None:
         """Run the pod until it is terminal or must stop."""
@@ -155,23 +175,23 @@ class PodRunner(threading.Thread):
         for sub in ("tmp", "volumes"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "tmp").chmod(0o1777)
-        self.ip = self.agent.allocate_ip(self.uid)
-        self.sandbox = self.agent.net.sandbox_name(self.uid)
-        network.add_sandbox(self.agent.net, self.sandbox, self.ip)
+        self.ip = self.services.addresses.allocate(self.uid)
+        self.sandbox = self.node.net.sandbox_name(self.uid)
+        network.add_sandbox(self.node.net, self.sandbox, self.ip)
         self.start_time = now_rfc3339()
-        self.agent.register_host(self.uid, podspec.pod_host_entry(self.pod, self.ip), self.dir / "hosts")
+        self.services.hosts.register(self.uid, podspec.pod_host_entry(self.pod, self.ip), self.dir / "hosts")
         self._report()
 
     def _remove_sandbox(self) -> None:
         if self.sandbox:
             network.remove_sandbox(self.sandbox)
             self.sandbox = None
-        self.agent.unregister_host(self.uid)
-        self.agent.release_ip(self.uid)
+        self.services.hosts.unregister(self.uid)
+        self.services.addresses.release(self.uid)
 
     def _context(self) -> PodContext:
         assert self.ip is not None
-        return PodContext(self.pod, self.ip, self.agent.net.host_ip, self.agent.node_name)
+        return PodContext(self.pod, self.ip, self.node.net.host_ip, self.node.name)
 
     def _prepare_volumes(self) -> bool:
         """Write every volume; False (and the reason reported) when something it needs is missing."""
@@ -198,8 +218,8 @@ class PodRunner(threading.Thread):
             elif kind and not path.exists():
                 raise ConfigError(f"hostPath type check failed: {path} does not exist")
             return path
-        files = podspec.volume_files(ctx, volume, self.agent.configmap, self.agent.secret,
-                                     lambda audience, seconds: self.agent.token(self.pod, audience, seconds))
+        files = podspec.volume_files(ctx, volume, self.api.configmap, self.api.secret,
+                                     lambda audience, seconds: self.api.token(self.pod, audience, seconds))
         target = self.dir / "volumes" / volume["name"]
         target.mkdir(parents=True, exist_ok=True)
         for rel, (content, mode) in (files or {}).items():
@@ -231,9 +251,8 @@ class PodRunner(threading.Thread):
         try:
             # A private temp dir through TMPDIR, not a mount over /tmp: the project (and its
             # environment, whose programs the pod runs) may itself live under /tmp.
-            base = {**self.agent.base_env(self.pod), "TMPDIR": str(self.dir / "tmp")}
-            env = podspec.container_env(self._context(), c.spec, base, self.agent.configmap,
-                                        self.agent.secret)
+            base = {**self.node.base_env(self.pod), "TMPDIR": str(self.dir / "tmp")}
+            env = podspec.container_env(self._context(), c.spec, base, self.api.configmap, self.api.secret)
             argv = podspec.container_argv(c.spec, env)
         except ConfigError as e:
             c.state = container_state("waiting", reason="CreateContainerConfigError", message=str(e))
@@ -330,7 +349,7 @@ class PodRunner(threading.Thread):
         not_ready = "PodCompleted" if terminal else ("" if ready else "ContainersNotReady")
         status: Manifest = {
             "phase": phase,
-            "hostIP": self.agent.net.host_ip, "hostIPs": [{"ip": self.agent.net.host_ip}],
+            "hostIP": self.node.net.host_ip, "hostIPs": [{"ip": self.node.net.host_ip}],
             "conditions": [
                 self._condition("PodReadyToStartContainers", self.ip is not None and not terminal),
                 self._condition("Initialized", self.initialized, "" if self.initialized else "ContainersNotInitialized"),
@@ -355,7 +374,7 @@ class PodRunner(threading.Thread):
         if status == self.reported:
             return
         try:
-            self.agent.patch_pod_status(self.pod, status)
+            self.api.patch_status(self.pod, status)
             self.reported = status
         except Exception as e:  # the next change reports again; a pod deleted meanwhile is fine
             log.warning("pod %s: status update failed: %s", self.key, e)

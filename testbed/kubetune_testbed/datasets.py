@@ -1,12 +1,12 @@
 """The chat data set of the demo and the tests: chatterbot-corpus question/answer pairs.
 
-`chatterbot-corpus` (BSD, installed from PyPI with the dev extra) ships about
+`chatterbot-corpus` (BSD, from PyPI: a dependency of the test bed) ships about
 2,000 English question/answer pairs in YAML. Each pair becomes one chat record
 in the `chat` format of a FineTuneJob (a short system prompt, the question, the
 answer); a fixed, seeded shuffle holds out the first `held_out` pairs for
 evaluation, so the eval set never overlaps the training set.
 
-    python hack/prepare_data.py OUT_DIR     # writes OUT_DIR/train.jsonl and OUT_DIR/eval.jsonl
+    python -m kubetune_testbed.datasets OUT_DIR     # writes OUT_DIR/train.jsonl and OUT_DIR/eval.jsonl
 """
 
 from __future__ import annotations
@@ -54,11 +54,12 @@ def write_chat_dataset(folder: Path, held_out: int = 16) -> tuple[Path, Path]:
     return paths
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m kubetune_testbed.datasets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--held-out", type=int, default=16, help="pairs kept for evaluation (default 16)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for path in write_chat_dataset(args.out, args.held_out):
         print(f"{path}: {sum(1 for _ in path.open())} records")
 

@@ -6,31 +6,25 @@ the previous one is really ready:
     etcd -> kube-apiserver -> kube-controller-manager -> kube-scheduler
          -> kwok (fake GPU nodes) -> node agent (a node whose pods really run) -> MinIO (S3)
 
-The node agent (hack/nodeagent/) gives each pod a network namespace on a
-bridge of this cluster's own (10.244.N.0/24); the API server and MinIO listen
-on the bridge's host address, which both the machine and the pods reach.
+The node agent (kubetune_testbed.nodeagent) gives each pod a network namespace
+on a bridge of this cluster's own (10.244.N.0/24); the API server and MinIO
+listen on the bridge's host address, which both the machine and the pods reach.
 Without the node agent (KUBETUNE_NODE_AGENT=0) everything listens on 127.0.0.1.
 
 All state and logs live in one run directory (default `.local/` in the
 repository). `up` writes `<run>/env`, which a user sources to get KUBECONFIG,
 the S3 endpoint and credentials, and the matching kubectl and helm on PATH.
 `down` stops every process `up` started, by pid, removes the bridge and the
-pods' network namespaces, and leaves nothing behind.
-
-Usage:  python hack/localcluster.py up|down|status [--run-dir DIR] [--fake-nodes N] [--gpus-per-node N]
-                                                   [--node-gpus N] [--no-node-agent]
+pods' network namespaces, and leaves nothing behind. `attach` is how everything
+else (tests, the demo, benchmarks) finds the cluster that runs.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -38,126 +32,22 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-HACK = Path(__file__).resolve().parent
-REPO = HACK.parent
-sys.path.insert(0, str(HACK))
-from localpki import APISERVER_KUBELET_CLIENT, CLIENTS, NODE_AGENT_SERVING, kubeconfig, make_pki  # noqa: E402
-from nodeagent import network as podnet  # noqa: E402
+from .binaries import Binaries, ensure_binaries
+from .nodeagent import network as podnet
+from .nodes import FAKE_NODE_ANNOTATION, NODE_AGENT_NODE, fake_gpu_node
+from .pki import APISERVER_KUBELET_CLIENT, CLIENTS, NODE_AGENT_SERVING, kubeconfig, make_pki
+from .ports import free_port
+from .repository import DEFAULT_RUN_DIR
+from .state import State, is_alive
 
 SERVICE_CIDR = "10.96.0.0/12"
-FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-# kwok's nodes only take pods that tolerate this: everything else goes to the node agent, where it really runs.
-FAKE_NODE_TAINT = {"key": "kubetune.io/fake-node", "value": "true", "effect": "NoSchedule"}
-FAKE_NODE_TOLERATION = {"key": "kubetune.io/fake-node", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-NODE_AGENT_NODE = "local-node-0"
 READY_TIMEOUT = 120.0
 
 
 class ClusterError(RuntimeError):
     """A component failed to start or become ready; the message names it and its log."""
-
-
-def versions() -> dict[str, str]:
-    """The pinned versions from hack/versions.env."""
-    out = {}
-    for line in (HACK / "versions.env").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            out[key] = value
-    return out
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune"))
-
-
-@dataclass(frozen=True)
-class Binaries:
-    """Where the built binaries live (hack/build-binaries.sh puts them there)."""
-
-    root: Path
-    v: dict[str, str]
-
-    def _bin(self, component: str, key: str, name: str) -> Path:
-        return self.root / f"{component}-{self.v[key]}" / "bin" / name
-
-    @property
-    def etcd(self) -> Path:
-        return self._bin("etcd", "ETCD_VERSION", "etcd")
-
-    def kube(self, name: str) -> Path:
-        return self._bin("kubernetes", "KUBERNETES_VERSION", name)
-
-    @property
-    def kwok(self) -> Path:
-        return self._bin("kwok", "KWOK_VERSION", "kwok")
-
-    @property
-    def kwok_stages(self) -> Path:
-        return self.root / f"kwok-{self.v['KWOK_VERSION']}" / "stage"
-
-    @property
-    def helm(self) -> Path:
-        return self._bin("helm", "HELM_VERSION", "helm")
-
-    @property
-    def minio(self) -> Path:
-        return self._bin("minio", "MINIO_VERSION", "minio")
-
-    def all(self) -> list[Path]:
-        kube = [self.kube(n) for n in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")]
-        return [self.etcd, *kube, self.kwok, self.helm, self.minio]
-
-
-def ensure_binaries(b: Binaries) -> None:
-    """Build whatever is missing (a no-op when everything is cached)."""
-    if all(p.exists() for p in b.all()):
-        return
-    subprocess.run([str(HACK / "build-binaries.sh")], check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class State:
-    """What `up` started: persisted to <run>/state.json so `down` can stop it."""
-
-    ports: dict[str, int] = field(default_factory=dict)
-    processes: list[dict[str, object]] = field(default_factory=list)
-    s3_access_key: str = ""
-    s3_secret_key: str = ""
-    fake_nodes: int = 0
-    pod_network: int = -1  # N of the node agent's bridge ktbrN (10.244.N.0/24); -1: no node agent
-
-    @classmethod
-    def load(cls, path: Path) -> State | None:
-        if not path.exists():
-            return None
-        return cls(**json.loads(path.read_text()))
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=2))
-        tmp.chmod(0o600)
-        tmp.replace(path)
-
-
-def _pid_alive(pid: int, exe: str) -> bool:
-    """True when `pid` runs and is still our binary (pids get reused)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-        status = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return cmdline == exe and not status.startswith("Z")
 
 
 class LocalCluster:
@@ -174,7 +64,7 @@ class LocalCluster:
         self.gpus_per_node = gpus_per_node
         self.node_agent = node_agent
         self.node_gpus = node_gpus
-        self.bins = Binaries(cache_dir(), versions())
+        self.bins = Binaries.pinned()
         self.state = State()
 
     # ---------------------------------------------------------------- paths
@@ -259,22 +149,7 @@ class LocalCluster:
     def down(self, quiet: bool = False) -> None:
         """Stop every process this run started (newest first) and wait until each is gone."""
         state = State.load(self.state_file) or self.state
-        for proc in reversed(state.processes):
-            pid, exe = int(proc["pid"]), str(proc["exe"])  # type: ignore[call-overload]
-            if not _pid_alive(pid, exe):
-                continue
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while _pid_alive(pid, exe) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _pid_alive(pid, exe):
-                os.killpg(pid, signal.SIGKILL)
-                while _pid_alive(pid, exe):
-                    time.sleep(0.05)
-        for proc in state.processes:
-            # Reap the ones this process started itself, so no zombie is left behind.
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(proc["pid"]), os.WNOHANG)  # type: ignore[call-overload]
+        state.stop_processes()
         if state.pod_network >= 0:
             # The agent removes its pods' namespaces when it stops; this also covers an agent that was killed.
             podnet.destroy(podnet.PodNetwork(state.pod_network))
@@ -286,9 +161,8 @@ class LocalCluster:
             print(f"local cluster down (run dir {self.run})")
 
     def healthy(self) -> bool:
-        if not self.state.processes:
-            return False
-        if not all(_pid_alive(int(p["pid"]), str(p["exe"])) for p in self.state.processes):  # type: ignore[call-overload]
+        """Every process `up` started still runs and the API server answers ready."""
+        if not self.state.all_alive():
             return False
         try:
             return self._get(self.api_url + "/readyz", client="admin") == 200
@@ -468,11 +342,11 @@ class LocalCluster:
     def _start_node_agent(self) -> None:
         assert self.pod_network is not None
         proc = self._spawn("node-agent", Path(sys.executable), [
-            "-m", "nodeagent", f"--run-dir={self.run}", f"--kubeconfig={self.run / 'node-agent.kubeconfig'}",
+            "-m", "kubetune_testbed.nodeagent", f"--run-dir={self.run}", f"--kubeconfig={self.run / 'node-agent.kubeconfig'}",
             f"--network-index={self.pod_network.index}", f"--node-name={NODE_AGENT_NODE}",
             f"--gpus={self.node_gpus}", f"--kubelet-version={self.bins.v['KUBERNETES_VERSION']}",
             f"--serving-cert={NODE_AGENT_SERVING}",
-        ], env={"PYTHONPATH": str(HACK), "PYTHONUNBUFFERED": "1"})
+        ], env={"PYTHONUNBUFFERED": "1"})
         self._wait("node-agent", proc, self._node_agent_ready)
 
     def _node_agent_ready(self) -> bool:
@@ -513,58 +387,34 @@ class LocalCluster:
         self.env_file.write_text("# source this file: the local cluster's client settings\n" + "\n".join(lines) + "\n")
         self.env_file.chmod(0o600)  # it holds the S3 secret key
 
-
-def fake_gpu_node(name: str, gpus: int) -> dict[str, object]:
-    """A Node that kwok keeps Ready and whose pods it marks Running; only pods with FAKE_NODE_TOLERATION land there."""
-    capacity = {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": str(gpus),
-                "ephemeral-storage": "1Ti"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                       "type": "kwok", "nvidia.com/gpu.present": "true"},
-        },
-        "spec": {"taints": [FAKE_NODE_TAINT]},
-        "status": {"capacity": capacity, "allocatable": capacity},
-    }
+    def status(self) -> bool:
+        """Print whether the cluster is up and each of its processes; True when it is healthy."""
+        state = State.load(self.state_file)
+        if state is None:
+            print("local cluster is down")
+            return False
+        self.state = state
+        healthy = self.healthy()
+        print("local cluster is " + ("up" if healthy else "unhealthy (run `make up` to restart it)"))
+        for proc in state.processes:
+            print(f"  {proc['name']:<24} pid {proc['pid']:<8} {'running' if is_alive(proc) else 'GONE'}")
+        return healthy
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("KUBETUNE_LOCAL_RUN_DIR", REPO / ".local")))
-    parser.add_argument("--fake-nodes", type=int, default=int(os.environ.get("KUBETUNE_FAKE_NODES", "2")))
-    parser.add_argument("--gpus-per-node", type=int, default=int(os.environ.get("KUBETUNE_FAKE_NODE_GPUS", "8")))
-    parser.add_argument("--node-gpus", type=int, default=int(os.environ.get("KUBETUNE_LOCAL_NODE_GPUS", "8")),
-                        help="nvidia.com/gpu capacity of the node agent's node")
-    parser.add_argument("--no-node-agent", action="store_true", default=os.environ.get("KUBETUNE_NODE_AGENT") == "0",
-                        help="start no node agent (no root needed; only kwok's fake nodes)")
-    args = parser.parse_args(argv)
-    cluster = LocalCluster(args.run_dir, args.fake_nodes, args.gpus_per_node, not args.no_node_agent, args.node_gpus)
-    try:
-        if args.command == "up":
-            cluster.up()
-        elif args.command == "down":
-            cluster.down()
-        else:
-            state = State.load(cluster.state_file)
-            if state is None:
-                print("local cluster is down")
-                return 1
-            cluster.state = state
-            print("local cluster is " + ("up" if cluster.healthy() else "unhealthy (run `make up` to restart it)"))
-            for proc in state.processes:
-                alive = _pid_alive(int(proc["pid"]), str(proc["exe"]))  # type: ignore[call-overload]
-                print(f"  {proc['name']:<24} pid {proc['pid']:<8} {'running' if alive else 'GONE'}")
-            return 0 if cluster.healthy() else 1
-    except ClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+def default_run_dir() -> Path:
+    """KUBETUNE_LOCAL_RUN_DIR (which `<run>/env` exports), else `.local/` in the repository."""
+    return Path(os.environ.get("KUBETUNE_LOCAL_RUN_DIR", DEFAULT_RUN_DIR))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def attach(run_dir: Path | None = None) -> LocalCluster | None:
+    """The running, healthy local cluster of `run_dir` (default: default_run_dir()), or None.
+
+    What every client of a cluster started with `make up` uses: the tests' session
+    fixture, the demo, the benchmarks. It never starts or stops anything.
+    """
+    cluster = LocalCluster(run_dir if run_dir is not None else default_run_dir())
+    state = State.load(cluster.state_file)
+    if state is None:
+        return None
+    cluster.state = state
+    return cluster if cluster.healthy() else None

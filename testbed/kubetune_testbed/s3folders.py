@@ -1,4 +1,8 @@
-"""Folders in S3: upload a local folder, download or delete a prefix (the demo and the tests)."""
+"""Folders in S3: upload a local folder, download or delete a prefix.
+
+The demo and the tests move whole models, data sets and checkpoints between the
+machine and the local cluster's MinIO; these are the few boto3 loops they share.
+"""
 
 from __future__ import annotations
 

