@@ -29,10 +29,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kubetune_api import parse_timestamp
 from kubetune_testbed import REPO, LocalCluster, attach, default_run_dir
 from kubetune_testbed.datasets import write_chat_dataset
 from kubetune_testbed.models import ensure_smollm2
@@ -48,10 +48,6 @@ TIMEOUT_SECONDS = 900
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def parse_time(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
 
 @dataclass
 class Timeline:
@@ -223,7 +219,7 @@ class Demo:
                 print(line)
         except ValueError as e:
             print(f"  (no timeline: {e})")
-        finished = parse_time(status["completionTime"]) if status.get("completionTime") else time.time()
+        finished = parse_timestamp(status["completionTime"]).timestamp() if status.get("completionTime") else time.time()
         print(f"  {'job Succeeded':<46} {finished - applied_at:6.1f} s")
 
         self.step("S3: committed checkpoints and the output model")

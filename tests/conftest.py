@@ -133,7 +133,7 @@ def crd(cluster: ClusterHandle) -> None:
 def operator(cluster: ClusterHandle, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """A real `python -m kubetune_operator` process against the local cluster, for one test module."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = OperatorProcess({**cluster.env, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("api", "operator"))}, log)
+    op = OperatorProcess(cluster.env, log)
     op.start()
     yield op
     op.kill(signal.SIGTERM)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
+from kubetune_api import format_timestamp, utc_now
 from kubetune_testbed import REPO
 from kubetune_testbed.nodes import FAKE_NODE_TOLERATION
 from kubetune_testbed.ports import free_port
@@ -25,7 +25,6 @@ from kubetune_testbed.ports import free_port
 # kwok's fake nodes: pods placed there are marked Running and run nothing. Pods that do not
 # tolerate their taint (FAKE_NODE_TOLERATION) go to the node agent's node and really run.
 FAKE_NODE_SELECTOR = {"type": "kwok"}
-OPERATOR_PYTHONPATH = os.pathsep.join(str(REPO / d) for d in ("api", "operator"))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition", interval: float = 0.3) -> Any:
@@ -157,7 +156,7 @@ class Jobs:
 
     def terminate_worker(self, pod: str, exit_code: int, message: str = "") -> None:
         """Mark a worker's trainer container terminated, through the status subresource, as a kubelet does."""
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = format_timestamp(utc_now())
         terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
                       "message": message, "startedAt": now, "finishedAt": now}
         status = {"status": {

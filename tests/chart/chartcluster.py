@@ -19,9 +19,10 @@ from typing import Any
 
 import harness
 import yaml
-from harness import OPERATOR_PYTHONPATH, Jobs, OperatorProcess, wait_for
+from harness import Jobs, OperatorProcess, wait_for
 
-Manifest = dict[str, Any]
+from kubetune_api import Manifest
+
 GITOPS_MANAGER = "gitops"  # the field manager our stand-in for Argo CD or Flux applies jobs with
 
 
@@ -111,8 +112,8 @@ class ChartOperator(OperatorProcess):
 
     def __init__(self, env: dict[str, str], kubeconfig: Path, log: Path) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("KUBETUNE_", "KUBERNETES_"))}
-        super().__init__({**base, **env, "KUBECONFIG": str(kubeconfig), "POD_ID": "kubetune-chart-test",
-                          "PYTHONPATH": OPERATOR_PYTHONPATH}, log, args=(), settings={})
+        super().__init__({**base, **env, "KUBECONFIG": str(kubeconfig), "POD_ID": "kubetune-chart-test"},
+                         log, args=(), settings={})
 
     def stop(self) -> str:
         """SIGTERM, as the kubelet stops a pod; returns the log."""

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 import yaml
 
+from kubetune_api import Manifest
 from kubetune_testbed import REPO
 
 GITOPS_DOC = REPO / "docs" / "gitops.md"
 ARGO_HEALTH_KEY = "resource.customizations.health.kubetune.io_FineTuneJob"
 
-Manifest = dict[str, Any]
 
 
 def gitops_documents() -> list[Manifest]:

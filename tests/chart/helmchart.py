@@ -15,13 +15,13 @@ from typing import Any
 
 import yaml
 
+from kubetune_api import Manifest
 from kubetune_testbed import REPO
 from kubetune_testbed.binaries import Binaries, cache_dir, versions
 
 CHART = REPO / "charts" / "kubetune"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 
-Manifest = dict[str, Any]
 Permission = tuple[str, str, str, str]  # (apiGroup, resource, resourceName or "", verb)
 
 # What the operator calls, and kopf for it (templates/_rbac.tpl says why each is needed).

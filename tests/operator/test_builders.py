@@ -28,11 +28,11 @@ from typing import Any
 import pytest
 import yaml
 from harness import ftj
-from localcluster import REPO
 
 from kubetune_api import Manifest, parse_job
 from kubetune_operator.children import JobRef, build_children
 from kubetune_operator.workers import build_worker_pod
+from kubetune_testbed import REPO
 
 TESTDATA = Path(__file__).parent / "testdata"
 UPDATE = os.environ.get("KUBETUNE_UPDATE_GOLDEN") == "1"

@@ -9,7 +9,6 @@ restart count matches what was done to it.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections import Counter
@@ -17,8 +16,6 @@ from typing import Any
 
 import pytest
 from harness import Jobs, OperatorProcess, ftj, wait_for
-
-from kubetune_testbed import REPO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -29,8 +26,7 @@ ROUNDS = 10
 def test_sigkilled_operator_converges_without_duplicates_or_orphans(cluster, crd, namespace, tmp_path) -> None:
     rng = random.Random(20261121)
     jobs = Jobs(cluster, namespace)
-    env = {**cluster.env, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("api", "operator"))}
-    op = OperatorProcess(env, tmp_path / "operator.log")
+    op = OperatorProcess(cluster.env, tmp_path / "operator.log")
     names = [f"crash-{i:02d}" for i in range(JOBS)]
     deleted: Counter[str] = Counter()
 

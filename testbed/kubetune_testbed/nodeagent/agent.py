@@ -25,6 +25,8 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from kubetune_api import Manifest
+
 from . import network
 from .addresses import AddressPool
 from .container import now_rfc3339
@@ -33,7 +35,6 @@ from .logserver import LogServer
 from .network import PodNetwork
 from .node import NodeIdentity
 from .podapi import SMP, PodApi, response_json
-from .podspec import Manifest
 from .runner import NodeServices, PodRunner
 
 log = logging.getLogger("nodeagent")
@@ -45,6 +46,7 @@ HEARTBEAT_SECONDS = 10
 
 
 def _micro_now() -> str:
+    # A Lease's renewTime is a MicroTime: RFC 3339 with microseconds, unlike every status time.
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

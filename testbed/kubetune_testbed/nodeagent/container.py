@@ -15,11 +15,10 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .podspec import Manifest
+from kubetune_api import Manifest, format_timestamp, utc_now
 
 PODINIT = Path(__file__).with_name("podinit.py")
 TERMINATION_MESSAGE_LIMIT = 4096
@@ -27,7 +26,8 @@ FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Now, as a kubelet writes the times of a pod's status."""
+    return format_timestamp(utc_now())
 
 
 def container_state(kind: str, **fields: Any) -> Manifest:

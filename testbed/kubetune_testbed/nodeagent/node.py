@@ -13,8 +13,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubetune_api import Manifest
+
 from .network import PodNetwork
-from .podspec import Manifest
 
 # What a container finds on its PATH: the project's environment first, then the system's.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

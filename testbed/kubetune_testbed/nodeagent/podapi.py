@@ -19,8 +19,9 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from kubetune_api import Manifest
+
 from . import podspec
-from .podspec import Manifest
 
 log = logging.getLogger("nodeagent")
 

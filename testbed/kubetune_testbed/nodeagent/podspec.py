@@ -13,9 +13,9 @@ import base64
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-Manifest = dict[str, Any]
+from kubetune_api import Manifest
+
 # (namespace, name) -> the object's data (Secrets already decoded), or None when it does not exist.
 Lookup = Callable[[str, str], "Mapping[str, bytes] | None"]
 # (audience or None, expirationSeconds) -> a token bound to the pod

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubetune_api import Manifest
+
 from . import network, podspec
 from .addresses import AddressPool
 from .container import ContainerRun, container_state, now_rfc3339, signal_group
@@ -31,7 +33,7 @@ from .hosts import HostsFiles
 from .node import NodeIdentity
 from .podapi import PodApi
 from .podinit import START_ERROR_EXIT
-from .podspec import ConfigError, Manifest, PodContext, Unsupported
+from .podspec import ConfigError, PodContext, Unsupported
 
 log = logging.getLogger("nodeagent")
 
