@@ -12,7 +12,8 @@ What wakes a reconcile of a job:
   - the operator-wide resync loop (resync.py), for deadlines and TTLs and as
     a safety net. It is deliberately not a kopf timer: kopf keeps a finalizer
     on every object that has a timer, and a FineTuneJob should never be stuck
-    in deletion because its operator is down.
+    in deletion because its operator is down. It starts with kopf (`configure`),
+    so, like the handlers, it runs only in the replica that holds the Lease.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
 
 
-def _api_client(pool_size: int) -> Any:
+def api_client(pool_size: int) -> Any:
+    """A client of the cluster the operator runs in (a pod's in-cluster configuration), else of KUBECONFIG."""
     from kubernetes import client, config
 
     try:
@@ -57,11 +59,7 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
-    if SETTINGS.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(SETTINGS.metrics_port)
-    memo.reconciler = Reconciler(_api_client(SETTINGS.workers + 2), SETTINGS.trainer_image,
+    memo.reconciler = Reconciler(api_client(SETTINGS.workers + 2), SETTINGS.trainer_image,
                                  SETTINGS.api_qps, SETTINGS.api_burst)
     memo.resync = ResyncLoop(memo.reconciler, SETTINGS)
     memo.resync.start()
@@ -69,7 +67,14 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 
 @kopf.on.cleanup(id="stop-resync")
 def stop_resync(memo: Any, **_: Any) -> None:
-    memo.resync.stop()
+    stop_resync_loop(memo)
+
+
+def stop_resync_loop(memo: Any) -> None:
+    """Stop the resync loop, if `configure` got as far as starting it (idempotent)."""
+    resync = getattr(memo, "resync", None)
+    if resync is not None:
+        resync.stop()
 
 
 def _run(memo: Any, namespace: str | None, name: str) -> None:

@@ -19,6 +19,7 @@ RECONCILE_SECONDS = Histogram(
 )
 RESTARTS = Counter("kubetune_gang_restarts_total", "Gang restarts of FineTuneJobs, by cause.", ["cause"])
 API_REQUESTS = Counter("kubetune_api_requests_total", "Kubernetes API calls made, by operation.", ["operation"])
+LEADER = Gauge("kubetune_leader", "1 while this replica acts (it holds the Lease, or runs standalone); 0 while it stands by.")
 API_ERRORS = Counter(
     "kubetune_api_errors_total", "Kubernetes API calls that failed, by operation and HTTP status.",
     ["operation", "status"],

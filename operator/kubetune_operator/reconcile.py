@@ -10,7 +10,7 @@ event), so the restart counters a decision builds on are the ones last written.
 Its status is read as the typed model and written once per pass, as a merge
 patch of the operator's own fields, and only when they differ from what is
 stored. Passes over the same job never overlap within the process (a slot per
-job); peering keeps a second operator process from running at the same time.
+job); leader election (leadership.py) keeps a second replica from acting at the same time.
 """
 
 from __future__ import annotations
