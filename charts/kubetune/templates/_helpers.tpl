@@ -43,11 +43,9 @@ app.kubernetes.io/part-of: kubetune
 {{- default (include "kubetune.fullname" .) .Values.serviceAccount.name }}
 {{- end }}
 
-{{/* The peering object's name; empty when the operator runs standalone. */}}
-{{- define "kubetune.peeringName" -}}
-{{- if .Values.peering.enabled }}
-{{- default (include "kubetune.fullname" .) .Values.peering.name }}
-{{- end }}
+{{/* The leader-election Lease's name (in the release's namespace). */}}
+{{- define "kubetune.leaseName" -}}
+{{- default (include "kubetune.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
 {{- define "kubetune.image" -}}

@@ -53,18 +53,16 @@ change or go (without this it retries, logs errors and carries on).
   verbs: [list, watch]
 {{- end }}
 
-{{/* kopf's peering: watch the peering objects, and patch our own one (resourceNames). */}}
-{{- define "kubetune.peeringRules" -}}
-{{- $name := include "kubetune.peeringName" . }}
-{{- if $name }}
-{{- $resource := ternary "kopfpeerings" "clusterkopfpeerings" (gt (len .Values.watchNamespaces) 0) }}
-# kopf's peering: it watches the peering objects and records itself in its own one.
-- apiGroups: [kopf.dev]
-  resources: [{{ $resource }}]
-  verbs: [list, watch]
-- apiGroups: [kopf.dev]
-  resources: [{{ $resource }}]
-  resourceNames: [{{ $name | quote }}]
-  verbs: [patch]
-{{- end }}
+{{/*
+Leader election: the operator creates its Lease when there is none (RBAC
+cannot name the object of a create), then reads and renews only that one.
+*/}}
+{{- define "kubetune.leaseRules" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{{ include "kubetune.leaseName" . | quote }}]
+  verbs: [get, update]
 {{- end }}
