@@ -52,11 +52,6 @@ class Pods:
         return str(self.cluster.kubectl("logs", name, "-n", self.ns).stdout)
 
 
-@pytest.fixture
-def pods(cluster: Any, namespace: str) -> Pods:
-    return Pods(cluster, namespace)
-
-
 def terminated(pod: dict[str, Any]) -> dict[str, Any]:
     return dict(pod["status"]["containerStatuses"][0]["state"]["terminated"])
 

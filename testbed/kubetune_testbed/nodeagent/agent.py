@@ -93,7 +93,7 @@ class Agent:
         self.runners: dict[str, PodRunner] = {}
         self.services = NodeServices(
             node=NodeIdentity(node_name, net, self.pods_dir, self.api_host, self.api_port),
-            addresses=AddressPool(net), hosts=HostsFiles(), api=PodApi(self.core), finished=self.forget)
+            addresses=AddressPool(net), hosts=HostsFiles(), api=PodApi(self.core, node_name), finished=self.forget)
         self.stopping = threading.Event()
         self.started = now_rfc3339()
         self.node_uid = ""

@@ -3,8 +3,9 @@
 A ContainerRun starts its container through podinit.py (which builds the
 container's view and execs the command), knows when the command really runs,
 turns an exit into the `terminated` state a kubelet reports (exit code,
-reason, termination message) and keeps each run's log. Restart decisions and
-the pod around it are the PodRunner's.
+reason, termination message), keeps each run's log and holds the run's
+probes (probes.py), from which it is started and ready. Restart decisions,
+back-off and the pod around it are the PodRunner's.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kubetune_api import Manifest, format_timestamp, utc_now
+
+from .probes import ContainerProbes
 
 PODINIT = Path(__file__).with_name("podinit.py")
 TERMINATION_MESSAGE_LIMIT = 4096
@@ -52,12 +56,17 @@ class ContainerRun:
     started_at: str = ""
     state: Manifest = field(default_factory=lambda: container_state("waiting", reason="ContainerCreating"))
     last_state: Manifest = field(default_factory=dict)
+    exit_code: int | None = None  # of the last run, once it ended
+    next_start: float = 0.0  # monotonic time of the next (re)start; inf: it will not run again
+    started_mono: float = 0.0  # monotonic time the current (or last) run started
+    crashes: int = 0  # exits in a row that were followed by a back-off (reset after a long run)
+    start_failures: int = 0  # attempts in a row that could not start the container at all
+    probes: ContainerProbes | None = None  # of the current run
+    kill_deadline: float | None = None  # a liveness kill is under way: SIGKILL at this monotonic time
 
     @property
     def restarts(self) -> int:
         return max(self.runs - 1, 0)
-    exit_code: int | None = None  # of the last run, once it ended
-    next_start: float = 0.0  # monotonic time of the next (re)start; inf: it will not run again
 
     @property
     def name(self) -> str:
@@ -66,6 +75,16 @@ class ContainerRun:
     @property
     def running(self) -> bool:
         return self.proc is not None
+
+    @property
+    def started(self) -> bool:
+        """Running, and past its startup probe (if any)."""
+        return self.running and (self.probes is None or self.probes.started)
+
+    @property
+    def ready(self) -> bool:
+        """Running, started and passing its readiness probe (if any); an init container is never ready."""
+        return self.running and not self.init and (self.probes is None or self.probes.ready)
 
     @property
     def done(self) -> bool:
@@ -87,8 +106,9 @@ class ContainerRun:
         return self._file("termination")
 
     def start(self, argv: list[str], env: dict[str, str], netns: str | None, hostname: str,
-              mounts: list[Manifest]) -> None:
-        """Start the next run with `mounts` (and its termination-message file) in its view.
+              mounts: list[Manifest], keep: list[str]) -> None:
+        """Start the next run with `mounts` (and its termination-message file) in its view, and `keep`
+        (the project's environment: the programs the container runs) visible even under a mount.
 
         Returns once the command runs, or once podinit gave up (which `exited` then reports)."""
         self.runs += 1
@@ -100,7 +120,7 @@ class ContainerRun:
         # Parents before children (sorted() is stable).
         mounts.sort(key=lambda m: len(Path(m["target"]).parts))
         exec_read, exec_write = os.pipe()
-        spec = {"netns": netns, "hostname": hostname, "mounts": mounts, "argv": argv,
+        spec = {"netns": netns, "hostname": hostname, "mounts": mounts, "keep": keep, "argv": argv,
                 "workingDir": self.spec.get("workingDir") or "/", "podDir": str(self.pod_dir),
                 "startErrorFile": str(self._file("start").with_suffix(".error").relative_to(self.pod_dir)),
                 "terminationMessageFile": str(self.termination_file.relative_to(self.pod_dir)),
@@ -119,12 +139,18 @@ class ContainerRun:
         with os.fdopen(exec_read, "rb") as exec_pipe:
             exec_pipe.read()
         self.started_at = now_rfc3339()
+        self.started_mono = time.monotonic()
         self.exit_code = None
+        self.start_failures = 0
         self.state = container_state("running", startedAt=self.started_at)
 
     def exited(self, code: int) -> int:
         """Record the end of the current run (Popen's returncode) as a kubelet reports it; the exit code."""
         self.proc = None
+        self.kill_deadline = None
+        if self.probes is not None:
+            self.probes.stop()
+            self.probes = None
         exit_code = code if code >= 0 else 128 - code  # killed by signal N: 128+N, as a runtime reports it
         self.exit_code = exit_code
         start_error = self._file("start").with_suffix(".error").exists()
@@ -147,7 +173,7 @@ class ContainerRun:
     def status(self) -> Manifest:
         """Its entry in the pod's containerStatuses (or initContainerStatuses)."""
         status: Manifest = {"name": self.name, "image": self.spec.get("image", ""), "imageID": "",
-                            "ready": self.running and not self.init, "started": self.running,
+                            "ready": self.ready, "started": self.started,
                             "restartCount": self.restarts, "state": self.state, "lastState": self.last_state or {}}
         if self.runs:
             status["containerID"] = self.container_id

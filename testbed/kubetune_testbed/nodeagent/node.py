@@ -15,10 +15,14 @@ from pathlib import Path
 
 from kubetune_api import Manifest
 
+from ..repository import REPO
 from .network import PodNetwork
 
 # What a container finds on its PATH: the project's environment first, then the system's.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What stands in for an image's files: the virtual environment, its interpreter, the project's
+# source (installed editable). A pod's volume never hides them (podinit binds them back).
+ENVIRONMENT_PATHS = sorted({sys.prefix, sys.base_prefix, str(REPO)})
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """What a pod needs from the API server, fetched and written with the node agent's own credentials.
 
 A kubelet reads the ConfigMaps and Secrets its pods refer to, requests their
-service-account tokens, reports their status through the status subresource
-and, once a deleted pod's processes are gone, confirms the deletion. A pod's
+service-account tokens, reports their status through the status subresource,
+records Events on them (back-off, failed probes, kills) and, once a deleted
+pod's processes are gone, confirms the deletion. A pod's
 runner does all of that through this and nothing else of the API.
 
 Calls are made with _preload_content=False: the raw JSON, not the client's
@@ -19,7 +20,7 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kubetune_api import Manifest
+from kubetune_api import Manifest, format_timestamp, utc_now
 
 from . import podspec
 
@@ -46,8 +47,9 @@ def json_or_none(read: Callable[[], object]) -> Any:
 class PodApi:
     """The API calls a pod's runner makes, on the node agent's client."""
 
-    def __init__(self, core: client.CoreV1Api) -> None:
+    def __init__(self, core: client.CoreV1Api, node_name: str) -> None:
         self.core = core
+        self.node_name = node_name
 
     def configmap(self, namespace: str, name: str) -> dict[str, bytes] | None:
         cm = json_or_none(lambda: self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
@@ -74,6 +76,25 @@ class PodApi:
         meta = pod["metadata"]
         self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status},
                                               _content_type=SMP, _preload_content=False)
+
+    def event(self, pod: Manifest, type_: str, reason: str, message: str) -> None:
+        """An Event on the pod from the kubelet (`kubectl describe pod` lists them); best effort."""
+        meta = pod["metadata"]
+        now = format_timestamp(utc_now())
+        body: Any = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "kubelet", "host": self.node_name},
+            "reportingComponent": "kubelet", "reportingInstance": self.node_name,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+        except Exception as e:  # an Event is never worth failing a pod over
+            log.debug("pod %s/%s: event %s not recorded: %s", meta["namespace"], meta["name"], reason, e)
 
     def confirm_deletion(self, pod: Manifest) -> None:
         """Delete the pod with grace 0 (its processes are gone), as a kubelet confirms a termination."""

@@ -7,7 +7,11 @@ its mounts and hostname are its own), sets the pod's hostname, bind-mounts
 the pod's files over the paths the container expects (its /etc/hosts and
 the volumes, the termination-message file), changes to the working
 directory and execs the command, looked up on the container's PATH. The
-filesystem is otherwise the host's: there is no image.
+filesystem is otherwise the host's: there is no image. What stands in for
+the image's own files (the project's environment: its virtual environment,
+interpreter and source, the `keep` paths) is bound back where a volume hid
+it (an emptyDir on /tmp over a checkout under /tmp): in an image they are
+never under a pod's mount.
 
 Standard library only: it runs before anything of the pod exists.
 If it cannot start the command, it writes why to the start-error file, the
@@ -70,6 +74,7 @@ def enter(spec: dict[str, Any]) -> None:
     # Hold every source open before the first mount: one may hide
     # where later sources live. Opened only now, in this mount namespace, so they can be bind-mounted.
     sources = [os.open(m["source"], os.O_PATH) for m in spec["mounts"]]
+    keep = [(path, os.open(path, os.O_PATH)) for path in spec.get("keep", ()) if os.path.exists(path)]
     hostname = spec["hostname"].encode()
     _check(libc.sethostname(hostname, len(hostname)), "sethostname")
     for m, fd in zip(spec["mounts"], sources, strict=True):  # sorted by the agent: parents before children
@@ -78,6 +83,12 @@ def enter(spec: dict[str, Any]) -> None:
         _mount(f"/proc/self/fd/{fd}", str(target), MS_BIND | MS_REC)
         if m.get("readOnly"):
             _mount(None, str(target), MS_REMOUNT | MS_BIND | MS_RDONLY)
+        os.close(fd)
+    targets = [Path(m["target"]) for m in spec["mounts"]]
+    for path, fd in keep:
+        if any(Path(path) != t and Path(path).is_relative_to(t) for t in targets):  # hidden by a volume
+            _ensure_mount_point(Path(path), stat.S_ISDIR(os.fstat(fd).st_mode))
+            _mount(f"/proc/self/fd/{fd}", path, MS_BIND | MS_REC)
         os.close(fd)
     os.chdir(spec["workingDir"])
 

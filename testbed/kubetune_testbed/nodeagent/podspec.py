@@ -145,13 +145,9 @@ def container_env(ctx: PodContext, container: Manifest, base: Mapping[str, str],
     return env
 
 
-def container_argv(container: Manifest, env: Mapping[str, str]) -> list[str]:
-    """command + args with `$(VAR)` expanded. No command means the image's entrypoint, which we do not have."""
-    command = container.get("command") or []
-    if not command:
-        raise Unsupported(f"container {container['name']} has no command: the node agent runs no images, "
-                          "so `command` must name a program of the project's environment")
-    return [expand(a, env) for a in [*command, *(container.get("args") or [])]]
+def expand_argv(argv: list[str], env: Mapping[str, str]) -> list[str]:
+    """The command line (command and args, or the image's entrypoint; images.py) with `$(VAR)` expanded."""
+    return [expand(a, env) for a in argv]
 
 
 def decode_secret(secret: Manifest) -> dict[str, bytes]:

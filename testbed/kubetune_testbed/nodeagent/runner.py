@@ -3,8 +3,15 @@
 A PodRunner is a thread per pod. It builds the pod's sandbox (network
 namespace, address, /etc/hosts, TMPDIR), writes its volumes, runs the init
 containers one after another and then the containers together, each as a local
-process started through podinit.py, restarts them as the restartPolicy says,
-and reports every change through the pod's status subresource. When the pod is
+process started through podinit.py, runs their probes, restarts them as the
+restartPolicy says (with the kubelet's back-off), and reports every change
+through the pod's status subresource, with Events for what `kubectl describe
+pod` shows (back-off, failed probes, kills, containers that cannot start).
+
+A container that cannot be started (a config reference missing, an image whose
+entrypoint is unknown, something the node agent does not do) is retried with
+back-off and reported as waiting, as a kubelet does: its pod never turns Failed
+for it (a Deployment would replace such a pod at once, again and again). When the pod is
 deleted it stops the processes (SIGTERM, the grace period, SIGKILL), removes
 the sandbox and the pod's files, and deletes the object with grace 0, as a
 kubelet confirms a termination.
@@ -30,17 +37,21 @@ from . import network, podspec
 from .addresses import AddressPool
 from .container import ContainerRun, container_state, now_rfc3339, signal_group
 from .hosts import HostsFiles
-from .node import NodeIdentity
+from .images import ImageUnknown, command_line
+from .node import ENVIRONMENT_PATHS, NodeIdentity
 from .podapi import PodApi
 from .podinit import START_ERROR_EXIT
 from .podspec import ConfigError, PodContext, Unsupported
+from .probes import ContainerProbes, Probe, parse_probes
 
 log = logging.getLogger("nodeagent")
 
 POLL_SECONDS = 0.2
 CONFIG_RETRY_SECONDS = 2.0
-# The kubelet's crash-loop back-off: 10 s, doubling, at most 5 min.
+# The kubelet's crash-loop (and image-pull) back-off: 10 s, doubling, at most 5 min; forgotten
+# once a container has run for twice the maximum.
 BACKOFF_BASE, BACKOFF_MAX = 10.0, 300.0
+BACKOFF_RESET = 2 * BACKOFF_MAX
 DEFAULT_GRACE_SECONDS = 30
 SHUTDOWN_GRACE_SECONDS = 3  # when the agent itself stops (`make down`)
 
@@ -120,7 +131,7 @@ class PodRunner(threading.Thread):
             if self.pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
                 self._live()
         except Unsupported as e:
-            self._end("Failed", "Unsupported", str(e))
+            self._cannot_run(str(e))
         except Exception as e:
             log.exception("pod %s: node agent error", self.key)
             self._end("Failed", "NodeAgentError", f"{type(e).__name__}: {e}")
@@ -162,6 +173,16 @@ class PodRunner(threading.Thread):
         outcome = self._run_together(self.mains, policy)
         if outcome is not None:
             self._end(outcome)
+
+    def _cannot_run(self, message: str) -> None:
+        """The pod asks for something the node agent does not do: it stays Pending, saying so, until deleted."""
+        log.warning("pod %s cannot run: %s", self.key, message)
+        for c in self.inits[:1] or self.mains:
+            c.state = container_state("waiting", reason="CreateContainerError", message=message)
+        self.api.event(self.pod, "Warning", "Failed", f"Error: {message}")
+        self._report()
+        while not self._sleep(60):
+            pass
 
     def _end(self, phase: str, reason: str = "", message: str = "") -> None:
         """The pod is terminal; `reason` is set when the node agent, not a container, ended it."""
@@ -241,6 +262,8 @@ class PodRunner(threading.Thread):
             for c in runs:
                 if c.proc is not None and (code := c.proc.poll()) is not None:
                     self._exited(c, code, policy)
+                elif c.proc is not None:
+                    self._kill_if_unhealthy(c, now)
                 if c.proc is None and now >= c.next_start:
                     self._start(c)
             self._report()
@@ -255,13 +278,55 @@ class PodRunner(threading.Thread):
             # environment, whose programs the pod runs) may itself live under /tmp.
             base = {**self.node.base_env(self.pod), "TMPDIR": str(self.dir / "tmp")}
             env = podspec.container_env(self._context(), c.spec, base, self.api.configmap, self.api.secret)
-            argv = podspec.container_argv(c.spec, env)
+            argv = podspec.expand_argv(command_line(c.spec), env)
+            probes = [] if c.init else parse_probes(c.spec)
         except ConfigError as e:
             c.state = container_state("waiting", reason="CreateContainerConfigError", message=str(e))
             c.next_start = time.monotonic() + CONFIG_RETRY_SECONDS
             return
-        c.start(argv, env, self.sandbox, self._hostname(), self._mounts(c))
+        except ImageUnknown as e:
+            pulled_before = c.start_failures > 0
+            self._start_failed(c, "ImagePullBackOff" if pulled_before else "ErrImagePull", str(e))
+            return
+        except Unsupported as e:
+            self._start_failed(c, "CreateContainerError", str(e))
+            return
+        c.start(argv, env, self.sandbox, self._hostname(), self._mounts(c), ENVIRONMENT_PATHS)
         log.info("pod %s: started container %s: %s", self.key, c.name, " ".join(argv))
+        if probes and c.running:
+            assert self.ip is not None
+            c.probes = ContainerProbes(probes, self.ip, failed=self._probe_failed(c), changed=self.wake.set)
+            c.probes.start()
+
+    def _start_failed(self, c: ContainerRun, reason: str, message: str) -> None:
+        """The container could not even be started: waiting with `reason`, retried after a back-off."""
+        delay = min(BACKOFF_BASE * 2 ** c.start_failures, BACKOFF_MAX)
+        c.start_failures += 1
+        c.next_start = time.monotonic() + delay
+        c.state = container_state("waiting", reason=reason, message=message)
+        log.warning("pod %s: container %s cannot start (%s), next try in %.0f s: %s", self.key, c.name, reason,
+                    delay, message)
+        self.api.event(self.pod, "Warning", "Failed", f"Error: {reason}: {message}")
+
+    def _probe_failed(self, c: ContainerRun) -> Callable[[Probe, str], None]:
+        def failed(probe: Probe, why: str) -> None:
+            self.api.event(self.pod, "Warning", "Unhealthy", f"{probe.name} probe failed: {why}")
+        return failed
+
+    def _kill_if_unhealthy(self, c: ContainerRun, now: float) -> None:
+        """A failed liveness or startup probe: SIGTERM, then SIGKILL after the grace period; `_exited` restarts it."""
+        assert c.proc is not None
+        if c.kill_deadline is None and c.probes is not None and (why := c.probes.kill_reason):
+            probe = c.spec.get("livenessProbe") or c.spec.get("startupProbe") or {}
+            grace = probe.get("terminationGracePeriodSeconds",
+                              self.pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS))
+            log.info("pod %s: killing container %s: %s", self.key, c.name, why)
+            self.api.event(self.pod, "Normal", "Killing", f"Container {c.name} failed its probe, will be restarted")
+            c.probes.stop()
+            signal_group(c.proc.pid, signal.SIGTERM)
+            c.kill_deadline = now + float(grace)
+        elif c.kill_deadline is not None and now >= c.kill_deadline:
+            signal_group(c.proc.pid, signal.SIGKILL)
 
     def _exited(self, c: ContainerRun, code: int, policy: str) -> None:
         assert c.proc is not None
@@ -272,11 +337,15 @@ class PodRunner(threading.Thread):
         # Init containers run to success: for them Always means OnFailure.
         if (policy == "Always" and not c.init) or (policy != "Never" and exit_code != 0):
             c.last_state = c.state
-            delay = min(BACKOFF_BASE * 2 ** c.restarts, BACKOFF_MAX)
+            if time.monotonic() - c.started_mono >= BACKOFF_RESET:
+                c.crashes = 0
+            delay = min(BACKOFF_BASE * 2 ** c.crashes, BACKOFF_MAX)
+            c.crashes += 1
             c.next_start = time.monotonic() + delay
-            c.state = container_state("waiting", reason="CrashLoopBackOff",
-                                      message=f"back-off {delay:.0f}s restarting failed container={c.name} "
-                                              f"pod={self.pod_name}")
+            message = f"back-off {delay:.0f}s restarting failed container={c.name} pod={self.pod_name}"
+            c.state = container_state("waiting", reason="CrashLoopBackOff", message=message)
+            self.api.event(self.pod, "Warning", "BackOff", "Back-off restarting failed container "
+                                                           f"{c.name} in pod {self.pod_name}")
         else:
             c.next_start = float("inf")
 
@@ -294,6 +363,9 @@ class PodRunner(threading.Thread):
             signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
             c.proc = None
+            if c.probes is not None:
+                c.probes.stop()
+                c.probes = None
 
     def _grace_seconds(self) -> float:
         if self.shutting_down:
@@ -347,7 +419,7 @@ class PodRunner(threading.Thread):
         phase = self.phase
         if not terminal:
             phase = "Running" if self.initialized and any(c.runs for c in self.mains) else "Pending"
-        ready = phase == "Running" and all(c.running for c in self.mains)
+        ready = phase == "Running" and all(c.ready for c in self.mains)
         not_ready = "PodCompleted" if terminal else ("" if ready else "ContainersNotReady")
         status: Manifest = {
             "phase": phase,
