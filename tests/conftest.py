@@ -122,10 +122,10 @@ def bucket(s3: Any, request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def crd(cluster: ClusterHandle) -> None:
-    """The FineTuneJob CRD (and kopf's peering CRDs) installed and Established."""
+    """The FineTuneJob CRD installed and Established: all the operator needs of a cluster."""
     for path in sorted((REPO / "crds").glob("*.yaml")):
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    names = [n for n in cluster.kubectl("get", "crd", "-o", "name").stdout.split() if "kubetune.io" in n or "kopf.dev" in n]
+    names = [n for n in cluster.kubectl("get", "crd", "-o", "name").stdout.split() if "kubetune.io" in n]
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
 
 

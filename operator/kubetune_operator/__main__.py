@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="act at once, without leader election (development; never beside another replica)")
     args = parser.parse_args(argv)
     config = settings_module.Settings.from_env()
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf's formatter prefixes what its handlers log with the object: "[ml/support-bot] ...".
+    kopf.configure(log_format=kopf.LogFormat.FULL, log_prefix=True,
+                   debug=config.log_level == "DEBUG")
+    logging.getLogger().setLevel(config.log_level)
     from . import handlers  # registers the handlers
 
     loop = asyncio.new_event_loop()

@@ -15,6 +15,7 @@ job); leader election (leadership.py) keeps a second replica from acting at the 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -34,6 +35,8 @@ from .workers import DEFAULT_TRAINER_IMAGE, build_worker_pod
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
+
+log = logging.getLogger(__name__)
 
 # A job whose plan asked for no earlier look is still re-examined this often.
 SAFETY_RESYNC_SECONDS = 600.0
@@ -139,6 +142,7 @@ class Reconciler:
         if needs_write(stored, decision.status):
             kube.patch_status(namespace, name, status_patch(decision.status))
         for event in decision.events:
+            log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)  # `kubectl logs` tells it too
             kube.record_event(job, event.type, event.reason, event.message)
         uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
         for pod in decision.delete_pods:
