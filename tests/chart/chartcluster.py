@@ -1,9 +1,11 @@
 """Helpers for running the installed chart against the local cluster.
 
-The operator runs here as a local process, but with exactly what the chart
-gives its pod: the environment of the installed Deployment and a token of the
-chart's ServiceAccount (never the admin certificate). Jobs are applied the way
-a GitOps tool applies them: server-side apply under one field manager.
+The chart's operator runs as its pods on the node agent's node, as a user's
+would. Where a test needs it as a local process instead (ChartOperator), it
+gets exactly what the chart gives its pod: the environment of the installed
+Deployment and a token of the chart's ServiceAccount (never the admin
+certificate). Jobs are applied the way a GitOps tool applies them:
+server-side apply under one field manager.
 """
 
 from __future__ import annotations
@@ -107,13 +109,12 @@ class Recorder:
 
 class ChartOperator(OperatorProcess):
     """`python -m kubetune_operator` configured as the chart configures its pod: the
-    Deployment's environment as it is (ports, resyncs, log level, peering; no --standalone)
-    and a kubeconfig of the chart's ServiceAccount."""
+    Deployment's environment as it is (ports, resyncs, log level, leader election; no
+    --standalone) and a kubeconfig of the chart's ServiceAccount."""
 
     def __init__(self, env: dict[str, str], kubeconfig: Path, log: Path) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("KUBETUNE_", "KUBERNETES_"))}
-        super().__init__({**base, **env, "KUBECONFIG": str(kubeconfig), "POD_ID": "kubetune-chart-test"},
-                         log, args=(), settings={})
+        super().__init__({**base, **env, "KUBECONFIG": str(kubeconfig)}, log, args=(), settings={})
 
     def stop(self) -> str:
         """SIGTERM, as the kubelet stops a pod; returns the log."""

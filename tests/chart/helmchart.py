@@ -39,24 +39,25 @@ OPERATOR_PERMISSIONS: set[Permission] = {
 }
 
 
-def cluster_permissions(peering: str) -> set[Permission]:
-    """The ClusterRole of a cluster-wide install: the operator's rules, kopf's CRD watch, its peering."""
+def cluster_permissions() -> set[Permission]:
+    """The ClusterRole of a cluster-wide install: the operator's rules and kopf's CRD watch."""
     return OPERATOR_PERMISSIONS | {
         ("apiextensions.k8s.io", "customresourcedefinitions", "", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "", "watch"),
-        ("kopf.dev", "clusterkopfpeerings", "", "list"),
-        ("kopf.dev", "clusterkopfpeerings", "", "watch"),
-        ("kopf.dev", "clusterkopfpeerings", peering, "patch"),
     }
 
 
-def namespaced_permissions(peering: str) -> set[Permission]:
+def namespaced_permissions() -> set[Permission]:
     """The Role in each watched namespace of a namespaced install."""
-    return OPERATOR_PERMISSIONS | {
-        ("kopf.dev", "kopfpeerings", "", "list"),
-        ("kopf.dev", "kopfpeerings", "", "watch"),
-        ("kopf.dev", "kopfpeerings", peering, "patch"),
-    }
+    return set(OPERATOR_PERMISSIONS)
+
+
+def lease_permissions(lease: str) -> set[Permission]:
+    """The leader-election Role in the release's namespace: create a Lease (RBAC cannot name the
+    object of a create), read and renew only its own."""
+    return {("coordination.k8s.io", "leases", "", "create"),
+            ("coordination.k8s.io", "leases", lease, "get"),
+            ("coordination.k8s.io", "leases", lease, "update")}
 
 
 def helm_binary() -> Path:

@@ -1,10 +1,13 @@
-"""The chart installed into the local cluster, and the operator run with what it grants.
+"""The chart installed into the local cluster, and its operator running as users run it.
 
-The operator is a local process here (kwok's pods run nothing), but it gets
-only what the chart gives the operator's pod: the Deployment's environment and
-a token of the chart's ServiceAccount. Jobs are applied by server-side apply,
-as Argo CD or Flux would, and watched through every phase; the Argo CD and
-Flux health checks of docs/gitops.md are run on each version seen.
+The cluster-wide install runs the chart's operator pods on the node agent's
+node: the image's entrypoint, in-cluster credentials of the chart's
+ServiceAccount, probes, two replicas electing a leader through a Lease. Jobs
+(on kwok's nodes) are applied by server-side apply, as Argo CD or Flux would,
+and watched through every phase; the Argo CD and Flux health checks of
+docs/gitops.md are run on each version seen. The single-namespace install runs
+the operator as a local process with the Deployment's environment and a token
+of the chart's ServiceAccount.
 """
 
 from __future__ import annotations
@@ -38,13 +41,14 @@ from helmchart import (
     cluster_permissions,
     container_env,
     helm,
+    lease_permissions,
     namespaced_permissions,
     render_text,
     value_args,
 )
 
 from kubetune_testbed import REPO
-from kubetune_testbed.nodes import FAKE_NODE_TOLERATION
+from kubetune_testbed.nodes import FAKE_NODE_TOLERATION, NODE_AGENT_NODE
 from kubetune_testbed.ports import free_port
 
 pytestmark = pytest.mark.cluster
@@ -53,9 +57,9 @@ SERVICE_MONITOR_CRD = Path(__file__).parent / "testdata" / "monitoring.coreos.co
 
 
 def install_values() -> dict[str, Any]:
-    """What every test install sets: the operator pod goes to a kwok node (where it runs
-    nothing, so it never competes with the process the test runs), resyncs are quick,
-    and the ports are free ones, since the test's process shares this machine's network."""
+    """What a test install sets whose operator a test runs as a local process: the operator's
+    pods go to a kwok node (where they run nothing, so they never compete with that process),
+    resyncs are quick, and the ports are free ones, since the process shares this machine's network."""
     return {"nodeSelector": FAKE_NODE_SELECTOR, "tolerations": [FAKE_NODE_TOLERATION], "operator": {"resyncSeconds": 2},
             "metrics": {"port": free_port()}, "health": {"port": free_port()}}
 
@@ -84,6 +88,27 @@ class Release:
     def deployment(self) -> dict[str, Any]:
         out = self.cluster.kubectl("get", "deployment", self.fullname, "-n", self.namespace, "-o", "json")
         return dict(json.loads(out.stdout))
+
+    def pods(self) -> list[dict[str, Any]]:
+        """The operator's pods, less those being deleted."""
+        out = self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", f"app.kubernetes.io/instance={self.name}",
+                                   "-o", "json")
+        return [p for p in json.loads(out.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+    def leader(self) -> str:
+        """The pod that holds the Lease ("" when none does)."""
+        out = self.cluster.kubectl("get", "lease", self.fullname, "-n", self.namespace, "-o",
+                                   "jsonpath={.spec.holderIdentity}", check=False)
+        return out.stdout.split("_", 1)[0] if out.returncode == 0 else ""
+
+    def logs(self) -> str:
+        """`kubectl logs` of every operator pod (and of its previous container, if it restarted)."""
+        text = ""
+        for pod in self.pods():
+            for previous in ("--previous=true", "--previous=false"):
+                out = self.cluster.kubectl("logs", "-n", self.namespace, pod["metadata"]["name"], previous, check=False)
+                text += out.stdout if out.returncode == 0 else ""
+        return text
 
     def operator(self, tmp: Path) -> ChartOperator:
         """The operator with the Deployment's environment and the chart ServiceAccount's token."""
@@ -115,16 +140,16 @@ def restore_crds(cluster: Any) -> None:
     """Leave the CRDs installed and Established for the tests after these (the `crd` fixture's state)."""
     for path in sorted((REPO / "crds").glob("*.yaml")):
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.kubetune.io",
-                    "crd/kopfpeerings.kopf.dev", "crd/clusterkopfpeerings.kopf.dev")
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.kubetune.io")
 
 
 @pytest.fixture(scope="module")
 def release(cluster: Any, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    """A cluster-wide install with the default values (but test_values) in a namespace
-    that enforces the `restricted` Pod Security Standard."""
+    """A cluster-wide install with the default values (but a quicker resync) in a namespace
+    that enforces the `restricted` Pod Security Standard; its operator really runs."""
     ns = new_namespace(cluster, "kubetune", "pod-security.kubernetes.io/enforce=restricted")
-    rel = Release(cluster, f"kt{secrets.token_hex(2)}", ns, install_values(), tmp=tmp_path_factory.mktemp("release"))
+    rel = Release(cluster, f"kt{secrets.token_hex(2)}", ns, {"operator": {"resyncSeconds": 2}},
+                  tmp=tmp_path_factory.mktemp("release"))
     try:
         rel.install()
         yield rel
@@ -135,15 +160,25 @@ def release(cluster: Any, crd: None, tmp_path_factory: pytest.TempPathFactory) -
 
 
 # ---------------------------------------------------------------- the cluster-wide install
-def test_the_operator_pod_is_admitted_under_restricted_pod_security(release: Release, cluster: Any) -> None:
+def test_helm_install_wait_gives_two_ready_operator_pods_one_holding_the_lease(release: Release, cluster: Any) -> None:
+    """Admitted under the restricted Pod Security Standard, run by the node agent from the image's
+    entrypoint with in-cluster credentials; `helm install --wait` returned once both were Ready."""
     deployment = release.deployment()
-    assert deployment["status"]["availableReplicas"] == 1
-    pods = json.loads(cluster.kubectl("get", "pods", "-n", release.namespace, "-o", "json").stdout)["items"]
-    assert len(pods) == 1 and pods[0]["spec"]["nodeName"].startswith("kwok-")
-    assert pods[0]["spec"]["serviceAccountName"] == release.fullname
+    assert deployment["status"]["availableReplicas"] == deployment["status"]["readyReplicas"] == 2
+    pods = release.pods()
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == NODE_AGENT_NODE and pod["spec"]["serviceAccountName"] == release.fullname
+        assert pod["status"]["phase"] == "Running"
+        assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
+        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    leader = wait_for(release.leader, timeout=30, what="a replica to hold the Lease")
+    assert leader in {p["metadata"]["name"] for p in pods}
+    standby = next(p["metadata"]["name"] for p in pods if p["metadata"]["name"] != leader)
+    standby_log = cluster.kubectl("logs", "-n", release.namespace, standby).stdout
+    assert f"standing by: the Lease {release.namespace}/{release.fullname} is held by {leader}_" in standby_log
     crd = json.loads(cluster.kubectl("get", "crd", "finetunejobs.kubetune.io", "-o", "json").stdout)
     assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release.name
-    cluster.kubectl("get", "clusterkopfpeering", release.fullname)
 
 
 def test_the_notes_first_job_is_accepted_by_the_api_server(release: Release, cluster: Any, namespace: str) -> None:
@@ -157,15 +192,17 @@ def test_the_notes_first_job_is_accepted_by_the_api_server(release: Release, clu
 def test_the_operator_service_account_may_do_exactly_what_the_operator_uses(
         release: Release, namespace: str) -> None:
     rows = release.rows(release.tmp, release.fullname, namespace)
-    assert rows == as_can_i_rows(cluster_permissions(release.fullname))
+    assert rows == as_can_i_rows(cluster_permissions())
     assert not [r for r in rows if "secrets" in r[0]]
+    # In its own namespace, also its Lease: create one, read and renew only its own.
+    home = release.rows(release.tmp, release.fullname, release.namespace)
+    assert home == as_can_i_rows(cluster_permissions() | lease_permissions(release.fullname))
 
 
 def test_the_operator_as_its_service_account_runs_jobs_through_their_lives(
         release: Release, cluster: Any, namespace: str, tmp_path: Path) -> None:
     jobs = GitOpsJobs(cluster, namespace)
     recorder = Recorder(cluster, namespace, tmp_path / "watch.json")
-    operator = release.operator(tmp_path).start()
     try:
         manifest = ftj("tuned", nodes=2, gpus=1)
         applied = jobs.apply(manifest)
@@ -212,10 +249,13 @@ def test_the_operator_as_its_service_account_runs_jobs_through_their_lives(
         jobs.phase("doomed", "Failed")
         wait_for(lambda: not jobs.exists("doomed"), timeout=30, what="the TTL to delete doomed")
     finally:
-        log = operator.stop()
         seen = recorder.stop()
+    # `kubectl logs` of the operator's pods: what it did, and no request refused.
+    log = release.logs()
+    assert f"{namespace}/tuned: Restarting" in log and f"[{namespace}/tuned] Handler 'reconcile-on-create' succeeded" in log
     assert not rbac_denials(log), rbac_denials(log)
     assert not [line for line in log.splitlines() if namespace in line and "Forbidden" in line]
+    assert all(p["status"]["containerStatuses"][0]["restartCount"] == 0 for p in release.pods())
 
     # The Argo CD and Flux health checks on every version of the jobs seen.
     phases = {assert_health_of(obj) for obj in seen}
@@ -250,9 +290,14 @@ def assert_only_status_and_own_annotations_written(job: dict[str, Any]) -> None:
     assert managers, "the operator wrote nothing?"
 
 
-def test_helm_upgrade_with_changed_values(release: Release, cluster: Any) -> None:
-    old_pod = json.loads(cluster.kubectl("get", "pods", "-n", release.namespace, "-o", "json").stdout)["items"][0]
-    release.helm("upgrade", release.name, str(CHART), "--reuse-values", "--wait", "--timeout", "90s",
+def test_helm_upgrade_rolls_the_operator_without_touching_running_workers(
+        release: Release, cluster: Any, namespace: str) -> None:
+    jobs = GitOpsJobs(cluster, namespace)
+    jobs.apply(ftj("steady", nodes=2, gpus=1))
+    jobs.running("steady")
+    workers = {p["metadata"]["uid"] for p in jobs.pods("steady")}
+    old_pods = {p["metadata"]["uid"] for p in release.pods()}
+    release.helm("upgrade", release.name, str(CHART), "--reuse-values", "--wait", "--timeout", "120s",
                  "--set", "operator.logLevel=DEBUG", "--set", "operator.workers=4",
                  "--set", "trainer.image.tag=0.1.1", "--set", "resources.limits.memory=768Mi",
                  "--set", "metrics.service.port=9090")
@@ -266,10 +311,16 @@ def test_helm_upgrade_with_changed_values(release: Release, cluster: Any) -> Non
     service = json.loads(cluster.kubectl("get", "service", f"{release.fullname}-metrics", "-n", release.namespace,
                                          "-o", "json").stdout)
     assert service["spec"]["ports"][0]["port"] == 9090
-    # Recreate: the old pod is replaced, never joined by a second one.
-    pods = json.loads(cluster.kubectl("get", "pods", "-n", release.namespace, "-o", "json").stdout)["items"]
-    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    assert len(live) == 1 and live[0]["metadata"]["uid"] != old_pod["metadata"]["uid"]
+    # Rolled: two new replicas, one of them leading; the job's workers never touched.
+    new_pods = wait_for(lambda: len(pods := release.pods()) == 2 and pods, timeout=60, what="the old replicas to go")
+    assert not old_pods & {p["metadata"]["uid"] for p in new_pods}
+    wait_for(lambda: release.leader() in {p["metadata"]["name"] for p in new_pods}, timeout=30,
+             what="a new replica to hold the Lease")
+    jobs.apply(ftj("after-upgrade", nodes=1, gpus=1))
+    jobs.running("after-upgrade")  # the new leader acts
+    assert {p["metadata"]["uid"] for p in jobs.pods("steady")} == workers
+    status = jobs.status("steady")
+    assert status["phase"] == "Running" and status["restarts"] == {"infrastructure": 0, "application": 0}
     # An invalid upgrade fails on the schema and leaves the release as it was.
     failed = helm("upgrade", release.name, str(CHART), "--namespace", release.namespace, "--reuse-values",
                   "--set", "operator.logLevel=VERBOSE", env=cluster.env, check=False)
@@ -284,11 +335,11 @@ def test_helm_uninstall_keeps_the_crd_and_the_jobs(release: Release, cluster: An
     assert "kept due to the resource policy" in out and "finetunejobs.kubetune.io" in out
     cluster.kubectl("get", "crd", "finetunejobs.kubetune.io")
     cluster.kubectl("get", "ftj", "keeper", "-n", namespace)
-    for kind, name in [("clusterrole", release.fullname), ("clusterrolebinding", release.fullname),
-                       ("clusterkopfpeering", release.fullname)]:
+    for kind, name in [("clusterrole", release.fullname), ("clusterrolebinding", release.fullname)]:
         assert cluster.kubectl("get", kind, name, check=False).returncode != 0, f"{kind} {name} left behind"
-    left = cluster.kubectl("get", "deployment,serviceaccount,service", "-n", release.namespace,
-                           "-l", f"app.kubernetes.io/instance={release.name}", "-o", "name").stdout
+    left = cluster.kubectl("get", "deployment,serviceaccount,service,role,rolebinding,poddisruptionbudget",
+                           "-n", release.namespace, "-l", f"app.kubernetes.io/instance={release.name}",
+                           "-o", "name").stdout
     assert left.strip() == ""
 
 
@@ -343,7 +394,8 @@ def test_single_namespace_install_runs_only_its_namespaces_jobs(
         assert f"these namespaces only: {namespace}" in rel.notes
         assert cluster.kubectl("get", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={rel.name}",
                                "-o", "name").stdout.strip() == ""
-        assert rel.rows(tmp_path, rel.fullname, namespace) == as_can_i_rows(namespaced_permissions(rel.fullname))
+        assert rel.rows(tmp_path, rel.fullname, namespace) == as_can_i_rows(namespaced_permissions())
+        assert rel.rows(tmp_path, rel.fullname, rel_ns) == as_can_i_rows(lease_permissions(rel.fullname))
         assert rel.rows(tmp_path, rel.fullname, other) == set()
 
         mine, theirs = GitOpsJobs(cluster, namespace), GitOpsJobs(cluster, other)
@@ -356,6 +408,7 @@ def test_single_namespace_install_runs_only_its_namespaces_jobs(
             mine.running("inside", timeout=120)
             time.sleep(3)  # more than one resync round
             assert theirs.status("outside") == {} and theirs.pods("outside") == []
+            assert rel.leader(), "the operator holds its Lease, in the release's namespace"
         finally:
             log = operator.stop()
         # kopf first tries to list and watch namespaces and CRDs (cluster-wide), is refused and
@@ -387,8 +440,6 @@ def test_uninstall_without_keep_deletes_the_crd(cluster: Any, crd: None) -> None
         rel.helm("uninstall", rel.name, "--wait")
         wait_for(lambda: cluster.kubectl("get", "crd", "finetunejobs.kubetune.io", check=False).returncode != 0,
                  timeout=60, what="the FineTuneJob CRD to be deleted")
-        # kopf's peering CRDs come from the chart's crds/ folder, which Helm never deletes.
-        cluster.kubectl("get", "crd", "clusterkopfpeerings.kopf.dev")
     finally:
         helm("uninstall", rel.name, "--namespace", ns, env=cluster.env, check=False)
         cluster.kubectl("delete", "namespace", ns, "--wait=false")

@@ -20,6 +20,7 @@ from helmchart import (
     documented_names,
     find,
     helm,
+    lease_permissions,
     lookup,
     namespaced_permissions,
     one,
@@ -110,7 +111,8 @@ def test_ci_values_files_exercise_every_value(schema, values) -> None:
 
 @pytest.mark.parametrize(("values", "message"), [
     ({"replicaCount": -1}, "at '/replicaCount': minimum: got -1, want 0"),
-    ({"replicaCount": 2}, "at '/replicaCount': maximum: got 2, want 1"),
+    ({"leaderElection": {"leaseDurationSeconds": 0}}, "at '/leaderElection/leaseDurationSeconds': minimum"),
+    ({"podDisruptionBudget": {"maxUnavailable": "half"}}, "at '/podDisruptionBudget/maxUnavailable'"),
     ({"operator": {"logLevel": "TRACE"}}, "at '/operator/logLevel': value must be one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'"),
     ({"operator": {"resyncSeconds": 0}}, "at '/operator/resyncSeconds': exclusiveMinimum"),
     ({"watchNamespaces": ["ML_Team"]}, "at '/watchNamespaces/0'"),
@@ -126,19 +128,25 @@ def test_invalid_values_fail_with_the_schema_message(values: dict[str, Any], mes
     assert message in result.stderr, result.stderr
 
 
-def test_metrics_and_health_ports_must_differ() -> None:
-    result = helm("template", "kt", str(CHART), "--set", "health.port=8080", check=False)
-    assert result.returncode != 0 and "metrics.port and health.port must differ" in result.stderr
+@pytest.mark.parametrize(("values", "message"), [
+    (["health.port=8080"], "metrics.port and health.port must differ"),
+    (["leaderElection.enabled=false"], "replicaCount > 1 needs leaderElection.enabled"),
+    (["leaderElection.renewDeadlineSeconds=15"],
+     "leaderElection: retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds must hold"),
+])
+def test_values_that_cannot_work_together_fail_with_what_to_change(values: list[str], message: str) -> None:
+    result = helm("template", "kt", str(CHART), *[a for v in values for a in ("--set", v)], check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 # ---------------------------------------------------------------- CRDs
 def test_the_chart_copies_of_the_crds_are_the_repository_files() -> None:
     """crds/ is generated from api/ (make crds copies it into the chart): a stale copy fails here."""
-    pairs = [(REPO / "crds/kubetune.io_finetunejobs.yaml", CHART / "files/crds/kubetune.io_finetunejobs.yaml"),
-             (REPO / "crds/kopf.dev_peerings.yaml", CHART / "crds/kopf.dev_peerings.yaml")]
+    pairs = [(REPO / "crds/kubetune.io_finetunejobs.yaml", CHART / "files/crds/kubetune.io_finetunejobs.yaml")]
     for source, copy in pairs:
         assert copy.read_bytes() == source.read_bytes(), f"{copy} differs from {source}: run `make crds`"
     assert {p.name for p in (REPO / "crds").glob("*.yaml")} == {s.name for s, _ in pairs}
+    assert not (CHART / "crds").exists(), "the chart installs no CRD of kopf's (leader election needs none)"
 
 
 def test_the_rendered_crd_is_the_repository_crd_plus_labels_and_keep(default) -> None:
@@ -158,10 +166,12 @@ def test_crd_options() -> None:
 
 
 # ---------------------------------------------------------------- the operator's pod
-def test_the_operator_runs_as_one_hardened_replica(default) -> None:
+def test_the_operator_runs_as_two_hardened_replicas_that_roll(default) -> None:
     deployment = one(default, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    # A new replica is Ready before an old one goes: a standby is always there.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -170,11 +180,15 @@ def test_the_operator_runs_as_one_hardened_replica(default) -> None:
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert "command" not in container and "args" not in container  # the image's entrypoint
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["image"] == "ghcr.io/kubetune/operator:0.1.0"
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert container_env(deployment) == {
-        "KUBETUNE_NAMESPACES": "", "KUBETUNE_PEERING": "kt-kubetune",
+        "KUBETUNE_NAMESPACES": "", "KUBETUNE_LEASE_NAME": "kt-kubetune", "KUBETUNE_LEASE_NAMESPACE": "kubetune-system",
+        "KUBETUNE_LEASE_DURATION_SECONDS": "15", "KUBETUNE_RENEW_DEADLINE_SECONDS": "10",
+        "KUBETUNE_RETRY_PERIOD_SECONDS": "2",
         "KUBETUNE_METRICS_PORT": "8080", "KUBETUNE_HEALTH_PORT": "8081", "KUBETUNE_LOG_LEVEL": "INFO",
         "KUBETUNE_WORKERS": "8", "KUBETUNE_API_QPS": "50", "KUBETUNE_API_BURST": "100",
         "KUBETUNE_RESYNC_SECONDS": "5", "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:0.1.0",
@@ -184,14 +198,17 @@ def test_the_operator_runs_as_one_hardened_replica(default) -> None:
     service = one(default, "Service")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+    budget = one(default, "PodDisruptionBudget")
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
+    assert not find(render(values={"podDisruptionBudget": {"enabled": False}}), "PodDisruptionBudget")
 
 
 def test_every_setting_of_the_operator_is_set_by_the_chart(default) -> None:
-    """Each KUBETUNE_* variable that settings.py reads has a value behind it (KUBETUNE_PRIORITY: one replica)."""
+    """Each KUBETUNE_* variable that settings.py reads has a value behind it."""
     from kubetune_operator import settings
 
     documented = {line.split()[0] for line in settings.__doc__.splitlines() if line.strip().startswith("KUBETUNE_")}
-    assert documented - set(container_env(one(default, "Deployment"))) == {"KUBETUNE_PRIORITY"}
+    assert documented - set(container_env(one(default, "Deployment"))) == set()
 
 
 def test_the_charts_defaults_are_the_operators_defaults(default, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,18 +225,26 @@ def test_the_charts_defaults_are_the_operators_defaults(default, monkeypatch: py
     assert int(ours["KUBETUNE_METRICS_PORT"]) == theirs.metrics_port
     assert int(ours["KUBETUNE_HEALTH_PORT"]) == theirs.health_port
     assert ours["KUBETUNE_TRAINER_IMAGE"] == theirs.trainer_image
+    assert int(ours["KUBETUNE_LEASE_DURATION_SECONDS"]) == theirs.lease_duration_seconds
+    assert float(ours["KUBETUNE_RENEW_DEADLINE_SECONDS"]) == theirs.renew_deadline_seconds
+    assert float(ours["KUBETUNE_RETRY_PERIOD_SECONDS"]) == theirs.retry_period_seconds
 
 
 def test_settings_follow_the_values() -> None:
     manifests = render(values={"operator": {"logLevel": "DEBUG", "resyncSeconds": 5},
                                "watchNamespaces": ["a", "b"], "metrics": {"enabled": False},
-                               "peering": {"enabled": False}, "trainer": {"image": {"tag": "0.2.0"}}})
-    env = container_env(one(manifests, "Deployment"))
+                               "leaderElection": {"enabled": False}, "replicaCount": 1,
+                               "trainer": {"image": {"tag": "0.2.0"}}})
+    deployment = one(manifests, "Deployment")
+    env = container_env(deployment)
     assert env["KUBETUNE_LOG_LEVEL"] == "DEBUG" and env["KUBETUNE_RESYNC_SECONDS"] == "5"
     assert env["KUBETUNE_NAMESPACES"] == "a,b" and env["KUBETUNE_METRICS_PORT"] == "0"
-    assert env["KUBETUNE_PEERING"] == "" and env["KUBETUNE_TRAINER_IMAGE"] == "ghcr.io/kubetune/trainer:0.2.0"
-    assert not find(manifests, "Service") and not find(manifests, "KopfPeering")
-    assert not {r for r in permissions(rbac_rules(manifests)) if r[0] == "kopf.dev"}
+    assert env["KUBETUNE_TRAINER_IMAGE"] == "ghcr.io/kubetune/trainer:0.2.0"
+    # Without leader election: --standalone after the image's entrypoint, and no Lease, no Lease permission.
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["--standalone"]
+    assert not [name for name in env if name.startswith("KUBETUNE_LEASE")]
+    assert not find(manifests, "Service")
+    assert not {r for r in permissions(rbac_rules(manifests)) if r[0] == "coordination.k8s.io"}
     digest = "sha256:" + "ab" * 32
     pinned = one(render(values={"image": {"digest": digest}}), "Deployment")
     assert pinned["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/kubetune/operator@{digest}"
@@ -228,22 +253,30 @@ def test_settings_follow_the_values() -> None:
 # ---------------------------------------------------------------- RBAC
 def test_cluster_wide_rbac_is_exactly_what_the_operator_uses(default) -> None:
     (role,) = find(default, "ClusterRole")
-    assert permissions(role["rules"]) == cluster_permissions("kt-kubetune")
+    assert permissions(role["rules"]) == cluster_permissions()
     binding = one(default, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kt-kubetune", "namespace": "kubetune-system"}]
-    assert one(default, "ClusterKopfPeering")["metadata"]["name"] == "kt-kubetune"
-    assert not find(default, "Role") and not find(default, "KopfPeering")
+    subject = [{"kind": "ServiceAccount", "name": "kt-kubetune", "namespace": "kubetune-system"}]
+    assert binding["subjects"] == subject
+    # Its Lease: a Role in the release's namespace, naming the one Lease it renews.
+    (lease_role,) = find(default, "Role")
+    assert lease_role["metadata"] == {**lease_role["metadata"], "name": "kt-kubetune-leader-election",
+                                      "namespace": "kubetune-system"}
+    assert permissions(lease_role["rules"]) == lease_permissions("kt-kubetune")
+    lease_binding = one(default, "RoleBinding")
+    assert lease_binding["roleRef"]["name"] == "kt-kubetune-leader-election" and lease_binding["subjects"] == subject
 
 
 def test_single_namespace_rbac_has_no_cluster_wide_permission() -> None:
     manifests = render(values={"watchNamespaces": ["team-a", "team-b"]})
     assert not find(manifests, "ClusterRole") and not find(manifests, "ClusterRoleBinding")
-    assert not find(manifests, "ClusterKopfPeering")
-    for kind in ("Role", "RoleBinding", "KopfPeering"):
-        assert sorted(m["metadata"]["namespace"] for m in find(manifests, kind)) == ["team-a", "team-b"], kind
+    for kind in ("Role", "RoleBinding"):
+        assert sorted(m["metadata"]["namespace"] for m in find(manifests, kind)) == [
+            "kubetune-system", "team-a", "team-b"], kind
     for role in find(manifests, "Role"):
-        assert permissions(role["rules"]) == namespaced_permissions("kt-kubetune")
+        expected = (lease_permissions("kt-kubetune") if role["metadata"]["namespace"] == "kubetune-system"
+                    else namespaced_permissions())
+        assert permissions(role["rules"]) == expected
     for binding in find(manifests, "RoleBinding"):
         assert binding["subjects"][0]["namespace"] == "kubetune-system"
 
