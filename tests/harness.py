@@ -122,6 +122,29 @@ class OperatorProcess:
             return str(r.read().decode())
 
 
+class Recorder:
+    """Every version of the objects of one kind in a namespace, from a `kubectl get --watch`."""
+
+    def __init__(self, cluster: Any, namespace: str, out: Path, kind: str = "ftj") -> None:
+        self.out = out
+        with open(out, "wb") as sink:
+            self.proc = subprocess.Popen(
+                [str(cluster.local.bins.kube("kubectl")), "get", kind, "-n", namespace, "--watch", "-o", "json"],
+                stdout=sink, stderr=subprocess.DEVNULL, env=cluster.env)
+
+    def stop(self) -> list[dict[str, Any]]:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        text, objects, decoder, i = self.out.read_text(), [], json.JSONDecoder(), 0
+        while i < len(text):
+            if text[i].isspace():
+                i += 1
+                continue
+            obj, i = decoder.raw_decode(text, i)
+            objects.append(obj)
+        return objects
+
+
 class Jobs:
     """kubectl on FineTuneJobs and their pods in one namespace."""
 

@@ -16,6 +16,7 @@ testbed/pyproject.toml), installed into the development environment only
     models.py     the offline models (python -m kubetune_testbed.models)
     datasets.py   the chat data set (python -m kubetune_testbed.datasets)
     quickstart.py examples/quickstart.yaml and where it reads and writes
+    chart.py      the operator installed with the Helm chart, as a user installs it
     repository.py the repository root, found from this package
 """
 

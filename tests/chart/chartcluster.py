@@ -84,29 +84,6 @@ class GitOpsJobs(Jobs):
         return {e["reason"] for e in self.events(name)}
 
 
-class Recorder:
-    """Every version of the FineTuneJobs in a namespace, from a `kubectl get -w` watch."""
-
-    def __init__(self, cluster: Any, namespace: str, out: Path) -> None:
-        self.out = out
-        with open(out, "wb") as sink:
-            self.proc = subprocess.Popen(
-                [str(cluster.local.bins.kube("kubectl")), "get", "ftj", "-n", namespace, "--watch", "-o", "json"],
-                stdout=sink, stderr=subprocess.DEVNULL, env=cluster.env)
-
-    def stop(self) -> list[Manifest]:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        text, objects, decoder, i = self.out.read_text(), [], json.JSONDecoder(), 0
-        while i < len(text):
-            if text[i].isspace():
-                i += 1
-                continue
-            obj, i = decoder.raw_decode(text, i)
-            objects.append(obj)
-        return objects
-
-
 class ChartOperator(OperatorProcess):
     """`python -m kubetune_operator` configured as the chart configures its pod: the
     Deployment's environment as it is (ports, resyncs, log level, leader election; no

@@ -26,7 +26,6 @@ from chartcluster import (
     GITOPS_MANAGER,
     ChartOperator,
     GitOpsJobs,
-    Recorder,
     as_can_i_rows,
     can_i_list,
     ftj,
@@ -34,7 +33,7 @@ from chartcluster import (
     token_kubeconfig,
 )
 from gitopscheck import assert_health_of
-from harness import FAKE_NODE_SELECTOR, wait_for
+from harness import FAKE_NODE_SELECTOR, Recorder, wait_for
 from helmchart import (
     CHART,
     CI_VALUES,

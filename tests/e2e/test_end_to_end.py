@@ -1,8 +1,11 @@
-"""End to end on the local cluster: `kubectl apply` of examples/quickstart.yaml -> the operator ->
-worker pods that the node agent really runs -> torchrun over the pods' DNS names -> the trainer
-with DeepSpeed and gloo -> checkpoints and the model in MinIO -> status on the FineTuneJob.
+"""End to end on the local cluster: `helm install` of the chart -> `kubectl apply` of
+examples/quickstart.yaml -> the operator's leader -> worker pods that the node agent really runs ->
+torchrun over the pods' DNS names -> the trainer with DeepSpeed and gloo -> checkpoints and the
+model in MinIO -> status on the FineTuneJob.
 
-Nothing is faked: the only change to the quick start is a tiny random Llama (same tokenizer as
+Nothing is faked: the operator is the chart's, with its default values (two replicas electing a
+leader through a Lease, pods run from the operator image's entrypoint with in-cluster
+credentials); the only change to the quick start is a tiny random Llama (same tokenizer as
 SmolLM2) instead of the 135M model, so each run takes seconds of training; `make demo` runs the
 quick start as it is.
 """
@@ -12,19 +15,22 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from harness import Jobs, deep_merge, wait_for
+from harness import Jobs, Recorder, deep_merge, wait_for
 
 from kubetune_api.constants import (
     REASON_BACKOFF_LIMIT_EXCEEDED,
     REASON_RESTARTING,
     REASON_TRAINING_COMPLETE,
 )
+from kubetune_testbed.chart import OperatorRelease
 from kubetune_testbed.datasets import write_chat_dataset
 from kubetune_testbed.quickstart import QUICKSTART
 from kubetune_testbed.s3folders import delete_prefix, download_prefix, upload_folder
@@ -50,8 +56,18 @@ def store(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     s3.delete_bucket(Bucket=bucket)
 
 
+@pytest.fixture(scope="module")
+def release(cluster: Any, crd: None) -> Iterator[OperatorRelease]:
+    """The operator, installed with the chart's default values (`helm install --wait`)."""
+    rel = OperatorRelease(cluster.local, namespace=f"kubetune-e2e-{secrets.token_hex(3)}")
+    rel.install()
+    yield rel
+    rel.uninstall()
+    cluster.kubectl("delete", "namespace", rel.namespace, "--wait=false")
+
+
 @pytest.fixture
-def e2e(cluster: Any, namespace: str, operator: Any, store: str) -> Jobs:
+def e2e(cluster: Any, namespace: str, release: OperatorRelease, store: str) -> Jobs:
     """Jobs in a fresh namespace holding the S3 Secret the quick start names (endpoint included)."""
     env = cluster.env
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET},
@@ -100,7 +116,17 @@ def diagnose(cluster: Any, jobs: Jobs, name: str) -> str:
     return text
 
 
-def test_quickstart_runs_two_nodes_to_success(cluster: Any, e2e: Jobs, store: str, tmp_path: Path) -> None:
+def test_the_chart_installs_two_ready_operator_pods_one_leading(release: OperatorRelease) -> None:
+    pods = json.loads(release.kubectl("get", "pods", "-o", "json").stdout)["items"]
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["status"]["phase"] == "Running"
+        assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
+    assert wait_for(release.leader, what="a replica to hold the Lease") in {p["metadata"]["name"] for p in pods}
+
+
+def test_quickstart_runs_two_nodes_to_success(cluster: Any, e2e: Jobs, store: str, release: OperatorRelease,
+                                              tmp_path: Path) -> None:
     e2e.apply(quickstart("qs", store, training={"maxSteps": 6}, checkpoint={"everySteps": 3, "keepLast": 2}))
     done = kubectl_wait(cluster, e2e.ns, "qs", "Succeeded", timeout=600)
     assert done.returncode == 0, diagnose(cluster, e2e, "qs") + done.stderr
@@ -140,12 +166,18 @@ def test_quickstart_runs_two_nodes_to_success(cluster: Any, e2e: Jobs, store: st
     generated = model.generate(**prompt, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] == prompt["input_ids"].shape[1] + 5
 
+    # `kubectl logs` of the operator's leader shows what it did for the job.
+    log = release.logs(release.leader())
+    assert f"[{e2e.ns}/qs] Handler 'reconcile-on-create' succeeded" in log
+    assert f"{e2e.ns}/qs: {REASON_TRAINING_COMPLETE}" in log
 
-def test_a_deleted_worker_restarts_the_gang_which_resumes_from_the_last_commit(
-        cluster: Any, e2e: Jobs, store: str) -> None:
+
+def test_a_deleted_worker_restarts_the_gang_once_even_as_the_operator_leader_is_deleted(
+        cluster: Any, e2e: Jobs, store: str, release: OperatorRelease, tmp_path: Path) -> None:
     # About 0.7 s a step for the tiny model on two CPU cores: a commit after some 20 s, then 30 s more.
     e2e.apply(quickstart("resume", store, training={"maxSteps": 50, "evalEverySteps": 25},
                          checkpoint={"everySteps": 10, "keepLast": 2}))
+    pods = Recorder(cluster, e2e.ns, tmp_path / "pods.json", kind="pods")
 
     def committed() -> int:
         latest = (e2e.status("resume").get("checkpoints") or {}).get("latest") or {}
@@ -153,9 +185,17 @@ def test_a_deleted_worker_restarts_the_gang_which_resumes_from_the_last_commit(
 
     seen = wait_for(committed, timeout=300, what="a first committed checkpoint", interval=0.5)
     assert seen < 50, "training ended before a worker could be deleted"
+    # The operator's leader and a worker, in the same second.
+    leader = release.leader()
+    release.kubectl("delete", "pod", leader, "--wait=false")
     cluster.kubectl("delete", "pod", "-n", e2e.ns, "resume-worker-1", "--wait=false")
+    deleted = time.monotonic()
+    successor = wait_for(lambda: (holder := release.leader()) not in ("", leader) and holder, timeout=15,
+                         what="the standby to take the Lease within the lease duration (15 s)", interval=0.2)
+    print(f"{successor} took the Lease {time.monotonic() - deleted:.1f} s after {leader} was deleted")
 
     done = kubectl_wait(cluster, e2e.ns, "resume", "Succeeded", timeout=600)
+    seen_pods = pods.stop()
     assert done.returncode == 0, diagnose(cluster, e2e, "resume") + done.stderr
     status = e2e.status("resume")
     assert status["restarts"] == {"infrastructure": 1, "application": 0}
@@ -165,12 +205,17 @@ def test_a_deleted_worker_restarts_the_gang_which_resumes_from_the_last_commit(
     assert resumed["step"] >= seen and resumed["step"] % 10 == 0
     assert resumed["uri"] == f"s3://{store}/output/resume/checkpoints/step-{resumed['step']:08d}/"
 
+    # Nothing duplicated: two workers per attempt, one Restarting event, one gang restart.
+    created = {p["metadata"]["uid"]: p["metadata"]["labels"]["kubetune.io/attempt"] for p in seen_pods}
+    assert Counter(created.values()) == {"1": 2, "2": 2}, created
+    reasons = Counter(e["reason"] for e in e2e.events("resume"))
+    assert reasons[REASON_RESTARTING] == 1 and reasons[REASON_TRAINING_COMPLETE] == 1, reasons
+    assert f"{e2e.ns}/resume: {REASON_RESTARTING}" in release.logs(successor)
+
     # The new rank 0 says so in its log, and started from that step, not from 0.
     events = parse_log_lines(logs(cluster, e2e.ns, "resume-worker-0"))
     assert [e["step"] for e in events if e["event"] == "resumed"] == [resumed["step"]]
     assert [e["start_step"] for e in events if e["event"] == "train_start"] == [resumed["step"]]
-    reasons = {e["reason"] for e in e2e.events("resume")}
-    assert {REASON_RESTARTING, REASON_TRAINING_COMPLETE} <= reasons, reasons
 
 
 def test_a_trainer_failure_fails_the_job_with_its_reason_after_backoff(
