@@ -57,7 +57,7 @@ chart-lint: venv binaries ## helm lint the chart with its defaults and with ever
 	$$helm lint --strict charts/kubetune && \
 	for f in charts/kubetune/ci/*-values.yaml; do $$helm lint --strict charts/kubetune -f $$f --quiet || exit 1; done
 
-operator: venv ## run the operator against the current KUBECONFIG (source .local/env for the local cluster)
+operator: venv ## run the operator (with leader election) against the current KUBECONFIG (source .local/env for the local cluster)
 	$(PY) -m kubetune_operator
 
 test: venv binaries lint ## everything CI runs: lint, then the whole test suite against a fresh local cluster

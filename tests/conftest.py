@@ -72,6 +72,7 @@ class ClusterHandle:
 def cluster() -> Iterator[ClusterHandle]:
     running = attach()
     if running is not None:
+        _refuse_installed_operators(running)
         yield ClusterHandle(running)  # started by `make up`: leave it running
         return
     local = LocalCluster(default_run_dir())
@@ -80,6 +81,17 @@ def cluster() -> Iterator[ClusterHandle]:
         yield ClusterHandle(local)
     finally:
         local.down()
+
+
+def _refuse_installed_operators(cluster: LocalCluster) -> None:
+    """The tests run their own operators; one installed beside them (`make demo` leaves its
+    Helm release running) would act on the tests' jobs too."""
+    out = cluster.kubectl("get", "deployments", "-A", "-l", "app.kubernetes.io/part-of=kubetune", "-o",
+                          "jsonpath={range .items[?(@.spec.replicas>0)]}{.metadata.namespace}/{.metadata.name} {end}")
+    if out.returncode == 0 and out.stdout.strip():
+        pytest.exit(f"the local cluster runs a kubetune operator ({out.stdout.strip()}), which would act on the "
+                    "tests' jobs too: `helm uninstall kubetune -n kubetune-system` (what `make demo` installed), "
+                    "or `make down` and test on a fresh cluster", returncode=1)
 
 
 def _dns_label(text: str, limit: int) -> str:
