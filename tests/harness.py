@@ -104,12 +104,13 @@ class OperatorProcess:
                 raise RuntimeError(f"operator exited with {self.proc.returncode}; {self.log}:\n"
                                    f"{self.log.read_text(errors='replace')[-3000:]}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=2) as r:
                     return bool(r.status == 200)
             except OSError:
                 return False
 
-        wait_for(healthy, timeout=60, what="the operator's liveness endpoint")
+        # Ready: standalone, once kopf has started; with leader election, once it has read the Lease.
+        wait_for(healthy, timeout=60, what="the operator's readiness endpoint")
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
