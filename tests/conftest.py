@@ -7,6 +7,8 @@ healthy; otherwise it starts one for the session and stops it at the end, so
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import secrets
@@ -72,8 +74,8 @@ class ClusterHandle:
 def cluster() -> Iterator[ClusterHandle]:
     running = attach()
     if running is not None:
-        _refuse_installed_operators(running)
-        yield ClusterHandle(running)  # started by `make up`: leave it running
+        with _installed_operators_paused(running):
+            yield ClusterHandle(running)  # started by `make up`: leave it running
         return
     local = LocalCluster(default_run_dir())
     local.up()
@@ -83,15 +85,28 @@ def cluster() -> Iterator[ClusterHandle]:
         local.down()
 
 
-def _refuse_installed_operators(cluster: LocalCluster) -> None:
-    """The tests run their own operators; one installed beside them (`make demo` leaves its
-    Helm release running) would act on the tests' jobs too."""
-    out = cluster.kubectl("get", "deployments", "-A", "-l", "app.kubernetes.io/part-of=kubetune", "-o",
-                          "jsonpath={range .items[?(@.spec.replicas>0)]}{.metadata.namespace}/{.metadata.name} {end}")
-    if out.returncode == 0 and out.stdout.strip():
-        pytest.exit(f"the local cluster runs a kubetune operator ({out.stdout.strip()}), which would act on the "
-                    "tests' jobs too: `helm uninstall kubetune -n kubetune-system` (what `make demo` installed), "
-                    "or `make down` and test on a fresh cluster", returncode=1)
+@contextlib.contextmanager
+def _installed_operators_paused(cluster: LocalCluster) -> Iterator[None]:
+    """The tests run their own operators; one installed in the cluster (`make demo` leaves its Helm
+    release running) would act on the tests' jobs too. It is scaled to 0 for the session (its
+    pods gone before any test starts) and back afterwards."""
+    out = cluster.kubectl("get", "deployments", "-A", "-l", "app.kubernetes.io/part-of=kubetune", "-o", "json")
+    paused = [(d["metadata"]["namespace"], d["metadata"]["name"], d["spec"]["replicas"],
+               ",".join(f"{k}={v}" for k, v in d["spec"]["selector"]["matchLabels"].items()))
+              for d in json.loads(out.stdout)["items"] if d["spec"].get("replicas")] if out.returncode == 0 else []
+    for ns, name, replicas, _ in paused:
+        print(f"\npausing the installed operator {ns}/{name} ({replicas} replicas) for the tests")
+        cluster.kubectl("scale", "deployment", name, "-n", ns, "--replicas=0")
+    for ns, name, _, selector in paused:
+        deadline = time.monotonic() + 60
+        while json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout)["items"]:
+            assert time.monotonic() < deadline, f"the operator {ns}/{name} did not stop in 60 s"
+            time.sleep(0.5)
+    try:
+        yield
+    finally:
+        for ns, name, replicas, _ in paused:
+            cluster.kubectl("scale", "deployment", name, "-n", ns, f"--replicas={replicas}")
 
 
 def _dns_label(text: str, limit: int) -> str:
