@@ -70,7 +70,8 @@ class GitOpsJobs(Jobs):
     def running(self, name: str, attempt: int = 1, timeout: float = 60) -> Manifest:
         def check() -> Manifest | None:
             status, pods = self.status(name), self.pods(name)
-            ok = (status.get("phase") == "Running" and (status.get("workers") or {}).get("ready") == len(pods) > 0
+            ok = (status.get("phase") == "Running" and (status.get("workers") or {}).get("attempt") == attempt
+                  and (status.get("workers") or {}).get("ready") == len(pods) > 0
                   and all(p["metadata"]["labels"]["kubetune.io/attempt"] == str(attempt) for p in pods))
             return status if ok else None
 

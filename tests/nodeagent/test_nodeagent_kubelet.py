@@ -48,21 +48,29 @@ def test_a_deployment_that_cannot_start_keeps_one_pod_in_back_off(cluster, names
     pods.apply(deployment("bad-command", {"image": "example.com/app:1", "command": ["/no/such/program"]}),
                deployment("unknown-image", {"image": "example.com/app:1"}))
 
-    # The kubelet's back-off: 10 s, then 20 s, then 40 s; the third run is restart 2.
-    def third_run() -> dict[str, Any] | None:
-        found = pods_of(cluster, namespace, "bad-command")
-        return found[0] if len(found) == 1 and found[0]["status"].get("containerStatuses") and \
-            status(found[0])["restartCount"] >= 2 else None
+    # The kubelet's back-off: 10 s after the first failure, 20 s after the second (restart 1).
+    seen: dict[int, str] = {}
 
-    pod = wait_for(third_run, timeout=90, what="bad-command's third run")
+    def second_back_off() -> dict[str, Any] | None:
+        found = pods_of(cluster, namespace, "bad-command")
+        if len(found) != 1 or not found[0]["status"].get("containerStatuses"):
+            return None
+        crash = status(found[0])
+        waiting = crash["state"].get("waiting") or {}
+        if waiting.get("reason") == "CrashLoopBackOff":
+            seen.setdefault(crash["restartCount"], waiting["message"])
+        return found[0] if 1 in seen else None
+
+    pod = wait_for(second_back_off, timeout=60, what="bad-command's second back-off", interval=0.2)
+    name = pod["metadata"]["name"]
+    assert seen == {0: f"back-off 10s restarting failed container=main pod={name}",
+                    1: f"back-off 20s restarting failed container=main pod={name}"}
     crash = status(pod)
     assert pod["status"]["phase"] == "Running"  # as on a kubelet: its container has been started
-    assert crash["state"]["waiting"]["reason"] == "CrashLoopBackOff"
-    assert crash["state"]["waiting"]["message"].startswith("back-off 40s restarting failed container=main")
     assert crash["lastState"]["terminated"]["reason"] == "StartError"
     assert "no such file or directory" in crash["lastState"]["terminated"]["message"].lower()
-    backoffs = [m for r, m in events(cluster, namespace, pod["metadata"]["name"]) if r == "BackOff"]
-    assert backoffs and backoffs[0] == f"Back-off restarting failed container main in pod {pod['metadata']['name']}"
+    backoffs = [m for r, m in events(cluster, namespace, name) if r == "BackOff"]
+    assert backoffs and backoffs[0] == f"Back-off restarting failed container main in pod {name}"
 
     # An image the node agent cannot run: its pod waits, as for an image that cannot be pulled.
     (waiting,) = pods_of(cluster, namespace, "unknown-image")
@@ -120,10 +128,12 @@ def test_probes_make_a_container_ready_and_restart_it_when_it_stops_answering(cl
                      status(p)["state"].get("running") and p, what="probed running")
     assert ready(first) == "False" and status(first)["ready"] is False  # not before its readiness probe passes
     wait_for(lambda: ready(pods.get("probed")) == "True", timeout=20, what="probed Ready")
-    restarted = wait_for(lambda: status(p := pods.get("probed"))["restartCount"] >= 1 and p, timeout=30,
-                         what="probed restarted after its liveness probe failed")
-    assert restarted["status"]["phase"] == "Running"
-    assert "terminated" in status(restarted)["lastState"]
+    # Killed, and waiting for its restart (restartCount goes up when it starts again, after the back-off).
+    killed = wait_for(lambda: (s := status(pods.get("probed")))["state"].get("waiting") and s, timeout=30,
+                      what="probed killed after its liveness probe failed")
+    assert killed["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    assert killed["lastState"]["terminated"]["exitCode"] == 143  # SIGTERM: it stopped within the grace period
+    assert ready(pods.get("probed")) == "False"
     reasons = events(cluster, namespace, "probed")
     assert ("Killing", "Container main failed its probe, will be restarted") in reasons
     unhealthy = [m for r, m in reasons if r == "Unhealthy"]

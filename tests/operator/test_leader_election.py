@@ -30,7 +30,8 @@ def running(jobs: Jobs, name: str, attempt: int = 1, timeout: float = 60) -> dic
     def check() -> dict[str, Any] | None:
         status, pods = jobs.status(name), jobs.pods(name)
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-        ok = (status.get("phase") == "Running" and (status.get("workers") or {}).get("ready") == len(live) > 0
+        ok = (status.get("phase") == "Running" and (status.get("workers") or {}).get("attempt") == attempt
+              and (status.get("workers") or {}).get("ready") == len(live) > 0
               and all(p["metadata"]["labels"]["kubetune.io/attempt"] == str(attempt) for p in live))
         return status if ok else None
 

@@ -24,7 +24,8 @@ def running(jobs: Jobs, name: str, attempt: int = 1) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         status = jobs.status(name)
         pods = jobs.pods(name)
-        ok = (status.get("phase") == "Running" and (status.get("workers") or {}).get("ready") == len(pods)
+        ok = (status.get("phase") == "Running" and (status.get("workers") or {}).get("attempt") == attempt
+              and (status.get("workers") or {}).get("ready") == len(pods)
               and all(p["metadata"]["labels"]["kubetune.io/attempt"] == str(attempt) for p in pods))
         return status if ok else None
 
