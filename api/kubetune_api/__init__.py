@@ -15,7 +15,7 @@ from .constants import (
     VERSION,
     Phase,
 )
-from .evaluation import LOWER_IS_BETTER, default_metric, improves, task_metrics
+from .evaluation import LOWER_IS_BETTER, Task, default_metric, improves, task_metrics
 from .job import FineTuneJob, JobMetadata, parse_job
 from .kube import Manifest
 from .parse import FieldError, SpecError, parse_spec
@@ -99,6 +99,7 @@ __all__ = [
     "SpecError",
     "StorageSpec",
     "StorageUri",
+    "Task",
     "TrainingSpec",
     "WorkersStatus",
     "default_metric",

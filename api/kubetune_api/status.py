@@ -115,7 +115,12 @@ class ProgressStatus(StatusModel):
     )
     learning_rate: float | None = Field(default=None, ge=0, description="Current learning rate.")
     tokens_per_second: float | None = Field(
-        default=None, ge=0, description="Training throughput over all GPUs, in tokens per second."
+        default=None, ge=0, description="Training throughput over all GPUs, in tokens per second "
+        "(text tasks)."
+    )
+    samples_per_second: float | None = Field(
+        default=None, ge=0, description="Training throughput over all GPUs, in sequences or images "
+        "per second."
     )
     eta_seconds: Count | None = Field(
         default=None, description="Estimated seconds until the last step completes."
