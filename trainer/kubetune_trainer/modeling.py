@@ -81,6 +81,27 @@ def load_preprocessor(path: str, spec: FineTuneJobSpec) -> Any:
                           f"{str(e).splitlines()[0]}") from None
 
 
+def check_task_head(path: str, spec: FineTuneJobSpec) -> None:
+    """Fail now, from the model's config alone, when transformers has no model with the head
+    spec.task needs for this architecture (e.g. a CodeGen model given to sequence-classification)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=spec.model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"the model in {path}: cannot read its config.json ({str(e).splitlines()[0]})") from None
+    if getattr(config, "auto_map", None) and spec.model.trust_remote_code:
+        return  # the repository brings its own classes
+    cls = model_class(spec.task)
+    if type(config) not in cls._model_mapping:
+        examples = {"causal-lm": "Llama, Qwen, Mistral, GPT-2",
+                    "sequence-classification": "BERT, RoBERTa, DeBERTa, ModernBERT, Llama",
+                    "image-classification": "ViT, ResNet, ConvNeXt"}[spec.task]
+        raise ConfigError(f"spec.task {spec.task}: the model {spec.model.uri} is a {config.model_type}, for "
+                          f"which transformers has no {spec.task} model ({AUTO_CLASSES[spec.task]}); use a "
+                          f"model that has one, e.g. {examples}")
+
+
 def _lora(model: torch.nn.Module, lora: LoraSpec, task: Task) -> torch.nn.Module:
     import peft
 

@@ -40,7 +40,13 @@ from kubetune_trainer.jobfile import job_record
 from kubetune_trainer.logs import log_event, quiet_libraries
 from kubetune_trainer.loop import LoopData, LoopPlan, train
 from kubetune_trainer.manifest import MANIFEST, CheckpointManifest, step_folder
-from kubetune_trainer.modeling import count_parameters, load_model, load_preprocessor, max_positions
+from kubetune_trainer.modeling import (
+    check_task_head,
+    count_parameters,
+    load_model,
+    load_preprocessor,
+    max_positions,
+)
 from kubetune_trainer.output import publish_model
 from kubetune_trainer.progress import ProgressReporter, kube_status_patcher
 from kubetune_trainer.resume import download_checkpoint, newest_committed, remove_uncommitted
@@ -81,6 +87,7 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
         raise ConfigError("spec.training.precision fp16 is not supported by DeepSpeed on CPU; use bf16 or fp32")
     # Preprocessor and data first, before the process group: bad input fails within seconds, the same
     # way on every rank.
+    check_task_head(context.model_dir, spec)
     preprocessor = load_preprocessor(context.model_dir, spec)
     text = spec.task != "image-classification"
     data = build_datasets(spec.dataset, training, preprocessor, task=spec.task, files=UriFiles(settings, spec.storage),

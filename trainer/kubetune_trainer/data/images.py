@@ -61,7 +61,10 @@ def decode(data: bytes, where: str = "") -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise DataError(f"{where}: the image does not decode (not a PNG, JPEG, GIF, BMP, TIFF or WebP "
+                        "image)") from None
+    except (OSError, ValueError) as e:
         raise DataError(f"{where}: the image does not decode ({str(e).splitlines()[0]})") from None
 
 
