@@ -56,6 +56,8 @@ class Timeline:
     rendezvous: float
     model_loaded: float
     first_step: float
+    first_step_number: int = 1
+    """The first step the log shows (spec.training.logEverySteps apart)."""
 
     @classmethod
     def of(cls, applied_at: float, pods_seen: float, running_seen: float, events: list[dict[str, Any]]) -> Timeline:
@@ -68,7 +70,8 @@ class Timeline:
             raise ValueError(f"no {name} event in the rank 0 log")
 
         return cls(pods_created=pods_seen - applied_at, processes_started=running_seen - applied_at,
-                   rendezvous=first("rendezvous"), model_loaded=first("model_loaded"), first_step=first("step", step=1))
+                   rendezvous=first("rendezvous"), model_loaded=first("model_loaded"), first_step=first("step"),
+                   first_step_number=next(int(e["step"]) for e in events if e["event"] == "step"))
 
     def lines(self) -> Iterator[str]:
         previous = 0.0
@@ -76,7 +79,8 @@ class Timeline:
                           ("processes started (scheduler + node agent)", self.processes_started),
                           ("rendezvous done (imports, data, process group)", self.rendezvous),
                           ("model loaded", self.model_loaded),
-                          ("first step done", self.first_step)):
+                          ("first step done" if self.first_step_number == 1
+                           else f"step {self.first_step_number} done (the first logged)", self.first_step)):
             yield f"  {label:<46} {at:6.1f} s  (+{max(at - previous, 0.0):.1f} s)"
             previous = at
 

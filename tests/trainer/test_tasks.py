@@ -184,6 +184,23 @@ def test_frozen_layers_stay_bit_identical_and_the_rest_trains(tiny_bert_dir: Pat
     assert config["id2label"] == {"0": "bad", "1": "good"}  # the published model predicts label names
 
 
+def test_a_lora_classifier_trains_its_new_head_and_merges(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    root = claims(tmp_path, bert=tiny_bert_dir)
+    job = classify_job(tmp_path, "pvc://bert", method={"type": "lora", "gradientCheckpointing": False,
+                                                       "lora": {"r": 4, "alpha": 8, "targetModules": ["query", "value"]}},
+                       output={"uri": "pvc://work/model", "mergeLora": True})
+    run = launch([python_module(job)], envs=[run_env(root, tmp_path)])
+    assert_ok(run)
+    setup = run.of("setup")[0]
+    assert 0 < setup["trainable_params"] < setup["params"] / 10  # adapters and the new head
+    from transformers import AutoModelForSequenceClassification
+
+    out = root / "work" / "model"
+    assert not (out / "adapter_config.json").exists()  # merged: plain transformers loads it
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "bad", 1: "good"} and model.classifier.out_features == 2
+
+
 def test_digit_images_on_two_ranks(tiny_resnet_dir: Path, tmp_path: Path) -> None:
     from kubetune_testbed.datasets import write_digits_dataset
 
