@@ -200,6 +200,15 @@ def test_a_lora_classifier_trains_its_new_head_and_merges(tiny_bert_dir: Path, t
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.id2label == {0: "bad", 1: "good"} and model.classifier.out_features == 2
 
+    # Started again (as after a crash while exporting): no more training, the same model published,
+    # from the best checkpoint the first attempt committed.
+    published = json.loads((out / "manifest.json").read_text())
+    again = launch([python_module(job)], envs=[run_env(root, tmp_path)])
+    assert_ok(again)
+    assert not again.of("step") and again.of("resumed")[0]["step"] == 6
+    republished = json.loads((out / "manifest.json").read_text())
+    assert (republished["step"], republished.get("selected")) == (published["step"], published.get("selected"))
+
 
 def test_digit_images_on_two_ranks(tiny_resnet_dir: Path, tmp_path: Path) -> None:
     from kubetune_testbed.datasets import write_digits_dataset

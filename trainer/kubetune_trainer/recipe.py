@@ -162,7 +162,7 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
         if spec.output_select == "best" and tracker.best_step is not None and tracker.best_step != final.step:
             # The best checkpoint's weights, not the last step's: it was pinned, so it is stored.
             _drain_everywhere(uploader, env)
-            if committer is not None:
+            if committer is not None and tracker.best_step > start.step:  # else an earlier attempt committed it
                 committer.wait_committed(tracker.best_step, timeout=settings.upload_give_up_seconds, exactly=True)
             barrier()
             _load_committed(engine, store, tracker.best_step, env, staging / "best", settings)

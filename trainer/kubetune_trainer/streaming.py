@@ -232,7 +232,7 @@ class CheckpointCommitter(BackgroundWorker, Callback):
             delay = self.poll_seconds
             if expected:
                 try:
-                    self._commit_newest_ready(expected)
+                    self._commit_ready(expected)
                     failing_since, attempt = None, 0
                 except StorageUnavailable as e:
                     now = time.monotonic()
@@ -247,7 +247,7 @@ class CheckpointCommitter(BackgroundWorker, Callback):
                 if not self.stopping:
                     self._cond.wait(delay)
 
-    def _commit_newest_ready(self, expected: list[int]) -> None:
+    def _commit_ready(self, expected: list[int]) -> None:
         """Commit every expected step whose parts are all stored, oldest first; abandon an older
         unpinned one that a newer ready one shows was superseded; wait for an older pinned one."""
         found = listing(self.store.list(""))
