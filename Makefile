@@ -11,7 +11,7 @@ PY          := $(VENV)/bin/python
 RUN_DIR     ?= .local
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries up down status demo test lint chart-lint crds operator clean
+.PHONY: help venv binaries up down status demo demo-classify test test-long lint chart-lint crds operator clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ status: venv ## show the local cluster's processes
 demo: up ## the main job: bring the local cluster up and show it working
 	$(PY) hack/demo.py --run-dir $(RUN_DIR)
 
+demo-classify: up ## a BERT-style encoder fine-tuned for sentiment classification on the local cluster
+	$(PY) hack/demo_classify.py --run-dir $(RUN_DIR)
+
 lint: venv ## ruff, mypy and the architecture contracts (.importlinter) on the project's packages and scripts
 	$(VENV)/bin/ruff check api operator trainer testbed hack tests
 	$(PY) hack/gen_api.py --check
@@ -62,6 +65,9 @@ operator: venv ## run the operator (with leader election) against the current KU
 
 test: venv binaries lint ## everything CI runs: lint, then the whole test suite against a fresh local cluster
 	hack/run-tests.sh $(PYTEST_ARGS)
+
+test-long: venv binaries ## the long acceptance runs with real models (minutes each; not part of make test)
+	hack/run-tests.sh -m long $(PYTEST_ARGS)
 
 clean: down ## remove the run directory and the environment (the binary cache stays)
 	rm -rf $(RUN_DIR) $(VENV)

@@ -42,8 +42,6 @@ from kubetune_testbed.s3folders import delete_prefix, download_prefix, upload_fo
 from kubetune_trainer.logs import parse_log_lines
 
 NAMESPACE = "kubetune-demo"
-# Where examples/quickstart.yaml reads and writes (its bucket, model, data, output, Secret).
-QS = QuickStart.load()
 TIMEOUT_SECONDS = 900
 
 
@@ -58,6 +56,8 @@ class Timeline:
     rendezvous: float
     model_loaded: float
     first_step: float
+    first_step_number: int = 1
+    """The first step the log shows (spec.training.logEverySteps apart)."""
 
     @classmethod
     def of(cls, applied_at: float, pods_seen: float, running_seen: float, events: list[dict[str, Any]]) -> Timeline:
@@ -70,7 +70,8 @@ class Timeline:
             raise ValueError(f"no {name} event in the rank 0 log")
 
         return cls(pods_created=pods_seen - applied_at, processes_started=running_seen - applied_at,
-                   rendezvous=first("rendezvous"), model_loaded=first("model_loaded"), first_step=first("step", step=1))
+                   rendezvous=first("rendezvous"), model_loaded=first("model_loaded"), first_step=first("step"),
+                   first_step_number=next(int(e["step"]) for e in events if e["event"] == "step"))
 
     def lines(self) -> Iterator[str]:
         previous = 0.0
@@ -78,7 +79,8 @@ class Timeline:
                           ("processes started (scheduler + node agent)", self.processes_started),
                           ("rendezvous done (imports, data, process group)", self.rendezvous),
                           ("model loaded", self.model_loaded),
-                          ("first step done", self.first_step)):
+                          ("first step done" if self.first_step_number == 1
+                           else f"step {self.first_step_number} done (the first logged)", self.first_step)):
             yield f"  {label:<46} {at:6.1f} s  (+{max(at - previous, 0.0):.1f} s)"
             previous = at
 
@@ -86,7 +88,13 @@ class Timeline:
 # -- the demo ----------------------------------------------------------------------------------
 
 class Demo:
+    """The quick start on the local cluster; hack/demo_classify.py runs another example the same way."""
+
+    example = QUICKSTART
+
     def __init__(self, cluster: LocalCluster) -> None:
+        # Where the example reads and writes (its bucket, model, data, output, Secret).
+        self.qs = QuickStart.load(self.example)
         self.cluster = cluster
         self.env = {**os.environ, **cluster.env()}
         self.env["PATH"] = self.env.pop("KUBETUNE_LOCAL_PATH") + os.pathsep + os.environ.get("PATH", "")
@@ -129,11 +137,11 @@ class Demo:
         data_dir = self.cluster.run / "demo" / "data"
         train, held_out = write_chat_dataset(data_dir)
         with contextlib.suppress(self.s3.exceptions.BucketAlreadyOwnedByYou):
-            self.s3.create_bucket(Bucket=QS.bucket)
-        sent = upload_folder(self.s3, model_dir, QS.bucket, QS.model_prefix)
-        sent += upload_folder(self.s3, data_dir, QS.bucket, QS.data_prefix)
-        print(f"s3://{QS.bucket}/{QS.model_prefix}  SmolLM2-135M-Instruct from {model_dir}")
-        print(f"s3://{QS.bucket}/{QS.data_prefix}  {sum(1 for _ in train.open())} training and "
+            self.s3.create_bucket(Bucket=self.qs.bucket)
+        sent = upload_folder(self.s3, model_dir, self.qs.bucket, self.qs.model_prefix)
+        sent += upload_folder(self.s3, data_dir, self.qs.bucket, self.qs.data_prefix)
+        print(f"s3://{self.qs.bucket}/{self.qs.model_prefix}  SmolLM2-135M-Instruct from {model_dir}")
+        print(f"s3://{self.qs.bucket}/{self.qs.data_prefix}  {sum(1 for _ in train.open())} training and "
               f"{sum(1 for _ in held_out.open())} held-out chat records  ({sent / 1e6:.0f} MB uploaded)")
         return model_dir, held_out
 
@@ -142,27 +150,27 @@ class Demo:
         ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
         self.kubectl("apply", "-f", "-", input=json.dumps(ns))
         # A re-run starts from scratch: no old job, no old checkpoints to resume from.
-        self.kubectl("delete", "ftj", QS.name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
-        delete_prefix(self.s3, QS.bucket, QS.output_prefix)
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": QS.secret, "namespace": NAMESPACE},
+        self.kubectl("delete", "ftj", self.qs.name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+        delete_prefix(self.s3, self.qs.bucket, self.qs.output_prefix)
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": self.qs.secret, "namespace": NAMESPACE},
                   "stringData": {"AWS_ACCESS_KEY_ID": self.env["AWS_ACCESS_KEY_ID"],
                                  "AWS_SECRET_ACCESS_KEY": self.env["AWS_SECRET_ACCESS_KEY"],
                                  "AWS_ENDPOINT_URL": self.env["AWS_ENDPOINT_URL"]}}
         self.kubectl("apply", "-f", "-", input=json.dumps(secret))  # not printed: it holds the keys
-        print(f"secret/{QS.secret} with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL")
+        print(f"secret/{self.qs.secret} with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL")
 
     def job(self) -> dict[str, Any]:
-        return dict(json.loads(self.kubectl("get", "ftj", QS.name, "-n", NAMESPACE, "-o", "json")))
+        return dict(json.loads(self.kubectl("get", "ftj", self.qs.name, "-n", NAMESPACE, "-o", "json")))
 
     def pods(self) -> list[dict[str, Any]]:
-        out = self.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"kubetune.io/job-name={QS.name}", "-o", "json")
+        out = self.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"kubetune.io/job-name={self.qs.name}", "-o", "json")
         return sorted(json.loads(out)["items"], key=lambda p: p["metadata"]["name"])
 
     def run_job(self) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
-        """Apply the quick start and follow it; returns the final job, the apply time and the pods."""
-        self.step("kubectl apply -f examples/quickstart.yaml")
+        """Apply the example and follow it; returns the final job, the apply time and the pods."""
+        self.step(f"kubectl apply -f examples/{self.example.name}")
         applied_at = time.time()
-        print(self.kubectl("apply", "-n", NAMESPACE, "-f", str(QUICKSTART)).strip())
+        print(self.kubectl("apply", "-n", NAMESPACE, "-f", str(self.example)).strip())
         last, pods = "", list[dict[str, Any]]()
         self.pods_seen = self.running_seen = 0.0
         deadline = time.monotonic() + TIMEOUT_SECONDS
@@ -187,11 +195,11 @@ class Demo:
                     self.running_seen = now
             time.sleep(0.2 if not self.running_seen else 1)
         raise SystemExit(f"the job did not finish in {TIMEOUT_SECONDS} s; "
-                         f"see `kubectl describe ftj {QS.name} -n {NAMESPACE}`")
+                         f"see `kubectl describe ftj {self.qs.name} -n {NAMESPACE}`")
 
     def report(self, job: dict[str, Any], applied_at: float, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
         status = job["status"]
-        log = self.kubectl("logs", "-n", NAMESPACE, f"{QS.name}-worker-0", check=False)
+        log = self.kubectl("logs", "-n", NAMESPACE, f"{self.qs.name}-worker-0", check=False)
         events = parse_log_lines(log)
         self.step("From kubectl apply to the first training step")
         try:
@@ -258,6 +266,9 @@ def describe(status: dict[str, Any]) -> str:
         parts.append(f"loss {progress['loss']:.3f}")
     if progress.get("evalLoss") is not None:
         parts.append(f"eval {progress['evalLoss']:.3f}")
+    best = (status.get("evaluation") or {}).get("best")
+    if best and (status.get("evaluation") or {}).get("metric") != "eval_loss":
+        parts.append(f"best {status['evaluation']['metric']} {best['value']:.3f} (step {best['step']})")
     latest = (status.get("checkpoints") or {}).get("latest")
     if latest:
         parts.append(f"checkpoint step {latest['step']} committed")
@@ -285,8 +296,8 @@ def answers(model_dir: Path, conversations: list[list[dict[str, str]]]) -> list[
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(demo_class: type[Demo] = Demo, doc: str | None = __doc__) -> int:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=default_run_dir())
     args = parser.parse_args()
     cluster = attach(args.run_dir)
@@ -295,7 +306,7 @@ def main() -> int:
         return 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    demo = Demo(cluster)
+    demo = demo_class(cluster)
     started = time.monotonic()
     demo.install()
     base_dir, held_out = demo.upload()
@@ -304,7 +315,7 @@ def main() -> int:
     status = job["status"]
     if status["phase"] != "Succeeded":
         print(f"\nThe job {status['phase']}: {status.get('message')}", file=sys.stderr)
-        print(demo.kubectl("describe", "ftj", QS.name, "-n", NAMESPACE, check=False), file=sys.stderr)
+        print(demo.kubectl("describe", "ftj", demo.qs.name, "-n", NAMESPACE, check=False), file=sys.stderr)
         for pod in pods:
             name = pod["metadata"]["name"]
             tail = demo.kubectl("logs", "-n", NAMESPACE, name, "--tail=20", check=False)

@@ -192,3 +192,32 @@ class Jobs:
         }}
         self.cluster.kubectl("patch", "pod", pod, "-n", self.ns, "--subresource=status", "--type=merge",
                              "-p", json.dumps(status))
+
+
+# The Secret with the local MinIO's keys and endpoint that the end-to-end tests' jobs name.
+S3_SECRET = "e2e-s3"
+
+
+def kubectl_wait(cluster: Any, ns: str, name: str, condition: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    """`kubectl wait --for=condition=...` on a FineTuneJob (not raising: the caller diagnoses)."""
+    return cluster.kubectl("wait", "-n", ns, f"--for=condition={condition}", f"ftj/{name}", f"--timeout={timeout}s",
+                           check=False, timeout=timeout + 30)  # type: ignore[no-any-return]
+
+
+def logs(cluster: Any, ns: str, pod: str) -> str:
+    return str(cluster.kubectl("logs", "-n", ns, pod, check=False).stdout)
+
+
+def committed_steps(s3: Any, bucket: str, prefix: str) -> list[int]:
+    """Steps whose manifest.json (the commit) is in s3://bucket/prefix."""
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    return sorted(int(k[len(prefix):].split("/")[0].removeprefix("step-")) for k in keys
+                  if k.endswith("/manifest.json") and k[len(prefix):].count("/") == 1)
+
+
+def diagnose(cluster: Any, jobs: Jobs, name: str) -> str:
+    """The job's status and the tail of each worker's log, for a failed assertion's message."""
+    text = json.dumps(jobs.status(name), indent=1)
+    for pod in jobs.pods(name):
+        text += f"\n--- {pod['metadata']['name']}:\n" + logs(cluster, jobs.ns, pod["metadata"]["name"])[-3000:]
+    return text

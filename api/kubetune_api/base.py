@@ -225,5 +225,34 @@ class ListMap:
         return items
 
 
+class UniqueItems:
+    """A list of scalars without repeats: the API server rejects a repeated item of an
+    x-kubernetes-list-type set (and merges such lists item by item); so does the model."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["x-kubernetes-list-type"] = "set"
+        return json_schema
+
+    def _check(self, items: list[Any]) -> list[Any]:
+        seen: set[Any] = set()
+        for item in items:
+            if item in seen:
+                raise PydanticCustomError(
+                    FORMAT_ERROR_TYPE,
+                    "{message} (got {got} twice)",
+                    {"message": "must not repeat an item", "got": _quote(item)},
+                )
+            seen.add(item)
+        return items
+
+
 def to_snake(camel: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()

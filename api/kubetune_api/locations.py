@@ -9,13 +9,15 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import Field
+from pydantic.alias_generators import to_camel
 
-from .base import NOT_SPACE, ApiModel, EmptyMeansUnset, Matches, Rule
+from .base import NOT_SPACE, ApiModel, EmptyMeansUnset, Matches, Rule, UniqueItems
 from .kube import ObjectName
 from .uris import DataUri, ModelUri, OptionalDataUri, OptionalStoreUri, StoreUri
 
-DatasetFormat = Literal["text", "prompt-completion", "chat"]
+DatasetFormat = Literal["text", "prompt-completion", "chat", "classification", "image-classification"]
 AddressingStyle = Literal["auto", "path", "virtual"]
+OutputSelect = Literal["best", "last"]
 
 RecordKey = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -41,7 +43,8 @@ class DatasetFields(ApiModel):
     """Names of the record keys the trainer reads, when they differ from the usual ones."""
 
     text: RecordKey | None = Field(
-        default=None, description='Key holding the text, for format text. Unset: "text".'
+        default=None,
+        description='Key holding the text, for formats text and classification. Unset: "text".',
     )
     prompt: RecordKey | None = Field(
         default=None,
@@ -57,21 +60,48 @@ class DatasetFields(ApiModel):
         description="Key holding the list of {role, content} messages, for format chat. "
         'Unset: "messages".',
     )
+    text_pair: RecordKey | None = Field(
+        default=None,
+        description="Key holding the second text of a sentence pair (e.g. a hypothesis after a "
+        'premise), for format classification; records without it are single texts. Unset: "text_pair".',
+    )
+    label: RecordKey | None = Field(
+        default=None,
+        description="Key holding the label (a string or an integer), for formats classification and "
+        'image-classification. Unset: "label".',
+    )
+    image: RecordKey | None = Field(
+        default=None,
+        description="Key holding the image, for format image-classification: its encoded bytes "
+        "(PNG, JPEG, ...), an object with such `bytes` (the Hugging Face datasets layout), or a "
+        'path relative to the dataset file. Unset: "image".',
+    )
 
 
 _KEYS_BY_FORMAT: dict[str, tuple[str, ...]] = {
     "text": ("text",),
     "prompt-completion": ("prompt", "completion"),
     "chat": ("messages",),
+    "classification": ("text", "text_pair", "label"),
+    "image-classification": ("image", "label"),
 }
+CLASSIFICATION_FORMATS = ("classification", "image-classification")
 
 
-def _fields_rule(key: str, fmt: str) -> Rule:
+def _formats_of(key: str) -> list[str]:
+    return [fmt for fmt, keys in _KEYS_BY_FORMAT.items() if key in keys]
+
+
+def _fields_rule(key: str) -> Rule:
+    formats = _formats_of(key)
+    camel = to_camel(key)
     return Rule(
-        field=f"fields.{key}",
-        cel=f"!has(self.fields) || !has(self.fields.{key}) || self.format == '{fmt}'",
-        message=f"applies only to format {fmt}; remove it or change dataset.format",
-        holds=lambda d: d.fields is None or getattr(d.fields, key) is None or d.format == fmt,
+        field=f"fields.{camel}",
+        cel=f"!has(self.fields) || !has(self.fields.{camel}) || self.format in {formats!r}".replace(
+            '"', "'"
+        ),
+        message=f"applies only to format {' and '.join(formats)}; remove it or change dataset.format",
+        holds=lambda d: d.fields is None or getattr(d.fields, key) is None or d.format in formats,
         reason="FieldValueForbidden",
     )
 
@@ -98,15 +128,36 @@ class DatasetSpec(ApiModel):
         "Unset: nothing held out.",
     )
     format: DatasetFormat = Field(
-        description="How a record becomes a training sequence. text: one text field, loss on "
-        "every token. prompt-completion: prompt and completion fields, loss on the completion "
-        "only. chat: a list of {role, content} messages rendered with the tokenizer's chat "
-        "template, loss on the assistant turns only. Required."
+        description="How a record becomes a training example. For task causal-lm: text (one "
+        "text field, loss on every token), prompt-completion (loss on the completion only) or "
+        "chat (a list of {role, content} messages rendered with the tokenizer's chat template, "
+        "loss on the assistant turns only). For task sequence-classification: classification "
+        "(a text, an optional second text, a label). For task image-classification: "
+        "image-classification (an image and a label). Required."
     )
     fields: DatasetFields | None = Field(
         default=None,
         description="Record keys to read instead of the usual names (text; prompt and "
-        "completion; messages). Unset: the usual names.",
+        "completion; messages; text_pair and label; image). Unset: the usual names.",
+    )
+    labels: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=256)]],
+            Field(min_length=2, max_length=100_000),
+            UniqueItems(),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="The label names of a classification, in the order of their ids (label i "
+        "is class i of the model's head); records hold these names (or integers, matched as "
+        "text). Only for formats classification and image-classification. Unset: the labels "
+        "found in the training records, sorted (numerically when all are integers).",
+    )
+    augment: bool = Field(
+        default=False,
+        description="Randomly crop-and-resize and horizontally flip each training image (never "
+        "the evaluation images). Only for format image-classification.",
     )
 
     RULES = (
@@ -117,7 +168,22 @@ class DatasetSpec(ApiModel):
             holds=lambda d: d.eval is None or d.eval_split is None,
             reason="FieldValueForbidden",
         ),
-        *(_fields_rule(k, fmt) for fmt, keys in _KEYS_BY_FORMAT.items() for k in keys),
+        *(_fields_rule(k) for k in dict.fromkeys(k for keys in _KEYS_BY_FORMAT.values() for k in keys)),
+        Rule(
+            field="labels",
+            cel=f"!has(self.labels) || self.format in {list(CLASSIFICATION_FORMATS)!r}".replace('"', "'"),
+            message="applies only to formats classification and image-classification; remove it "
+            "or change dataset.format",
+            holds=lambda d: d.labels is None or d.format in CLASSIFICATION_FORMATS,
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            field="augment",
+            cel="!self.augment || self.format == 'image-classification'",
+            message="applies only to format image-classification; set it to false",
+            holds=lambda d: not d.augment or d.format == "image-classification",
+            reason="FieldValueForbidden",
+        ),
     )
 
     @property
@@ -165,6 +231,13 @@ class OutputSpec(ApiModel):
         default=False,
         description="For method lora: write the base model with the adapter merged into it "
         "instead of the adapter alone. Only with method type lora.",
+    )
+    select: OutputSelect | None = Field(
+        default=None,
+        description="Which model is published: best, the committed checkpoint with the best "
+        "evaluation metric (spec.evaluation.metric; retention always keeps it); last, the model "
+        "after the last step. best needs evaluation records. Unset: best when there are "
+        "evaluation records (dataset.eval or dataset.evalSplit), else last.",
     )
 
 

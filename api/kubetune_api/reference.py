@@ -143,8 +143,8 @@ def render_reference() -> str:
         "",
         "## Status",
         "",
-        "Written by the operator; `progress`, `progressText`, `checkpoints` and `output` by the "
-        "trainer's rank 0.",
+        "Written by the operator; `progress`, `progressText`, `checkpoints`, `evaluation`, "
+        "`parameters` and `output` by the trainer's rank 0.",
         "",
         "| Field | Type | Description |",
         "| --- | --- | --- |",

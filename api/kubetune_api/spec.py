@@ -16,6 +16,14 @@ from typing import Annotated, ClassVar
 from pydantic import Field
 
 from .base import NOT_SPACE, ApiModel, EmptyMeansUnset, ListMap, Matches, Rule, defaulted
+from .evaluation import (
+    CAUSAL_LM_METRICS,
+    CLASSIFICATION_METRICS,
+    EarlyStoppingSpec,
+    EvaluationSpec,
+    Task,
+    task_metrics,
+)
 from .kube import EnvFromSource, EnvVar, LocalObjectReference, PullPolicy, Volume, VolumeMount
 from .locations import (
     AddressingStyle,
@@ -30,6 +38,7 @@ from .locations import (
 from .resources import ResourcesSpec
 from .training import (
     DeepSpeedSpec,
+    FreezeSpec,
     LoraSpec,
     LrScheduler,
     MethodSpec,
@@ -47,7 +56,10 @@ __all__ = [
     "DatasetFormat",
     "DatasetSpec",
     "DeepSpeedSpec",
+    "EarlyStoppingSpec",
+    "EvaluationSpec",
     "FineTuneJobSpec",
+    "FreezeSpec",
     "LoraSpec",
     "LrScheduler",
     "MethodSpec",
@@ -59,6 +71,7 @@ __all__ = [
     "ResourcesSpec",
     "RunPolicySpec",
     "StorageSpec",
+    "Task",
     "TrainingSpec",
 ]
 
@@ -105,6 +118,19 @@ _VOLUME_MOUNTS_RULE = Rule(
 )
 
 
+# The dataset formats each task reads.
+TASK_FORMATS: dict[str, tuple[str, ...]] = {
+    "causal-lm": ("text", "prompt-completion", "chat"),
+    "sequence-classification": ("classification",),
+    "image-classification": ("image-classification",),
+}
+_HAS_EVAL_CEL = "((has(self.dataset.eval) && self.dataset.eval != '') || has(self.dataset.evalSplit))"
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
 def _global_batch_problem(global_batch: int, per_pass: int) -> str:
     lower = max(per_pass, global_batch // per_pass * per_pass)
     return (
@@ -116,12 +142,25 @@ def _global_batch_problem(global_batch: int, per_pass: int) -> str:
 class FineTuneJobSpec(ApiModel):
     """Desired state of a FineTuneJob. Only runPolicy may change after creation."""
 
+    task: Task = Field(
+        default="causal-lm",
+        description="What the model learns. causal-lm: to continue text (GPT/Llama-class models; "
+        "dataset formats text, prompt-completion, chat). sequence-classification: a label for a "
+        "text or a text pair, with a classification head (BERT, RoBERTa, DeBERTa, decoder models "
+        "too; format classification). image-classification: a label for an image (ViT, ResNet, "
+        "ConvNeXt; format image-classification).",
+    )
     model: ModelSpec = Field(description="The pretrained model to start from. Required.")
     dataset: DatasetSpec = Field(description="The records to train and evaluate on. Required.")
     method: MethodSpec = defaulted(MethodSpec, "Which weights are trained: all, or LoRA adapters.")
     training: TrainingSpec = Field(
         description="Length of training, optimizer and batch settings. Required (for epochs or "
         "maxSteps)."
+    )
+    evaluation: EvaluationSpec = defaulted(
+        EvaluationSpec,
+        "How the model is judged on the evaluation records: the metric that picks the best "
+        "checkpoint, and early stopping.",
     )
     deepspeed: DeepSpeedSpec = defaulted(
         DeepSpeedSpec, "How DeepSpeed shards the training state over the GPUs."
@@ -229,8 +268,53 @@ class FineTuneJobSpec(ApiModel):
             holds=lambda s: not s.output.merge_lora or s.method.type == "lora",
             reason="FieldValueForbidden",
         ),
+        Rule(
+            field="dataset.format",
+            cel=" || ".join(
+                f"(self.task == '{task}' && self.dataset.format in {_cel_list(formats)})"
+                for task, formats in TASK_FORMATS.items()
+            ),
+            message="must suit spec.task: text, prompt-completion or chat for causal-lm, "
+            "classification for sequence-classification, image-classification for "
+            "image-classification",
+            holds=lambda s: s.dataset.format in TASK_FORMATS[s.task],
+        ),
+        Rule(
+            field="evaluation.metric",
+            cel="!has(self.evaluation.metric) || (self.task == 'causal-lm' ? "
+            f"self.evaluation.metric in {_cel_list(CAUSAL_LM_METRICS)} : "
+            f"self.evaluation.metric in {_cel_list(CLASSIFICATION_METRICS)})",
+            message="must be a metric of spec.task: eval_loss, perplexity or token_accuracy for "
+            "causal-lm; eval_loss, accuracy, f1_macro, f1_weighted, precision_macro, "
+            "recall_macro, precision_weighted or recall_weighted for classification",
+            holds=lambda s: s.evaluation.metric is None or s.evaluation.metric in task_metrics(s.task),
+        ),
+        Rule(
+            field="evaluation.earlyStopping",
+            cel=f"!has(self.evaluation.earlyStopping) || {_HAS_EVAL_CEL}",
+            message="needs evaluation records: set dataset.eval or dataset.evalSplit, or remove it",
+            holds=lambda s: s.evaluation.early_stopping is None or s.dataset.has_eval,
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            field="output.select",
+            cel=f"!has(self.output.select) || self.output.select != 'best' || {_HAS_EVAL_CEL}",
+            message="best needs evaluation records: set dataset.eval or dataset.evalSplit, or "
+            "select last",
+            holds=lambda s: s.output.select != "best" or s.dataset.has_eval,
+        ),
         _VOLUME_MOUNTS_RULE,
     )
+
+    @property
+    def metric(self) -> str:
+        """The evaluation metric in force (spec.evaluation.metric, or the task's default)."""
+        return self.evaluation.metric_for(self.task)
+
+    @property
+    def output_select(self) -> str:
+        """Which model is published: best (the best committed checkpoint) or last."""
+        return self.output.select or ("best" if self.dataset.has_eval else "last")
 
     @property
     def world_size(self) -> int:

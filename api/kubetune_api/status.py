@@ -2,7 +2,8 @@
 
 The operator writes the lifecycle (phase, conditions, times, workers, restarts,
 message); rank 0 of the trainer patches what only it knows (`progress`,
-`progressText`, `checkpoints`, `output`) while it trains. Each writes only its
+`progressText`, `checkpoints`, `evaluation`, `parameters`, `output`) while it
+trains. Each writes only its
 own fields with a merge patch. Unlike the spec, these models are
 lenient when reading (unknown keys are ignored, so an older operator can read a
 status a newer trainer wrote) and the CRD constrains the status only as far as
@@ -114,7 +115,12 @@ class ProgressStatus(StatusModel):
     )
     learning_rate: float | None = Field(default=None, ge=0, description="Current learning rate.")
     tokens_per_second: float | None = Field(
-        default=None, ge=0, description="Training throughput over all GPUs, in tokens per second."
+        default=None, ge=0, description="Training throughput over all GPUs, in tokens per second "
+        "(text tasks)."
+    )
+    samples_per_second: float | None = Field(
+        default=None, ge=0, description="Training throughput over all GPUs, in sequences or images "
+        "per second."
     )
     eta_seconds: Count | None = Field(
         default=None, description="Estimated seconds until the last step completes."
@@ -146,6 +152,56 @@ class CheckpointsStatus(StatusModel):
         description="The committed checkpoint the latest attempt resumed from; unset while no "
         "attempt has resumed.",
     )
+
+
+class MetricValue(StatusModel):
+    """A metric's value at a step."""
+
+    step: Count = Field(description="Optimizer steps completed when it was measured.")
+    value: float = Field(description="The metric's value.")
+
+
+class EvaluationRound(StatusModel):
+    """The metrics of one evaluation."""
+
+    step: Count = Field(description="Optimizer steps completed when it ran (0: the base model).")
+    metrics: Annotated[dict[str, float], Field(max_length=32)] = Field(
+        description="Every metric of the task by name, e.g. {eval_loss: 0.41, accuracy: 0.87, "
+        "f1_macro: 0.86}; per-class figures and the confusion matrix are in metrics.jsonl."
+    )
+
+
+class EarlyStop(StatusModel):
+    """Why training ended before its last step."""
+
+    step: Count = Field(description="The step training stopped after.")
+    message: str = Field(
+        max_length=4096,
+        description="The metric history that made it stop, e.g. \"f1_macro did not improve on "
+        "0.871 (step 300) for 3 evaluations: 0.869 (400), 0.862 (500), 0.866 (600)\".",
+    )
+
+
+class EvaluationStatus(StatusModel):
+    """How the model did on the evaluation records (the trainer)."""
+
+    metric: str | None = Field(
+        default=None, max_length=64, description="The metric that decides best (spec.evaluation.metric)."
+    )
+    best: MetricValue | None = Field(
+        default=None, description="The best value of the metric so far, and its step."
+    )
+    latest: EvaluationRound | None = Field(default=None, description="The latest evaluation.")
+    stopped_early: EarlyStop | None = Field(
+        default=None, description="Set when early stopping ended training."
+    )
+
+
+class ParametersStatus(StatusModel):
+    """Parameter counts of the model being trained (the trainer)."""
+
+    trainable: Count | None = Field(default=None, description="Parameters that training updates.")
+    total: Count | None = Field(default=None, description="All parameters of the model.")
 
 
 class OutputStatus(StatusModel):
@@ -194,6 +250,12 @@ class FineTuneJobStatus(StatusModel):
     )
     checkpoints: CheckpointsStatus | None = Field(
         default=None, description="Committed checkpoints."
+    )
+    evaluation: EvaluationStatus | None = Field(
+        default=None, description="Evaluation metrics: the best and the latest (the trainer)."
+    )
+    parameters: ParametersStatus | None = Field(
+        default=None, description="Trainable and total parameters (the trainer)."
     )
     output: OutputStatus | None = Field(
         default=None, description="The fine-tuned model, once written."

@@ -47,6 +47,32 @@ class LoraSpec(ApiModel):
         return list(self.target_modules) if self.target_modules else "all-linear"
 
 
+class FreezeSpec(ApiModel):
+    """Weights a full fine-tune leaves exactly as they are."""
+
+    embeddings: bool = Field(
+        default=False,
+        description="Freeze the input embeddings (the token embeddings, and the position and "
+        "token-type embeddings of encoders). A causal LM whose output head shares the token "
+        "embeddings keeps that head frozen too.",
+    )
+    bottom_layers: int = Field(
+        default=0,
+        ge=0,
+        le=10000,
+        description="Freeze the first N transformer blocks (counted from the input), found as "
+        "the model's repeated layers (the classes transformers lists in _no_split_modules).",
+    )
+    modules: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=64)]
+        | None
+    ) = Field(
+        default=None,
+        description="Patterns (shell-style: *, ?, [...]) of parameter names to freeze, e.g. "
+        "['*.layer_norm.*', 'model.layers.0.*']. Unset: none.",
+    )
+
+
 class MethodSpec(ApiModel):
     """Which weights are trained."""
 
@@ -64,6 +90,11 @@ class MethodSpec(ApiModel):
         description="Recompute activations in the backward pass instead of storing them: about "
         "a third more compute for much less GPU memory.",
     )
+    freeze: FreezeSpec | None = Field(
+        default=None,
+        description="Weights a full fine-tune does not train (they stay bit-identical). Only "
+        "with type full (LoRA freezes every base weight already). Unset: train every weight.",
+    )
 
     RULES = (
         Rule(
@@ -71,6 +102,13 @@ class MethodSpec(ApiModel):
             cel="self.type == 'lora' || !has(self.lora)",
             message="applies only to method type lora; remove it or set type: lora",
             holds=lambda m: m.type == "lora" or m.lora is None,
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            field="freeze",
+            cel="self.type == 'full' || !has(self.freeze)",
+            message="applies only to method type full; remove it (LoRA trains adapters only)",
+            holds=lambda m: m.type == "full" or m.freeze is None,
             reason="FieldValueForbidden",
         ),
     )

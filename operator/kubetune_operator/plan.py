@@ -25,6 +25,7 @@ from kubetune_api.constants import (
     REASON_BACKOFF_LIMIT_EXCEEDED,
     REASON_CREATING_WORKERS,
     REASON_DEADLINE_EXCEEDED,
+    REASON_EARLY_STOPPED,
     REASON_INVALID_SPEC,
     REASON_RESTARTING,
     REASON_RESUMED,
@@ -235,6 +236,11 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
         return _after_failure(b, spec, failure, live)
 
     if len(live) == spec.resources.nodes and all(p.get("status", {}).get("phase") == "Succeeded" for p in live):
+        early = obs.status.evaluation.stopped_early if obs.status.evaluation else None
+        if early is not None:  # the trainer ended training early and said why
+            message = f"stopped early after step {early.step}: {early.message}"
+            b.event("Normal", REASON_EARLY_STOPPED, message)
+            return b.finish(Phase.SUCCEEDED, REASON_EARLY_STOPPED, message)
         message = f"all {spec.resources.nodes} workers completed"
         b.event("Normal", REASON_TRAINING_COMPLETE, message)
         return b.finish(Phase.SUCCEEDED, REASON_TRAINING_COMPLETE, message)

@@ -2,10 +2,11 @@
 
 Two writers share one status: the operator owns the lifecycle (phase,
 conditions, times, workers, restarts, message) and rank 0 of the trainer owns
-what only it knows (progress, progressText, checkpoints, output). Each writes
-only its own fields with a merge patch, so neither can undo the other's. This
-module says which fields are whose, reads a stored status leniently, builds
-the conditions and decides whether a write is needed at all; all of it pure.
+what only it knows (progress, progressText, checkpoints, evaluation, parameters,
+output). Each writes only its own fields with a merge patch, so neither can undo
+the other's. This module says which fields are whose, reads a stored status
+leniently, builds the conditions and decides whether a write is needed at all;
+all of it pure.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ OPERATOR_FIELDS = frozenset({
     "observed_generation", "phase", "conditions", "start_time", "completion_time",
     "workers", "restarts", "message",
 })
-TRAINER_FIELDS = frozenset({"progress", "progress_text", "checkpoints", "output"})
+TRAINER_FIELDS = frozenset({"progress", "progress_text", "checkpoints", "evaluation", "parameters", "output"})
 
 
 def read_status(raw: object) -> FineTuneJobStatus:

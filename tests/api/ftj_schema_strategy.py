@@ -1,6 +1,7 @@
 """Hypothesis strategies for values a structural OpenAPI schema admits.
 
-Reads the CRD's own schema (types, bounds, enums, lengths, list-map keys, and
+Reads the CRD's own schema (types, bounds, enums, lengths, list sizes, list-map
+keys and sets, and
 the string formats of its `self.matches(...)` CEL rules), so the property tests
 generate what the API server would let through its per-field checks.
 """
@@ -86,10 +87,17 @@ def admitted(node: dict[str, Any]) -> st.SearchStrategy[Any]:
         return _strings(node)
     if kind == "array":
         keys = node.get("x-kubernetes-list-map-keys")
+        unique_by: Any = None
+        if keys:
+            unique_by = lambda item: tuple(item[k] for k in keys)  # noqa: E731
+        elif node.get("x-kubernetes-list-type") == "set":
+            unique_by = lambda item: item  # noqa: E731
+        low = node.get("minItems", 0)
         return st.lists(
             admitted(node["items"]),
-            max_size=min(node.get("maxItems", 3), 3),
-            unique_by=(lambda item: tuple(item[k] for k in keys)) if keys else None,
+            min_size=low,
+            max_size=max(low, min(node.get("maxItems", 3), 3)),
+            unique_by=unique_by,
         )
     if kind == "object" and "properties" in node:
         props = node["properties"]

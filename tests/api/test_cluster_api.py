@@ -299,7 +299,7 @@ def test_spec_updates_do_not_touch_status(cluster: Any, namespace: str, ftj_crd:
     assert _get(cluster, namespace, name)["status"]["phase"] == "Running"
 
 
-def test_kubectl_get_shows_phase_progress_loss_nodes_age(
+def test_kubectl_get_shows_phase_progress_loss_best_nodes_age(
     cluster: Any, namespace: str, ftj_crd: str
 ) -> None:
     name = _create(cluster, namespace, base_job())
@@ -308,14 +308,15 @@ def test_kubectl_get_shows_phase_progress_loss_nodes_age(
         "progressText": "1200/3000",
         "progress": {"loss": 1.23},
         "checkpoints": {"latest": {"step": 1000, "uri": "s3://c/step-00001000/"}},
+        "evaluation": {"metric": "eval_loss", "best": {"step": 1000, "value": 1.31}},
     }
     assert _patch_status(cluster, namespace, name, status).returncode == 0  # fmt: skip
     table = cluster.kubectl("get", "ftj", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "NODES", "AGE"]
-    assert table[1].split()[:5] == [name, "Running", "1200/3000", "1.23", "2"]
+    assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "BEST", "NODES", "AGE"]
+    assert table[1].split()[:6] == [name, "Running", "1200/3000", "1.23", "1.31", "2"]
     wide = cluster.kubectl("get", "ftj", "-n", namespace, "-o", "wide").stdout.splitlines()
-    assert wide[0].split()[6:9] == ["METHOD", "GPUS/NODE", "CHECKPOINT"]
-    assert wide[1].split()[6:9] == ["lora", "8", "1000"]
+    assert wide[0].split()[7:11] == ["METHOD", "METRIC", "GPUS/NODE", "CHECKPOINT"]
+    assert wide[1].split()[7:11] == ["lora", "eval_loss", "8", "1000"]
     by_category = cluster.kubectl("get", "kubetune", "-n", namespace, "-o", "name").stdout
     assert f"finetunejob.kubetune.io/{name}" in by_category
     selected = cluster.kubectl(

@@ -127,7 +127,7 @@ def test_names_columns_and_subresources() -> None:
     assert version["name"] == "v1alpha1" and version["storage"] and version["served"]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Phase", "Progress", "Loss", "Nodes", "Age"]
+    assert columns == ["Phase", "Progress", "Loss", "Best", "Nodes", "Age"]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from ftj_schema_strategy import admitted, has_field, json_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubetune_api import SpecError, kube, parse_spec
+from kubetune_api import SpecError, kube, parse_spec, task_metrics
 from kubetune_api import spec as spec_models
 from kubetune_api.base import ApiModel
 from kubetune_api.crd import spec_schema
@@ -88,17 +88,31 @@ def _obey_cross_field_rules(spec: dict[str, Any]) -> dict[str, Any]:
     training.pop("globalBatchSize", None)
     if dataset.get("eval"):
         dataset.pop("evalSplit", None)
-    keys = {"text": {"text"}, "prompt-completion": {"prompt", "completion"}, "chat": {"messages"}}
+    keys = {"text": {"text"}, "prompt-completion": {"prompt", "completion"}, "chat": {"messages"},
+            "classification": {"text", "textPair", "label"}, "image-classification": {"image", "label"}}
     if "fields" in dataset:
         dataset["fields"] = {
             k: v for k, v in dataset["fields"].items() if k in keys[dataset["format"]]
         }
+    task = {"classification": "sequence-classification", "image-classification": "image-classification"}
+    spec["task"] = task.get(dataset["format"], "causal-lm")
+    if spec["task"] == "causal-lm":
+        dataset.pop("labels", None)
+    if dataset["format"] != "image-classification":
+        dataset["augment"] = False
+    evaluation = spec.setdefault("evaluation", {})
+    if evaluation.get("metric") not in task_metrics(spec["task"]):
+        evaluation.pop("metric", None)
     if not dataset.get("eval") and "evalSplit" not in dataset:
         training.pop("evalEverySteps", None)
+        evaluation.pop("earlyStopping", None)
+        spec["output"].pop("select", None)
     method = spec.setdefault("method", {})
     if method.get("type", "full") != "lora":
         method.pop("lora", None)
         spec["output"]["mergeLora"] = False
+    else:
+        method.pop("freeze", None)
     deepspeed = spec.setdefault("deepspeed", {})
     deepspeed["offload"] = "none"
     for key in (

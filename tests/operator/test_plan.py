@@ -144,6 +144,17 @@ class TestPlan:
         p = plan(spec(), observed(launched(), done))
         assert p.status.phase == "Succeeded" and not p.delete_pods
 
+    def test_a_job_the_trainer_stopped_early_succeeds_with_reason_early_stopped(self) -> None:
+        done = [pod(0, phase="Succeeded", exit_code=0), pod(1, phase="Succeeded", exit_code=0)]
+        why = "f1_macro did not improve on 0.871 (step 300) for 2 evaluations: 0.869 (400), 0.862 (500)"
+        stored = launched(evaluation={"metric": "f1_macro", "stoppedEarly": {"step": 500, "message": why}})
+        p = plan(spec(), observed(stored, done))
+        assert p.status.phase == "Succeeded"
+        succeeded = p.status.condition("Succeeded")
+        assert succeeded is not None and succeeded.reason == "EarlyStopped"
+        assert succeeded.message == f"stopped early after step 500: {why}"
+        assert [(e.reason, e.message) for e in p.events] == [("EarlyStopped", succeeded.message)]
+
     def test_suspend_deletes_workers_and_resume_restarts_the_deadline_clock(self) -> None:
         p = plan(spec(runPolicy={"suspend": True}), observed(launched(), [pod(0), pod(1)]))
         assert p.status.phase == "Suspended" and sorted(p.delete_pods) == ["j-worker-0", "j-worker-1"]

@@ -39,6 +39,22 @@ def tiny_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_dir() -> Path:
+    """A tiny random BERT encoder (4 layers, hidden 32) with the MiniLM tokenizer, no head."""
+    from kubetune_testbed.models import ensure_tiny_bert
+
+    return Path(ensure_tiny_bert())
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_dir() -> Path:
+    """A small random ResNet with an image processor for 32 x 32 images, no head."""
+    from kubetune_testbed.models import ensure_tiny_resnet
+
+    return Path(ensure_tiny_resnet())
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a plain HF directory (converted from the shipped GGUF once)."""
     return Path(ensure_smollm2())

@@ -75,7 +75,8 @@ BASE = {"model": {"uri": "pvc://models/m"}, "dataset": {"train": "pvc://data/t.j
      "spec.training.precision must be 'bf16', 'fp16' or 'fp32' (got 'fp8')"),
     ({"training": {"maxSteps": 10, "learningRate": "fast"}}, "spec.training.learningRate must be a number"),
     ({"dataset": {"train": "pvc://data/t.jsonl", "format": "csv"}},
-     "spec.dataset.format must be 'text', 'prompt-completion' or 'chat' (got 'csv')"),
+     "spec.dataset.format must be 'text', 'prompt-completion', 'chat', 'classification' or "
+     "'image-classification' (got 'csv')"),
     ({"deepspeed": {"zeroStage": 4}}, "spec.deepspeed.zeroStage must be <= 3 (got 4)"),
     ({"deepspeed": {"offload": "cpu", "zeroStage": 0}},
      "spec.deepspeed.offload may be cpu only with zeroStage 2 or 3"),
@@ -188,12 +189,15 @@ def crd_defaults(node: dict[str, Any], path: tuple[str, ...] = ()) -> dict[tuple
     return found
 
 
+UNSET = object()
+
+
 def spec_value(spec: FineTuneJobSpec, path: tuple[str, ...]) -> Any:
-    """The parsed value at a camelCase field path; None where an enclosing object is unset."""
+    """The parsed value at a camelCase field path; UNSET where an enclosing object is unset."""
     value: Any = spec
     for name in path:
         if value is None:
-            return None
+            return UNSET
         field = next(f for f, info in type(value).model_fields.items() if (info.alias or f) == name)
         value = getattr(value, field)
     return value
@@ -207,13 +211,15 @@ def test_a_minimal_job_runs_with_exactly_the_defaults_the_crd_declares(tiny_mode
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     defaults = crd_defaults(schema)
     # Every part of the spec that has defaults is covered.
-    assert {path[0] for path in defaults} == {"model", "method", "training", "deepspeed", "resources",
-                                              "checkpoint", "output", "storage", "runPolicy"}, sorted(defaults)
+    assert {path[0] for path in defaults} == {"task", "model", "dataset", "method", "training", "evaluation",
+                                              "deepspeed", "resources", "checkpoint", "output", "storage",
+                                              "runPolicy"}, sorted(defaults)
     for path, default in defaults.items():
         value = spec_value(job.spec, path)
-        if path[:2] == ("method", "lora"):
-            # Unset in a full fine-tune; a LoRA job gets these (checked below).
-            assert value is None, path
+        if value is UNSET:
+            # Inside an object the minimal job leaves out (method.lora, method.freeze,
+            # evaluation.earlyStopping): a job that sets it gets these (checked below).
+            assert path[:2] in {("method", "lora"), ("method", "freeze"), ("evaluation", "earlyStopping")}, path
             continue
         assert value == default, f"spec.{'.'.join(path)}: the trainer uses {value!r}, the CRD says {default!r}"
 
@@ -235,6 +241,18 @@ def test_a_minimal_job_runs_with_exactly_the_defaults_the_crd_declares(tiny_mode
     assert plan.total_steps == 100 and plan.seed == t[("training", "seed")]
     assert (plan.eval_every_steps, plan.eval_at_start) == (0, False)  # evaluate only after the last step
     assert plan.checkpoint_every_steps == t[("checkpoint", "everySteps")]
+
+    assert spec.task == t[("task",)] and spec.metric == "eval_loss"  # the causal-lm default
+    assert spec.output_select == "last"  # no evaluation records in the minimal job
+    stopping = parse_spec({**spec.to_manifest(), "dataset": {**spec.dataset.to_manifest(), "evalSplit": 0.1},
+                           "evaluation": {"earlyStopping": {"patience": 2}}})
+    assert stopping.evaluation.early_stopping is not None
+    assert stopping.evaluation.early_stopping.min_delta == t[("evaluation", "earlyStopping", "minDelta")]
+    assert stopping.output_select == "best"  # with evaluation records
+    freezing = parse_spec({**spec.to_manifest(), "method": {"freeze": {"modules": ["x"]}}})
+    assert freezing.method.freeze is not None
+    assert (freezing.method.freeze.embeddings, freezing.method.freeze.bottom_layers) == (
+        t[("method", "freeze", "embeddings")], t[("method", "freeze", "bottomLayers")])
 
     model = load_model(str(tiny_model_dir), spec)
     assert model.is_gradient_checkpointing is t[("method", "gradientCheckpointing")]

@@ -81,6 +81,48 @@ def test_bad_data_fails_fast(train: str, training: dict[str, Any], expected: str
     assert line.startswith(expected), line
 
 
+def classification_spec(model: str, train: str, task: str = "sequence-classification", **dataset: Any) -> dict[str, Any]:
+    fmt = "classification" if task == "sequence-classification" else "image-classification"
+    return {**spec(model, train), "task": task, "dataset": {"train": train, "format": fmt, **dataset}}
+
+
+@pytest.fixture
+def classification_claims(pvc_root: Path, tiny_bert_dir: Path, tiny_resnet_dir: Path, tiny_model_dir: Path) -> Path:
+    """pvc_root plus the tiny BERT and ResNet, a CodeGen (a causal LM without a classification head
+    in transformers) and records with a bad label and a broken image."""
+    from transformers import CodeGenConfig
+
+    (pvc_root / "models" / "bert").symlink_to(tiny_bert_dir)
+    (pvc_root / "models" / "resnet").symlink_to(tiny_resnet_dir)
+    codegen = pvc_root / "models" / "codegen"
+    codegen.mkdir()
+    CodeGenConfig(n_layer=1, n_embd=32, n_head=2, rotary_dim=8).save_pretrained(codegen)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (codegen / name).symlink_to(tiny_model_dir / name)
+    data = pvc_root / "data"
+    write_jsonl(data / "labelled.jsonl", [{"text": "fine", "label": "good"}, {"text": "hmm", "label": "meh"}])
+    (data / "broken.png").write_bytes(b"not a png")
+    write_jsonl(data / "images.jsonl", [{"image": "broken.png", "label": 1}])
+    return pvc_root
+
+
+# Each a real `python -m kubetune_trainer`; the other bad records (no label, an integer label
+# outside the labels, ...) are test_tasks.py's, against the same code without a process each.
+@pytest.mark.parametrize(("job", "expected"), [
+    (classification_spec("pvc://models/bert", "pvc://data/labelled.jsonl", labels=["good", "bad"]),
+     "pvc://data/labelled.jsonl:2: label 'meh' is not one of spec.dataset.labels (good, bad)"),
+    (classification_spec("pvc://models/resnet", "pvc://data/images.jsonl", task="image-classification"),
+     "pvc://data/images.jsonl:1: the image does not decode"),
+    (classification_spec("pvc://models/codegen", "pvc://data/labelled.jsonl"),
+     "spec.task sequence-classification: the model pvc://models/codegen is a codegen, for which "
+     "transformers has no sequence-classification model"),
+], ids=["label-outside-labels", "image-that-does-not-decode", "model-without-the-head"])
+def test_bad_classification_input_fails_fast(job: dict[str, Any], expected: str, classification_claims: Path,
+                                             tmp_path: Path) -> None:
+    line = fails_with(tmp_path, job, {"KUBETUNE_PVC_ROOT": str(classification_claims)})
+    assert line.startswith(expected), line
+
+
 @pytest.fixture
 def model_bucket(cluster: Any, tiny_model_dir: Path, pvc_root: Path) -> Iterator[str]:
     s3, bucket = cluster.s3_client(), f"bad-input-{secrets.token_hex(3)}"

@@ -21,7 +21,7 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 def metrics(step: int, loss: float = 1.5) -> StepMetrics:
     return StepMetrics(step=step, total_steps=100, epoch=step / 50, loss=loss, learning_rate=1e-4,
-                       grad_norm=None, tokens_per_second=5400.0, eta_seconds=123.4)
+                       grad_norm=None, tokens_per_second=5400.0, samples_per_second=2.6, eta_seconds=123.4)
 
 
 def test_the_patch_is_a_valid_status_without_nan() -> None:

@@ -200,7 +200,9 @@ def test_two_nodes_zero2_commit_checkpoints_and_export_a_plain_model(stack: Stac
     committed = assert_manifests_intact(stack.s3, stack.bucket, "zero2/ckpt/")
     assert len(committed) == 2 and committed[-1] == STEPS  # a checkpoint still waiting may be superseded
     folders = {k.split("/")[2] for k in keys(stack.s3, stack.bucket, "zero2/ckpt/")}
-    assert folders == {f"step-{s:08d}" for s in committed}  # nothing uncommitted is left behind
+    steps = {f"step-{s:08d}" for s in committed}
+    assert {f for f in folders if f.startswith("step-")} == steps  # nothing uncommitted is left behind
+    assert folders - steps == {"metrics.jsonl", "tensorboard"}  # and the evaluation history beside them
     manifest = json.loads(stack.s3.get_object(Bucket=stack.bucket, Key="zero2/ckpt/step-00000008/manifest.json")
                           ["Body"].read())
     assert manifest["config"]["spec"]["training"]["maxSteps"] == STEPS  # the job's config travels along

@@ -49,7 +49,14 @@ def test_single_process_on_pvc_claims_commits_and_exports(tiny_model_dir: Path, 
 
     out = root / "work" / "model"
     ckpts = out / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000002", "step-00000004"]
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith("step-")) == ["step-00000002",
+                                                                                    "step-00000004"]
+    # Beside them, the TensorBoard events of the run: train loss and learning rate of each step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(ckpts / "tensorboard")).Reload()
+    assert {"train/loss", "train/learning_rate"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     committed = json.loads((ckpts / "step-00000004" / "manifest.json").read_text())
     assert {f["name"] for f in committed["files"]} == {
         "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "rng-rank00000.pt"}

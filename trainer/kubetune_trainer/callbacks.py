@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kubetune_trainer.logs import log_event
+from kubetune_trainer.metrics import Evaluation
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,10 @@ class StepMetrics:
     """Learning rate this step used."""
     grad_norm: float | None
     """Global gradient norm before clipping, when DeepSpeed reports it."""
-    tokens_per_second: float
-    """Non-padding tokens processed per second over all ranks during this step."""
+    tokens_per_second: float | None
+    """Non-padding tokens processed per second over all ranks during this step (text tasks)."""
+    samples_per_second: float
+    """Samples (sequences or images) processed per second over all ranks during this step."""
     eta_seconds: float
     """Estimated seconds until the last step, from this run's average step time."""
 
@@ -46,12 +49,18 @@ class Callback:
     def on_step_end(self, metrics: StepMetrics) -> None:
         """After every optimizer step."""
 
-    def on_eval_end(self, step: int, eval_loss: float) -> None:
-        """After an evaluation at `step` (0: before training)."""
+    def on_eval_end(self, evaluation: Evaluation, best: tuple[int, float] | None) -> None:
+        """After an evaluation (step 0: the base model, before training); `best`: the best
+        (step, value) of the deciding metric so far."""
 
-    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0) -> None:
+    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0, *, pinned: bool = False,
+                            metric: tuple[str, float] | None = None) -> None:
         """After every rank wrote its shards of the checkpoint at `step` to `path` (its own folder);
-        `seconds`: how long the loop was blocked writing it."""
+        `seconds`: how long the loop was blocked writing it; `pinned`: the best checkpoint so far,
+        which must be stored and kept; `metric`: the deciding metric's value at this step."""
+
+    def on_stopped_early(self, step: int, message: str) -> None:
+        """Training ends at `step`, before its last step, because the metric stopped improving."""
 
     def on_train_end(self, step: int) -> None:
         """After the last step, before the final model is exported."""
@@ -71,13 +80,18 @@ class CallbackList(Callback):
         for c in self.callbacks:
             c.on_step_end(metrics)
 
-    def on_eval_end(self, step: int, eval_loss: float) -> None:
+    def on_eval_end(self, evaluation: Evaluation, best: tuple[int, float] | None) -> None:
         for c in self.callbacks:
-            c.on_eval_end(step, eval_loss)
+            c.on_eval_end(evaluation, best)
 
-    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0) -> None:
+    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0, *, pinned: bool = False,
+                            metric: tuple[str, float] | None = None) -> None:
         for c in self.callbacks:
-            c.on_checkpoint_saved(step, path, seconds)
+            c.on_checkpoint_saved(step, path, seconds, pinned=pinned, metric=metric)
+
+    def on_stopped_early(self, step: int, message: str) -> None:
+        for c in self.callbacks:
+            c.on_stopped_early(step, message)
 
     def on_train_end(self, step: int) -> None:
         for c in self.callbacks:
@@ -99,15 +113,25 @@ class LogLines(Callback):
             for key in ("loss", "learning_rate", "grad_norm"):
                 if fields[key] is not None:
                     fields[key] = float(f"{fields[key]:.6g}")
-            fields.update(epoch=round(metrics.epoch, 4), tokens_per_second=round(metrics.tokens_per_second, 1),
+            fields.update(epoch=round(metrics.epoch, 4), samples_per_second=round(metrics.samples_per_second, 2),
                           eta_seconds=round(metrics.eta_seconds))
+            if metrics.tokens_per_second is None:
+                del fields["tokens_per_second"]
+            else:
+                fields["tokens_per_second"] = round(metrics.tokens_per_second, 1)
             log_event("step", **fields)
 
-    def on_eval_end(self, step: int, eval_loss: float) -> None:
-        log_event("eval", step=step, eval_loss=float(f"{eval_loss:.6g}"))
+    def on_eval_end(self, evaluation: Evaluation, best: tuple[int, float] | None) -> None:
+        shown = {name: float(f"{value:.6g}") for name, value in evaluation.metrics.items()}
+        extra = {"best_step": best[0], "best_value": float(f"{best[1]:.6g}")} if best else {}
+        log_event("eval", step=evaluation.step, **shown, **extra)
 
-    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0) -> None:
-        log_event("checkpoint_saved", step=step, path=str(path), stall_seconds=round(seconds, 3))
+    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0, *, pinned: bool = False,
+                            metric: tuple[str, float] | None = None) -> None:
+        log_event("checkpoint_saved", step=step, path=str(path), stall_seconds=round(seconds, 3), best=pinned)
+
+    def on_stopped_early(self, step: int, message: str) -> None:
+        log_event("stopped_early", step=step, reason=message)
 
     def on_train_end(self, step: int) -> None:
         log_event("train_end", step=step)

@@ -41,6 +41,10 @@ class TrainState:
     """Optimizer steps completed."""
     position: DataPosition = field(default_factory=DataPosition)
     """Where the next step's data starts."""
+    stopped_early: bool = False
+    """Early stopping ended training at this step: a restart trains no further."""
+    selection: dict[str, Any] | None = None
+    """The best step and early-stopping patience so far (selection.MetricTracker.state())."""
 
 
 def capture_rng() -> dict[str, Any]:
@@ -80,7 +84,8 @@ def save_checkpoint(engine: Any, directory: str, state: TrainState, env: DistEnv
     tag = step_folder(state.step)
     folder = Path(directory) / tag
     folder.mkdir(parents=True, exist_ok=True)
-    client_state = {CLIENT_KEY: {"step": state.step, "position": asdict(state.position), "config": config}}
+    client_state = {CLIENT_KEY: {"step": state.step, "position": asdict(state.position), "config": config,
+                                 "stopped_early": state.stopped_early, "selection": state.selection}}
     # Frozen weights (LoRA's base model) come back from the model source on resume: a checkpoint
     # holds only what training changes, megabytes instead of the whole model.
     engine.save_checkpoint(directory, tag=tag, client_state=client_state, save_latest=False,
@@ -100,4 +105,5 @@ def load_checkpoint(engine: Any, folder: Path, env: DistEnv) -> TrainState:
     rng_file = _rng_file(folder, env.rank)
     if rng_file.is_file():  # absent when resuming with more ranks than saved: fresh per-rank seeds then
         restore_rng(torch.load(rng_file, weights_only=False))  # our own file, holds numpy state
-    return TrainState(step=int(saved["step"]), position=DataPosition(**saved["position"]))
+    return TrainState(step=int(saved["step"]), position=DataPosition(**saved["position"]),
+                      stopped_early=bool(saved.get("stopped_early", False)), selection=saved.get("selection"))

@@ -1,9 +1,11 @@
-"""The training loop: steps, evaluation, metrics and checkpoints, in one readable function.
+"""The training loop: steps, evaluation, the best step, early stopping and checkpoints, in one
+readable function.
 
 The loop knows DeepSpeed's engine (forward, backward, step) and nothing about
 where data, checkpoints or progress end up: it calls `Callback` hooks for that.
 Every rank runs the same loop; collectives (loss averaging, eval, checkpoint)
-happen at the same points on all of them.
+happen at the same points on all of them, and every rank takes the same
+decisions (best step, stop) from the same all-reduced metrics.
 """
 
 from __future__ import annotations
@@ -15,22 +17,14 @@ from itertools import islice
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from kubetune_api import FineTuneJobSpec
+from kubetune_api import FineTuneJobSpec, Task
 from kubetune_trainer.callbacks import Callback, StepMetrics
 from kubetune_trainer.checkpoint import TrainState, save_checkpoint
-from kubetune_trainer.data import (
-    FILLER,
-    IGNORE_INDEX,
-    BatchLayout,
-    DataPosition,
-    Sample,
-    collate,
-    eval_batches,
-    micro_batches,
-)
+from kubetune_trainer.data import BatchLayout, Collate, DataPosition, micro_batches
 from kubetune_trainer.distributed import DistEnv, all_reduce_sum
+from kubetune_trainer.evaluate import evaluate
+from kubetune_trainer.selection import MetricTracker
 
 
 @dataclass(frozen=True)
@@ -53,6 +47,8 @@ class LoopPlan:
     """Save a checkpoint every this many steps and after the last one (0: never)."""
     checkpoint_dir: str | None = None
     """This rank's local folder for the checkpoints it writes (streaming.py uploads them)."""
+    task: Task = "causal-lm"
+    """What the model learns (decides the evaluation's metrics)."""
 
     @classmethod
     def for_spec(cls, spec: FineTuneJobSpec, steps_per_epoch: int, checkpoint_dir: str) -> LoopPlan:
@@ -61,9 +57,20 @@ class LoopPlan:
         return cls(layout=BatchLayout.for_spec(spec), steps_per_epoch=steps_per_epoch,
                    total_steps=training.total_steps(steps_per_epoch), seed=training.seed,
                    eval_every_steps=training.eval_every_steps or 0,
-                   # The base model's loss, to compare with: only when evaluating along the way.
+                   # The base model's metrics, to compare with: only when evaluating along the way.
                    eval_at_start=training.eval_every_steps is not None,
-                   checkpoint_every_steps=spec.checkpoint.every_steps, checkpoint_dir=checkpoint_dir)
+                   checkpoint_every_steps=spec.checkpoint.every_steps, checkpoint_dir=checkpoint_dir,
+                   task=spec.task)
+
+
+@dataclass(frozen=True)
+class LoopData:
+    """What the loop trains and evaluates on."""
+
+    train: list[Any]
+    eval: list[Any]
+    collate: Collate
+    labels: list[str] | None = None
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -76,72 +83,68 @@ def _optimizer_steps(batches: Iterator[list[int]], grad_accum: int) -> Iterator[
         yield chunk
 
 
-def _train_step(engine: Any, samples: list[Sample], step_batches: list[list[int]],
-                pad_id: int) -> tuple[float, int]:
-    """Forward and backward over one optimizer step's micro-batches: (mean loss, tokens) on this rank."""
-    loss_sum, tokens = 0.0, 0
+def _train_step(engine: Any, data: LoopData, step_batches: list[list[int]]) -> tuple[float, int, int]:
+    """Forward and backward over one optimizer step's micro-batches: (mean loss, tokens, samples)
+    on this rank; tokens are 0 where batches have no tokens (images)."""
+    loss_sum, tokens, samples = 0.0, 0, 0
     for indices in step_batches:
-        batch = _to_device(collate([samples[i] for i in indices], pad_id), engine.device)
+        batch = _to_device(data.collate([data.train[i] for i in indices], True), engine.device)
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()  # DeepSpeed applies the update only at the accumulation boundary
         loss_sum += loss.item()
-        tokens += int(batch["attention_mask"].sum())
-    return loss_sum / len(step_batches), tokens
+        if "attention_mask" in batch:
+            tokens += int(batch["attention_mask"].sum())
+        samples += len(indices)
+    return loss_sum / len(step_batches), tokens, samples
 
 
-@torch.no_grad()
-def evaluate(engine: Any, samples: list[Sample], *, micro_batch_size: int, env: DistEnv,
-             pad_id: int) -> float:
-    """Mean per-token loss over `samples`, exact across ranks (token-weighted, not batch-weighted)."""
-    filler = Sample(samples[0].input_ids, [IGNORE_INDEX] * len(samples[0].input_ids))
-    engine.eval()
-    loss_sum, tokens = 0.0, 0
-    for indices in eval_batches(len(samples), micro_batch_size=micro_batch_size, rank=env.rank,
-                                world_size=env.world_size):
-        batch = _to_device(collate([filler if i == FILLER else samples[i] for i in indices], pad_id),
-                           engine.device)
-        logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]  # token t predicts token t + 1
-        loss_sum += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-                                    ignore_index=IGNORE_INDEX, reduction="sum").item()
-        tokens += int((labels != IGNORE_INDEX).sum())
-    engine.train()
-    total_loss, total_tokens = all_reduce_sum([loss_sum, tokens], env)
-    return total_loss / max(total_tokens, 1.0)
-
-
-def train(engine: Any, train_samples: list[Sample], eval_samples: list[Sample], plan: LoopPlan, *,
-          env: DistEnv, pad_id: int, callbacks: Callback, start: TrainState,
-          config: dict[str, Any] | None = None) -> TrainState:
-    """Train from `start` to plan.total_steps; returns the final state."""
+def train(engine: Any, data: LoopData, plan: LoopPlan, *, env: DistEnv, callbacks: Callback,
+          start: TrainState, tracker: MetricTracker, config: dict[str, Any] | None = None) -> TrainState:
+    """Train from `start` to plan.total_steps, or until early stopping; returns the final state."""
     layout = plan.layout
 
-    def run_eval(step: int) -> None:
-        if eval_samples:
-            loss = evaluate(engine, eval_samples, micro_batch_size=layout.micro_batch_size, env=env,
-                            pad_id=pad_id)
-            callbacks.on_eval_end(step, loss)
+    def run_eval(step: int) -> bool:
+        """Evaluate at `step`; True when the step is the new best (step 0 is only a baseline)."""
+        if not data.eval:
+            return False
+        evaluation = evaluate(engine, data.eval, data.collate, step=step, task=plan.task, labels=data.labels,
+                              micro_batch_size=layout.micro_batch_size, env=env)
+        is_best = step > 0 and tracker.observe(step, evaluation.metrics)
+        best = (tracker.best_step, tracker.best_value) if tracker.best_step is not None else None
+        callbacks.on_eval_end(evaluation, best)  # type: ignore[arg-type]
+        return is_best
+
+    def save(state: TrainState, pinned: bool) -> None:
+        blocked_since = time.monotonic()
+        snapshot = TrainState(state.step, state.position, stopped_early=stopped, selection=tracker.state())
+        folder = save_checkpoint(engine, str(plan.checkpoint_dir), snapshot, env, config or {})
+        metric = None
+        if tracker.best_step == state.step and tracker.best_value is not None:
+            metric = (tracker.metric, tracker.best_value)
+        callbacks.on_checkpoint_saved(state.step, folder, time.monotonic() - blocked_since, pinned=pinned,
+                                      metric=metric)
 
     callbacks.on_train_start(start.step, plan.total_steps)
     if plan.eval_at_start and start.step == 0:
         run_eval(0)
-    state, evaluated_at = start, -1
+    # A run that stopped early and is started again (e.g. after a crash while exporting) stays stopped.
+    state, evaluated_at, stopped = start, -1, start.stopped_early
     started, steps_this_run = time.monotonic(), 0
     engine.train()
-    while state.step < plan.total_steps:
-        batches = micro_batches(len(train_samples), layout, seed=plan.seed, rank=env.rank,
-                                position=state.position)
+    while state.step < plan.total_steps and not stopped:
+        batches = micro_batches(len(data.train), layout, seed=plan.seed, rank=env.rank, position=state.position)
         for step_batches in _optimizer_steps(batches, layout.grad_accum):
             step_started = time.monotonic()
             learning_rate = float(engine.get_lr()[0])
-            local_loss, local_tokens = _train_step(engine, train_samples, step_batches, pad_id)
-            loss_sum, all_tokens = all_reduce_sum([local_loss, local_tokens], env)
+            local_loss, local_tokens, local_samples = _train_step(engine, data, step_batches)
+            loss_sum, all_tokens, all_samples = all_reduce_sum([local_loss, local_tokens, local_samples], env)
             position = DataPosition(state.position.epoch, state.position.step_in_epoch + 1)
             state = TrainState(state.step + 1, position)
             steps_this_run += 1
             now = time.monotonic()
             grad_norm = engine.get_global_grad_norm()
+            seconds = max(now - step_started, 1e-9)
             callbacks.on_step_end(StepMetrics(
                 step=state.step,
                 total_steps=plan.total_steps,
@@ -149,24 +152,32 @@ def train(engine: Any, train_samples: list[Sample], eval_samples: list[Sample], 
                 loss=loss_sum / env.world_size,
                 learning_rate=learning_rate,
                 grad_norm=float(grad_norm) if grad_norm is not None else None,
-                tokens_per_second=all_tokens / max(now - step_started, 1e-9),
+                tokens_per_second=all_tokens / seconds if all_tokens else None,
+                samples_per_second=all_samples / seconds,
                 eta_seconds=(plan.total_steps - state.step) * (now - started) / steps_this_run,
             ))
-            if plan.eval_every_steps and state.step % plan.eval_every_steps == 0:
-                run_eval(state.step)
+            last = state.step >= plan.total_steps
+            is_best = False
+            # The last step is evaluated here, before its checkpoint, so that the checkpoint knows
+            # whether it is the best one.
+            if (plan.eval_every_steps and state.step % plan.eval_every_steps == 0) or (last and data.eval):
+                is_best = run_eval(state.step)
                 evaluated_at = state.step
+                stopped = tracker.should_stop and not last
             if plan.checkpoint_dir and plan.checkpoint_every_steps and (
-                    state.step % plan.checkpoint_every_steps == 0 or state.step == plan.total_steps):
-                # The last step is saved too: a run that dies while exporting resumes with no retraining.
-                blocked_since = time.monotonic()
-                folder = save_checkpoint(engine, plan.checkpoint_dir, state, env, config or {})
-                callbacks.on_checkpoint_saved(state.step, folder, time.monotonic() - blocked_since)
-            if state.step >= plan.total_steps:
+                    state.step % plan.checkpoint_every_steps == 0 or last or is_best or stopped):
+                # The last step is saved too: a run that dies while exporting resumes with no retraining;
+                # so is the best one (kept by retention, published with output.select best) and the
+                # one an early stop ends at.
+                save(state, pinned=is_best)
+            if stopped:
+                callbacks.on_stopped_early(state.step, tracker.stop_message())
+                break
+            if last:
                 break
         else:  # the epoch's data is used up
             state = TrainState(state.step, DataPosition(state.position.epoch + 1, 0))
-    if evaluated_at != state.step:
-        run_eval(state.step)
+    if evaluated_at != state.step and not stopped:
+        run_eval(state.step)  # e.g. a restart that found the last step already committed
     callbacks.on_train_end(state.step)
-    return state
-
+    return TrainState(state.step, state.position, stopped_early=stopped, selection=tracker.state())

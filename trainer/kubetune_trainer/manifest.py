@@ -97,7 +97,10 @@ class CheckpointManifest:
     """RFC 3339, UTC."""
     files: tuple[FileEntry, ...]
     config: dict[str, Any] = field(default_factory=dict)
-    """The job's config (the FineTuneJob spec, or the trainer config of a standalone run)."""
+    """The job's identity and spec (jobfile.job_record)."""
+    evaluation: dict[str, Any] | None = None
+    """{metric, value}: the evaluation metric at this step, when the step was evaluated and the
+    best so far; retention keeps the best of these."""
 
     def to_json(self) -> bytes:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=1, default=str).encode()
@@ -109,7 +112,7 @@ class CheckpointManifest:
             raise ValueError(f"unknown checkpoint format {raw.get('format')!r}")
         return cls(step=int(raw["step"]), world_size=int(raw["world_size"]), run_id=str(raw["run_id"]),
                    committed_at=str(raw["committed_at"]), files=tuple(FileEntry(**f) for f in raw["files"]),
-                   config=dict(raw.get("config") or {}))
+                   config=dict(raw.get("config") or {}), evaluation=raw.get("evaluation"))
 
     @property
     def total_bytes(self) -> int:
@@ -169,17 +172,18 @@ def listing(keys: list[str]) -> Listing:
     return Listing(grouped)
 
 
-def retention_plan(found: Listing, keep_last: int) -> tuple[list[int], list[int]]:
+def retention_plan(found: Listing, keep_last: int, best: int | None = None) -> tuple[list[int], list[int]]:
     """(committed steps to delete, uncommitted steps to delete) after a commit.
 
-    Keeps the newest `keep_last` committed checkpoints (always the newest one).
-    Uncommitted folders older than the newest commit are abandoned uploads (each
-    rank uploads in step order, so none of them is still in flight); newer ones
-    may be uploading now and stay.
+    Keeps the newest `keep_last` committed checkpoints (always the newest one),
+    and the `best` one besides. Uncommitted folders older than the newest commit
+    are abandoned uploads (each rank uploads in step order, and the committer
+    commits a pinned one before any newer one, so none of them is still in
+    flight); newer ones may be uploading now and stay.
     """
     committed = found.committed
     if not committed:
         return [], []
     keep = max(1, keep_last)
     newest = committed[-1]
-    return committed[:-keep], [s for s in found.uncommitted if s < newest]
+    return [s for s in committed[:-keep] if s != best], [s for s in found.uncommitted if s < newest]

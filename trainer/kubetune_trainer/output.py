@@ -21,9 +21,11 @@ from kubetune_trainer.storage import Store, Upload, file_sha256, raise_first_fai
 OUTPUT_FORMAT = "kubetune.io/model-v1"
 
 
-def publish_model(folder: Path, store: Store, *, step: int, config: dict[str, Any],
-                  give_up_after: float) -> str:
-    """Upload every file of `folder` to `store`, then its manifest.json; returns the store's URI."""
+def publish_model(folder: Path, store: Store, *, step: int, config: dict[str, Any], give_up_after: float,
+                  selected: dict[str, Any] | None = None) -> str:
+    """Upload every file of `folder` to `store`, then its manifest.json; returns the store's URI.
+    `step` is the step the model is from; `selected` says why, e.g. {"select": "best", "metric":
+    "f1_macro", "value": 0.87}."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     uploads = [Upload(p, str(p.relative_to(folder)), file_sha256(p)) for p in files]
     what = f"uploading the model to {store.uri}"
@@ -45,6 +47,7 @@ def publish_model(folder: Path, store: Store, *, step: int, config: dict[str, An
         "format": OUTPUT_FORMAT,
         "createdAt": format_timestamp(utc_now()),
         "step": step,
+        **({"selected": selected} if selected else {}),
         "files": [{"name": u.key, "size": u.path.stat().st_size, "sha256": u.sha256} for u in uploads],
         "config": config,
     }

@@ -1,11 +1,12 @@
-"""Rank 0 reports progress on its FineTuneJob: status.progress, checkpoints and output.
+"""Rank 0 reports progress on its FineTuneJob: status.progress, checkpoints, evaluation and output.
 
 A JSON merge patch on the job's status subresource, sent with the pod's own
 service account (whose Role may get and patch that one job's status and nothing
 else). Patches are throttled (settings.status_interval_seconds) and sent from a
 background thread, so a slow or unreachable API server never slows training;
-a commit, the end of training and the output are sent at once. Reporting is
-best effort: a failed patch is logged and the next one carries the news.
+a commit, an early stop, the end of training and the output are sent at once.
+Reporting is best effort: a failed patch is logged and the next one carries
+the news.
 Outside a cluster there is nothing to patch, and the log lines are the report.
 """
 
@@ -21,9 +22,14 @@ from typing import Any
 from kubetune_api import (
     CheckpointRef,
     CheckpointsStatus,
+    EarlyStop,
+    EvaluationRound,
+    EvaluationStatus,
     FineTuneJobStatus,
     Manifest,
+    MetricValue,
     OutputStatus,
+    ParametersStatus,
     ProgressStatus,
     parse_timestamp,
     progress_text,
@@ -34,6 +40,7 @@ from kubetune_trainer.background import BackgroundWorker
 from kubetune_trainer.callbacks import Callback, StepMetrics
 from kubetune_trainer.logs import log_event
 from kubetune_trainer.manifest import Commit
+from kubetune_trainer.metrics import Evaluation
 from kubetune_trainer.settings import Settings
 
 Patcher = Callable[[Manifest], None]
@@ -55,14 +62,21 @@ class Report:
     eval_loss: float | None = None
     learning_rate: float | None = None
     tokens_per_second: float | None = None
+    samples_per_second: float | None = None
     eta_seconds: float | None = None
     latest_checkpoint: Commit | None = None
     resumed_from: tuple[int, str, str] | None = None  # step, uri, committed_at
     output_uri: str | None = None
+    metric: str | None = None  # the deciding evaluation metric
+    best: tuple[int, float] | None = None  # step, value
+    latest_evaluation: tuple[int, dict[str, float]] | None = None  # step, metrics
+    stopped_early: tuple[int, str] | None = None  # step, message
+    parameters: tuple[int, int] | None = None  # trainable, total
 
 
 def trainer_status(report: Report, now: datetime) -> FineTuneJobStatus:
-    """The trainer's part of the status (progress, progressText, checkpoints, output) for `report`."""
+    """The trainer's part of the status (progress, progressText, checkpoints, evaluation,
+    parameters, output) for `report`."""
     eta = _finite(report.eta_seconds)
     progress = ProgressStatus(
         step=report.step,
@@ -72,6 +86,7 @@ def trainer_status(report: Report, now: datetime) -> FineTuneJobStatus:
         eval_loss=_finite(report.eval_loss),
         learning_rate=_finite(report.learning_rate),
         tokens_per_second=_finite(report.tokens_per_second),
+        samples_per_second=_finite(report.samples_per_second),
         eta_seconds=max(0, round(eta)) if eta is not None else None,
         updated_at=now,
     )
@@ -93,7 +108,27 @@ def trainer_status(report: Report, now: datetime) -> FineTuneJobStatus:
         status["checkpoints"] = CheckpointsStatus(**checkpoints)
     if report.output_uri:
         status["output"] = OutputStatus(uri=report.output_uri)
+    evaluation = _evaluation_status(report)
+    if evaluation is not None:
+        status["evaluation"] = evaluation
+    if report.parameters is not None:
+        status["parameters"] = ParametersStatus(trainable=report.parameters[0], total=report.parameters[1])
     return FineTuneJobStatus(**status)
+
+
+def _evaluation_status(report: Report) -> EvaluationStatus | None:
+    fields: dict[str, Any] = {}
+    if report.metric is not None:
+        fields["metric"] = report.metric
+    if report.best is not None and _finite(report.best[1]) is not None:
+        fields["best"] = MetricValue(step=report.best[0], value=report.best[1])
+    if report.latest_evaluation is not None:
+        step, metrics = report.latest_evaluation
+        finite = {name: value for name, value in metrics.items() if _finite(value) is not None}
+        fields["latest"] = EvaluationRound(step=step, metrics=finite)
+    if report.stopped_early is not None:
+        fields["stopped_early"] = EarlyStop(step=report.stopped_early[0], message=report.stopped_early[1][:4096])
+    return EvaluationStatus(**fields) if fields else None
 
 
 def status_patch(report: Report, now: datetime) -> Manifest:
@@ -155,10 +190,19 @@ class ProgressReporter(BackgroundWorker, Callback):
     def on_step_end(self, metrics: StepMetrics) -> None:
         self._update(step=metrics.step, total_steps=metrics.total_steps, epoch=metrics.epoch,
                      loss=metrics.loss, learning_rate=metrics.learning_rate,
-                     tokens_per_second=metrics.tokens_per_second, eta_seconds=metrics.eta_seconds)
+                     tokens_per_second=metrics.tokens_per_second,
+                     samples_per_second=metrics.samples_per_second, eta_seconds=metrics.eta_seconds)
 
-    def on_eval_end(self, step: int, eval_loss: float) -> None:
-        self._update(eval_loss=eval_loss)
+    def on_eval_end(self, evaluation: Evaluation, best: tuple[int, float] | None) -> None:
+        self._update(eval_loss=evaluation.metrics.get("eval_loss"), best=best,
+                     latest_evaluation=(evaluation.step, dict(evaluation.metrics)))
+
+    def on_stopped_early(self, step: int, message: str) -> None:
+        self._update(urgent=True, stopped_early=(step, message))
+
+    def on_setup(self, metric: str | None, trainable: int, total: int) -> None:
+        """What the run is judged by, and how many of the model's parameters it trains."""
+        self._update(urgent=True, metric=metric, parameters=(trainable, total))
 
     def on_train_end(self, step: int) -> None:
         self._update(urgent=True, step=step, eta_seconds=0.0)

@@ -33,15 +33,24 @@ from kubetune_trainer.distributed import (
 )
 from kubetune_trainer.ds_config import build_ds_config
 from kubetune_trainer.engine import create_engine, lr_schedule
-from kubetune_trainer.errors import EXIT_FAILED, ConfigError, TrainerError
+from kubetune_trainer.errors import EXIT_FAILED, CheckpointError, ConfigError, TrainerError
 from kubetune_trainer.export import export_model, gather_state_dict
+from kubetune_trainer.history import EvaluationHistory
 from kubetune_trainer.jobfile import job_record
 from kubetune_trainer.logs import log_event, quiet_libraries
-from kubetune_trainer.loop import LoopPlan, train
-from kubetune_trainer.modeling import count_parameters, load_model, load_tokenizer, max_positions
+from kubetune_trainer.loop import LoopData, LoopPlan, train
+from kubetune_trainer.manifest import MANIFEST, CheckpointManifest, step_folder
+from kubetune_trainer.modeling import (
+    check_task_head,
+    count_parameters,
+    load_model,
+    load_preprocessor,
+    max_positions,
+)
 from kubetune_trainer.output import publish_model
 from kubetune_trainer.progress import ProgressReporter, kube_status_patcher
 from kubetune_trainer.resume import download_checkpoint, newest_committed, remove_uncommitted
+from kubetune_trainer.selection import MetricTracker
 from kubetune_trainer.settings import Settings
 from kubetune_trainer.staging import UriFiles, path_slug
 from kubetune_trainer.storage import Store, open_store, retry
@@ -66,8 +75,9 @@ def check_world(job: FineTuneJob, world: DistEnv) -> None:
 
 def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = None,
         callbacks: Sequence[Callback] = ()) -> Path:
-    """Fine-tune as `job` says; write the final model to context.output_dir and publish it to
-    spec.output.uri; returns that directory. `callbacks` run on every rank."""
+    """Fine-tune as `job` says; write the model spec.output.select picks (the best checkpoint or the
+    last step) to context.output_dir and publish it to spec.output.uri; returns that directory.
+    `callbacks` run on every rank."""
     settings = settings or Settings()
     spec, training, env = job.spec, job.spec.training, context.world
     record = job_record(job)  # stored in every checkpoint and the output's manifest
@@ -75,12 +85,13 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
     check_world(job, env)
     if training.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("spec.training.precision fp16 is not supported by DeepSpeed on CPU; use bf16 or fp32")
-    # Tokenizer and data first, before the process group: bad input fails within seconds, the same
+    # Preprocessor and data first, before the process group: bad input fails within seconds, the same
     # way on every rank.
-    tokenizer = load_tokenizer(context.model_dir, spec.model.trust_remote_code)
-    data = build_datasets(spec.dataset, training, tokenizer,
-                          max_positions=max_positions(context.model_dir, spec.model.trust_remote_code),
-                          files=UriFiles(settings, spec.storage))
+    check_task_head(context.model_dir, spec)
+    preprocessor = load_preprocessor(context.model_dir, spec)
+    text = spec.task != "image-classification"
+    data = build_datasets(spec.dataset, training, preprocessor, task=spec.task, files=UriFiles(settings, spec.storage),
+                          max_positions=max_positions(context.model_dir, spec.model.trust_remote_code) if text else None)
     init_distributed(env)
     closing: list[Any] = []  # threads and stores to stop, newest first
     try:
@@ -88,14 +99,16 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
         if env.is_main:  # every rank is in the process group: the rendezvous is done
             log_event("rendezvous", world_size=env.world_size, attempt=context.attempt,
                       backend=str(torch.distributed.get_backend()))
-        seed_all(training.seed)  # identical on every rank: LoRA adapters start the same everywhere
-        model = load_model(context.model_dir, spec)
+        seed_all(training.seed)  # identical on every rank: LoRA adapters and new heads start the same everywhere
+        model = load_model(context.model_dir, spec, labels=data.labels,
+                           pad_token_id=int(preprocessor.pad_token_id) if text else None)
         if env.is_main:
-            log_event("model_loaded", path=context.model_dir, method=spec.method.type)
+            log_event("model_loaded", path=context.model_dir, task=spec.task, method=spec.method.type,
+                      labels=data.labels)
         staging = settings.scratch_dir / "checkpoints" / path_slug(spec.checkpoint_uri) / f"rank-{env.rank:05d}"
         plan = LoopPlan.for_spec(spec, steps_per_epoch(len(data.train), BatchLayout.for_spec(spec)), str(staging))
+        trainable, total = count_parameters(model)
         if env.is_main:
-            trainable, total = count_parameters(model)
             log_event("setup", world_size=env.world_size, train_records=data.train_records,
                       train_sequences=len(data.train), eval_records=data.eval_records,
                       eval_sequences=len(data.eval), dropped_sequences=data.dropped,
@@ -112,6 +125,7 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
             reporter = ProgressReporter(patcher, settings.status_interval_seconds)
             closing.append(reporter)
             hooks.append(reporter)
+            reporter.on_setup(spec.metric if data.eval else None, trainable, total)
 
         store = open_store(spec.checkpoint_uri, spec.storage, settings)
         closing.append(store)
@@ -120,6 +134,10 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
         barrier()  # nobody uploads before rank 0 has removed the uncommitted folders
         committer = None
         if env.is_main:
+            history = EvaluationHistory(store, staging, start_step=start.step,
+                                        give_up_after=settings.upload_give_up_seconds)
+            closing.append(history)
+            hooks.append(history)
             committer = CheckpointCommitter(
                 store, world_size=env.world_size, run_id=run_id, keep_last=spec.checkpoint.keep_last,
                 config=record, give_up_after=settings.upload_give_up_seconds,
@@ -133,20 +151,37 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
         if start.step == 0:
             seed_all(training.seed + env.rank)  # different dropout masks on different ranks
 
-        final = train(engine, data.train, data.eval, plan, env=env, pad_id=int(tokenizer.pad_token_id),
-                      callbacks=CallbackList([*hooks, *callbacks]), start=start, config=record)
+        early = spec.evaluation.early_stopping
+        patience, min_delta = (early.patience, early.min_delta) if early else (None, 0.0)
+        tracker = (MetricTracker.from_state(start.selection, patience=patience, min_delta=min_delta)
+                   if start.selection else MetricTracker(spec.metric, patience, min_delta))
+        final = train(engine, LoopData(data.train, data.eval, data.collate, data.labels), plan, env=env,
+                      callbacks=CallbackList([*hooks, *callbacks]), start=start, tracker=tracker, config=record)
+
+        selected = None
+        if spec.output_select == "best" and tracker.best_step is not None and tracker.best_step != final.step:
+            # The best checkpoint's weights, not the last step's: it was pinned, so it is stored.
+            _drain_everywhere(uploader, env)
+            if committer is not None and tracker.best_step > start.step:  # else an earlier attempt committed it
+                committer.wait_committed(tracker.best_step, timeout=settings.upload_give_up_seconds, exactly=True)
+            barrier()
+            _load_committed(engine, store, tracker.best_step, env, staging / "best", settings)
+        model_step = tracker.best_step if spec.output_select == "best" and tracker.best_step else final.step
+        if spec.output_select == "best" and tracker.best_step:
+            selected = {"select": "best", "metric": tracker.metric, "value": tracker.best_value}
 
         # Export while the last checkpoint uploads: gathering is collective under ZeRO-3.
         state = gather_state_dict(engine.module, env.is_main)
         output = context.output_dir
         if env.is_main:
             merged = spec.method.type == "lora" and spec.output.merge_lora
-            export_model(engine.module, state, output_dir=str(output), tokenizer=tokenizer,
-                         base_model_path=context.model_dir, merge_lora=merged)
-            log_event("exported", path=str(output), method=spec.method.type, merged=merged)
+            export_model(engine.module, state, output_dir=str(output), preprocessor=preprocessor,
+                         base_model_path=context.model_dir, merge_lora=merged, task=spec.task)
+            log_event("exported", path=str(output), method=spec.method.type, merged=merged, step=model_step,
+                      **({"selected": selected} if selected else {}))
             out_store = open_store(spec.output.uri, spec.storage, settings)
             closing.append(out_store)
-            uri = publish_model(output, out_store, step=final.step, config=record,
+            uri = publish_model(output, out_store, step=model_step, config=record, selected=selected,
                                 give_up_after=settings.upload_give_up_seconds)
             if reporter:
                 reporter.on_output(uri)
@@ -161,6 +196,21 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
         for item in reversed(closing):
             item.close()
         destroy_distributed()
+
+
+def _load_committed(engine: Any, store: Store, step: int, env: DistEnv, into: Path, settings: Settings) -> None:
+    """Load the committed checkpoint of `step` into the engine, on every rank."""
+    give_up = settings.upload_give_up_seconds
+    data = retry(lambda: store.get_bytes(f"{step_folder(step)}/{MANIFEST}"), what=f"reading {store.uri}",
+                 give_up_after=give_up)
+    if data is None:
+        raise CheckpointError(f"{store.uri}: the best checkpoint {step_folder(step)} is not committed")
+    point = download_checkpoint(store, CheckpointManifest.from_json(data), rank=env.rank,
+                                world_size=env.world_size, into=into, give_up_after=give_up)
+    load_checkpoint(engine, point.folder, env)
+    shutil.rmtree(into, ignore_errors=True)
+    if env.is_main:
+        log_event("best_loaded", step=step)
 
 
 def _resume(engine: Any, store: Store, env: DistEnv, into: Path, settings: Settings,

@@ -9,16 +9,20 @@ The protocol (layout in manifest.py):
    nothing is missing, writes the rank's part manifest last and deletes the
    local copy. It works in step order; a checkpoint still waiting when a newer
    one arrives is dropped (the newer one supersedes it), so a slow or absent
-   store never fills the local disk with more than two checkpoints.
+   store never fills the local disk with more than two checkpoints. A pinned
+   checkpoint (the best by the evaluation metric so far) is never dropped.
 3. Rank 0's `CheckpointCommitter` polls for the part manifests of the steps it
    expects. Once all ranks' parts of a step are present (from this run), it
    checks every listed file in the store (size and recorded SHA-256), then
-   writes manifest.json: the commit. Older steps that never completed are
-   abandoned.
+   writes manifest.json: the commit, with the step's evaluation metric when it
+   has one. It commits in step order; an older step that never completed while
+   a newer one did was superseded on some rank and is abandoned, unless it is
+   pinned: then the newer ones wait for it.
 4. After a commit it applies retention: committed checkpoints beyond keepLast go
-   (manifest first, so a half-deleted one is never taken for committed), and so
-   do abandoned folders older than the commit; never the newest commit, never a
-   folder that may still be uploading.
+   (manifest first, so a half-deleted one is never taken for committed), except
+   the best committed one by the metric (its manifest says), and so do abandoned
+   folders older than the commit; never the newest commit, never a folder that
+   may still be uploading.
 
 Failures surface on the training thread: `raise_if_failed` at each step, and
 `drain` / `wait_committed` at the end of the run, the only place training waits.
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune_api import format_timestamp, utc_now
+from kubetune_api import format_timestamp, improves, utc_now
 from kubetune_trainer.background import BackgroundWorker
 from kubetune_trainer.callbacks import Callback, StepMetrics
 from kubetune_trainer.errors import CheckpointError, StorageError, StorageUnavailable
@@ -54,9 +58,18 @@ from kubetune_trainer.storage import Store, Upload, file_sha256, raise_first_fai
 
 
 @dataclass(frozen=True)
+class Expected:
+    """A checkpoint saved on every rank that the committer waits for."""
+
+    pinned: bool = False
+    metric: tuple[str, float] | None = None
+
+
+@dataclass(frozen=True)
 class Pending:
     step: int
     folder: Path
+    pinned: bool = False
 
 
 class CheckpointUploader(BackgroundWorker, Callback):
@@ -75,13 +88,15 @@ class CheckpointUploader(BackgroundWorker, Callback):
         self.start()
 
     # -- training thread
-    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0) -> None:
+    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0, *, pinned: bool = False,
+                            metric: tuple[str, float] | None = None) -> None:
         self.raise_if_failed()
         with self._cond:
-            for old in self._queue:  # not started yet: the new checkpoint supersedes it
-                log_event("checkpoint_superseded", step=old.step, rank=self.rank, by=step)
-                shutil.rmtree(old.folder, ignore_errors=True)
-            self._queue = [Pending(step, path)]
+            for old in self._queue:  # not started yet: the new checkpoint supersedes it, unless pinned
+                if not old.pinned:
+                    log_event("checkpoint_superseded", step=old.step, rank=self.rank, by=step)
+                    shutil.rmtree(old.folder, ignore_errors=True)
+            self._queue = [*(old for old in self._queue if old.pinned), Pending(step, path, pinned)]
             self._cond.notify_all()
 
     def on_step_end(self, metrics: StepMetrics) -> None:
@@ -172,29 +187,33 @@ class CheckpointCommitter(BackgroundWorker, Callback):
         self.store, self.world_size, self.run_id = store, world_size, run_id
         self.keep_last, self.config, self.give_up_after = keep_last, config, give_up_after
         self.on_commit = on_commit
-        self._expected: set[int] = set()
+        self._expected: dict[int, Expected] = {}
         self._rejected: set[int] = set()
         self._parts: dict[str, PartManifest] = {}  # part manifests never change once written
+        self._metrics: dict[int, tuple[str, float] | None] = {}  # by step, from commits and manifests
         self.committed: list[int] = []
         self.start()
 
-    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0) -> None:
+    def on_checkpoint_saved(self, step: int, path: Path, seconds: float = 0.0, *, pinned: bool = False,
+                            metric: tuple[str, float] | None = None) -> None:
         self.raise_if_failed()
-        self.expect(step)
+        self.expect(step, pinned=pinned, metric=metric)
 
     def on_step_end(self, metrics: StepMetrics) -> None:
         self.raise_if_failed()
 
-    def expect(self, step: int) -> None:
-        """A checkpoint of `step` was saved on every rank; commit it once all parts are stored."""
+    def expect(self, step: int, *, pinned: bool = False, metric: tuple[str, float] | None = None) -> None:
+        """A checkpoint of `step` was saved on every rank; commit it once all parts are stored.
+        `pinned`: it may not be abandoned; `metric`: its evaluation metric, for its manifest."""
         with self._cond:
-            self._expected.add(step)
+            self._expected[step] = Expected(pinned, metric)
             self._cond.notify_all()
 
-    def wait_committed(self, step: int, timeout: float | None = None) -> None:
-        """Block until `step` (or a later one) is committed; raise if that cannot happen."""
+    def wait_committed(self, step: int, timeout: float | None = None, *, exactly: bool = False) -> None:
+        """Block until `step` (or, unless `exactly`, a later one) is committed; raise if that cannot
+        happen."""
         def committed() -> bool:
-            if any(s >= step for s in self.committed):
+            if step in self.committed or (not exactly and any(s >= step for s in self.committed)):
                 return True
             if step in self._rejected:
                 raise CheckpointError(f"{self.store.uri}: checkpoint {step_folder(step)} failed its "
@@ -213,7 +232,7 @@ class CheckpointCommitter(BackgroundWorker, Callback):
             delay = self.poll_seconds
             if expected:
                 try:
-                    self._commit_newest_ready(expected)
+                    self._commit_ready(expected)
                     failing_since, attempt = None, 0
                 except StorageUnavailable as e:
                     now = time.monotonic()
@@ -228,9 +247,12 @@ class CheckpointCommitter(BackgroundWorker, Callback):
                 if not self.stopping:
                     self._cond.wait(delay)
 
-    def _commit_newest_ready(self, expected: list[int]) -> None:
+    def _commit_ready(self, expected: list[int]) -> None:
+        """Commit every expected step whose parts are all stored, oldest first; abandon an older
+        unpinned one that a newer ready one shows was superseded; wait for an older pinned one."""
         found = listing(self.store.list(""))
-        for step in reversed(expected):
+        ready: dict[int, list[FileEntry]] = {}
+        for step in expected:
             parts = []
             for key in found.parts(step):
                 if key not in self._parts:
@@ -244,17 +266,31 @@ class CheckpointCommitter(BackgroundWorker, Callback):
             except ValueError as e:
                 self._reject(step, str(e))
                 continue
-            if files is None:
+            if files is not None:
+                ready[step] = files
+        if not ready:
+            return
+        newest = max(ready)
+        for step in expected:
+            if step > newest:
+                break
+            entry = self._expected.get(step)
+            if entry is None:  # rejected above
                 continue
-            problem = self._verify(step, files)
+            if step not in ready:
+                if entry.pinned:
+                    return  # every rank uploads in step order: it comes before the newer ones
+                with self._cond:
+                    self._expected.pop(step, None)  # superseded on some rank: abandoned
+                continue
+            problem = self._verify(step, ready[step])
             if problem:
                 self._reject(step, problem)
                 continue
-            self._commit(step, files)
+            self._commit(step, ready[step], entry.metric)
             with self._cond:
-                self._expected = {s for s in self._expected if s > step}
+                self._expected.pop(step, None)
             self._parts = {k: p for k, p in self._parts.items() if p.step > step}
-            return
 
     def _verify(self, step: int, files: list[FileEntry]) -> str | None:
         """Every listed file is in the store with the listed size and checksum (None) or what is wrong."""
@@ -271,13 +307,16 @@ class CheckpointCommitter(BackgroundWorker, Callback):
     def _reject(self, step: int, problem: str) -> None:
         log_event("checkpoint_rejected", step=step, problem=problem)
         with self._cond:
-            self._expected.discard(step)
+            self._expected.pop(step, None)
             self._rejected.add(step)
             self._cond.notify_all()
 
-    def _commit(self, step: int, files: list[FileEntry]) -> None:
+    def _commit(self, step: int, files: list[FileEntry], metric: tuple[str, float] | None) -> None:
+        evaluation = {"metric": metric[0], "value": metric[1]} if metric else None
         manifest = CheckpointManifest(step=step, world_size=self.world_size, run_id=self.run_id,
-                                      committed_at=format_timestamp(utc_now()), files=tuple(files), config=self.config)
+                                      committed_at=format_timestamp(utc_now()), files=tuple(files),
+                                      config=self.config, evaluation=evaluation)
+        self._metrics[step] = metric
         self.store.put_bytes(f"{step_folder(step)}/{MANIFEST}", manifest.to_json())
         kept = self._apply_retention()  # never fails the commit: the next commit retries it
         uri = self.store.uri.rstrip("/") + f"/{step_folder(step)}/"
@@ -290,12 +329,29 @@ class CheckpointCommitter(BackgroundWorker, Callback):
         if self.on_commit is not None:
             self.on_commit(commit)
 
+    def _best_committed(self, committed: list[int]) -> int | None:
+        """The committed step with the best evaluation metric (from its manifest), if any has one."""
+        best: tuple[int, float] | None = None
+        metric_name = None
+        for step in committed:
+            if step not in self._metrics:  # committed by an earlier attempt: its manifest says
+                data = self.store.get_bytes(f"{step_folder(step)}/{MANIFEST}")
+                evaluation = CheckpointManifest.from_json(data).evaluation if data else None
+                self._metrics[step] = (evaluation["metric"], evaluation["value"]) if evaluation else None
+            metric = self._metrics[step]
+            if metric is None:
+                continue
+            metric_name = metric_name or metric[0]
+            if metric[0] == metric_name and improves(metric[0], metric[1], best[1] if best else None):
+                best = (step, metric[1])
+        return best[0] if best else None
+
     def _apply_retention(self) -> int:
         """Delete what retention allows; returns how many committed checkpoints remain."""
         found = None
         try:
             found = listing(self.store.list(""))
-            old, abandoned = retention_plan(found, self.keep_last)
+            old, abandoned = retention_plan(found, self.keep_last, self._best_committed(found.committed))
             for step in old:
                 folder = step_folder(step)
                 self.store.delete([f"{folder}/{MANIFEST}"])  # un-commit first

@@ -1,19 +1,26 @@
-"""Training and eval data: files -> records -> tokenized examples -> fixed-length samples.
+"""Training and eval data: files -> records -> samples of the task -> batches.
 
 `build_datasets` is the one entry; the modules beside it each do one step
-(sources: reading with locations, formats: tokens and loss masks, packing:
-sequences and batches, sampler: the deterministic per-rank order).
+(sources: reading with locations; for causal LMs formats: tokens and loss masks,
+packing: sequences and batches; classification: texts and labels; images:
+images and labels; labels: the label set; sampler: the deterministic per-rank
+order, the same for every task).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
-from kubetune_api import DatasetSpec, TrainingSpec
+from kubetune_api import DatasetSpec, Task, TrainingSpec
+from kubetune_trainer.data.classification import TextSample, collate_texts, text_samples
 from kubetune_trainer.data.formats import IGNORE_INDEX, Example, tokenize_records
+from kubetune_trainer.data.images import ImageBatches, ImageSample, image_samples
+from kubetune_trainer.data.labels import LabelIds, label_names
 from kubetune_trainer.data.packing import Sample, collate, fit
 from kubetune_trainer.data.sampler import (
     FILLER,
@@ -29,20 +36,27 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
-    "FILLER", "IGNORE_INDEX", "BatchLayout", "DataPosition", "Datasets", "Example",
-    "FileAccess", "Record", "Sample", "build_datasets", "collate", "eval_batches", "micro_batches",
-    "split_records",
+    "FILLER", "IGNORE_INDEX", "BatchLayout", "Collate", "DataPosition", "Datasets", "Example",
+    "FileAccess", "ImageSample", "Record", "Sample", "TextSample", "build_datasets", "collate",
+    "eval_batches", "micro_batches", "split_records",
 ]
+
+Collate = Callable[[list[Any], bool], dict[str, torch.Tensor]]
+"""Samples -> a batch of tensors for the model's forward (the bool: a training batch)."""
 
 
 @dataclass(frozen=True)
 class Datasets:
     """What training consumes, plus counts worth a log line."""
 
-    train: list[Sample]
-    """Training sequences."""
-    eval: list[Sample]
-    """Eval sequences (empty when there is no eval data)."""
+    train: list[Any]
+    """Training samples (Sample, TextSample or ImageSample, by task)."""
+    eval: list[Any]
+    """Eval samples (empty when there is no eval data)."""
+    collate: Collate
+    """How samples of this task become a batch."""
+    labels: list[str] | None
+    """The classification's label names in class-id order (None for causal-lm)."""
     train_records: int
     """Records read for training (after the eval split)."""
     eval_records: int
@@ -64,16 +78,15 @@ def split_records(records: list[Record], fraction: float, seed: int) -> tuple[li
     return train, [r for i, r in enumerate(records) if i in held_out]
 
 
-def build_datasets(dataset: DatasetSpec, training: TrainingSpec, tokenizer: PreTrainedTokenizerBase, *,
-                   max_positions: int | None, files: FileAccess) -> Datasets:
-    """Read (through `files`: staging.UriFiles in the trainer), split, tokenize and fit
-    spec.dataset's training (and eval) records into sequences of training.maxSeqLength tokens
-    (packed or not)."""
-    seq_len = training.max_seq_length
-    if max_positions is not None and seq_len > max_positions:
-        raise ConfigError(f"sequence length {seq_len} (spec.training.maxSeqLength) exceeds the "
-                          f"model's maximum of {max_positions} tokens (max_position_embeddings); lower it to "
-                          f"{max_positions} or less")
+def build_datasets(dataset: DatasetSpec, training: TrainingSpec, preprocessor: Any, *,
+                   max_positions: int | None, files: FileAccess, task: Task = "causal-lm") -> Datasets:
+    """Read (through `files`: staging.UriFiles in the trainer) and split spec.dataset's training (and
+    eval) records, and turn them into samples of `task`. `preprocessor` is the model's tokenizer
+    (text tasks) or image processor."""
+    if task != "image-classification" and max_positions is not None and training.max_seq_length > max_positions:
+        raise ConfigError(f"sequence length {training.max_seq_length} (spec.training.maxSeqLength) exceeds "
+                          f"the model's maximum of {max_positions} tokens (max_position_embeddings); lower "
+                          f"it to {max_positions} or less")
     train_records = read_records(dataset.train, files)
     if dataset.eval is not None:
         eval_records = read_records(dataset.eval, files)
@@ -82,10 +95,33 @@ def build_datasets(dataset: DatasetSpec, training: TrainingSpec, tokenizer: PreT
     else:
         eval_records = []
     keys = dataset.record_keys()
+    if task == "causal-lm":
+        return _language_model_data(dataset, training, preprocessor, train_records, eval_records)
+    labels = LabelIds(label_names(dataset.labels, train_records, keys["label"]), declared=bool(dataset.labels))
+    collate_fn: Collate
+    train: list[Any]
+    evals: list[Any]
+    if task == "sequence-classification":
+        pad_id = int(preprocessor.pad_token_id)
+        train = text_samples(train_records, preprocessor, keys, labels, training.max_seq_length)
+        evals = text_samples(eval_records, preprocessor, keys, labels, training.max_seq_length)
+        collate_fn = lambda samples, _training: collate_texts(samples, pad_id)  # noqa: E731
+    else:
+        train = image_samples(train_records, keys, labels, files)
+        evals = image_samples(eval_records, keys, labels, files)
+        collate_fn = ImageBatches(preprocessor, augment=dataset.augment)
+    return Datasets(train, evals, collate_fn, labels.names, len(train_records), len(eval_records), 0, None)
+
+
+def _language_model_data(dataset: DatasetSpec, training: TrainingSpec, tokenizer: PreTrainedTokenizerBase,
+                         train_records: list[Record], eval_records: list[Record]) -> Datasets:
+    """Token sequences of training.maxSeqLength tokens (packed or not) with their loss masks."""
+    seq_len, keys = training.max_seq_length, dataset.record_keys()
     train = fit(tokenize_records(train_records, dataset.format, tokenizer, keys), seq_len, training.packing)
     if not train.samples:
         raise DataError(f"{dataset.train}: no record has a learnable token within "
                         f"spec.training.maxSeqLength={seq_len} (first: {train.first_dropped})")
     evals = fit(tokenize_records(eval_records, dataset.format, tokenizer, keys), seq_len, training.packing)
-    return Datasets(train.samples, evals.samples, len(train_records), len(eval_records),
-                    train.dropped, train.first_dropped)
+    pad_id = int(tokenizer.pad_token_id)
+    return Datasets(train.samples, evals.samples, lambda samples, _training: collate(samples, pad_id), None,
+                    len(train_records), len(eval_records), train.dropped, train.first_dropped)

@@ -46,7 +46,7 @@ def _with_eos(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
     return ids if ids and ids[-1] == eos else [*ids, eos]
 
 
-def _string_field(record: Record, name: str, shape: str) -> str:
+def string_field(record: Record, name: str, shape: str) -> str:
     value = record.data.get(name)
     if not isinstance(value, str) or not value:
         got = "missing" if name not in record.data else f"got {type(value).__name__} {value!r:.40}"
@@ -62,7 +62,7 @@ Keys = Mapping[str, str]
 def text_example(record: Record, tokenizer: PreTrainedTokenizerBase, keys: Keys | None = None) -> Example:
     """{"text": ...}: loss on every token."""
     key = (keys or {}).get("text", "text")
-    text = _string_field(record, key, f'{{"{key}": "..."}}')
+    text = string_field(record, key, f'{{"{key}": "..."}}')
     ids = _with_eos(tokenizer, _encode(tokenizer, text, special=True))
     return Example(ids, list(ids), record.where)
 
@@ -72,8 +72,8 @@ def prompt_completion_example(record: Record, tokenizer: PreTrainedTokenizerBase
     """{"prompt", "completion"}: loss on the completion only."""
     prompt_key, completion_key = (keys or {}).get("prompt", "prompt"), (keys or {}).get("completion", "completion")
     shape = f'{{"{prompt_key}": "...", "{completion_key}": "..."}}'
-    prompt = _encode(tokenizer, _string_field(record, prompt_key, shape), special=True)
-    completion = _with_eos(tokenizer, _encode(tokenizer, _string_field(record, completion_key, shape)))
+    prompt = _encode(tokenizer, string_field(record, prompt_key, shape), special=True)
+    completion = _with_eos(tokenizer, _encode(tokenizer, string_field(record, completion_key, shape)))
     return Example(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion, record.where)
 
 

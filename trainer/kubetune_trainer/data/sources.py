@@ -46,6 +46,8 @@ class Record:
     """`path:line` (JSONL) or `path row N` (Parquet), for error messages."""
     data: dict[str, Any]
     """The record's fields."""
+    file: str = ""
+    """The dataset file it was read from (paths in the record are relative to its folder)."""
 
 
 def open_local(uri: str, shown_as: str | None = None) -> IO[bytes]:
@@ -107,7 +109,7 @@ def _jsonl_records(stream: IO[bytes], uri: str) -> Iterator[Record]:
                             "each line must hold one JSON object") from None
         if not isinstance(data, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        yield Record(where, data)
+        yield Record(where, data, uri)
 
 
 def _parquet_records(stream: IO[bytes], uri: str) -> Iterator[Record]:
@@ -119,7 +121,7 @@ def _parquet_records(stream: IO[bytes], uri: str) -> Iterator[Record]:
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{uri}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     for number, row in enumerate(table.to_pylist(), start=1):
-        yield Record(f"{uri} row {number}", row)
+        yield Record(f"{uri} row {number}", row, uri)
 
 
 def read_records(uri: str, files: FileAccess = LOCAL_FILES) -> list[Record]:
