@@ -85,3 +85,8 @@ REASON_TRAINING_COMPLETE: Final = "TrainingComplete"
 REASON_EARLY_STOPPED: Final = "EarlyStopped"
 REASON_BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"
 REASON_DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+REASON_HANG: Final = "Hang"
+REASON_HANG_LIMIT_EXCEEDED: Final = "HangLimitExceeded"
+REASON_WORKERS_NOT_STARTED: Final = "WorkersNotStarted"
+# The first word of a trainer's termination message when its watchdog found it hung.
+HANG_MESSAGE_PREFIX: Final = "Hang:"

@@ -105,6 +105,31 @@ class RunPolicySpec(ApiModel):
         description="true deletes the worker pods and keeps everything else; false again "
         "recreates them, and training resumes from the latest committed checkpoint.",
     )
+    progress_deadline_seconds: int = Field(
+        default=1800,
+        ge=10,
+        le=86_400,
+        description="Seconds a training process may go without completing an optimizer step "
+        "(an evaluation or a checkpoint counts as progress) before it is considered hung: it writes "
+        "the stacks of its threads to diagnostics/attempt-N/rank-R.txt under the checkpoint URI "
+        "and exits, and the job restarts (reason Hang). Must exceed the longest evaluation.",
+    )
+    startup_deadline_seconds: int = Field(
+        default=1800,
+        ge=10,
+        le=86_400,
+        description="Seconds the workers may take to all be Running, and a training process to "
+        "stage the model and data, join the others and finish its first step. Past it, workers "
+        "that are not running make the job Stalled (reason WorkersNotStarted, no budget spent); "
+        "a process that has not finished its first step counts as hung.",
+    )
+    hang_restart_limit: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="Restarts after a hang (see progressDeadlineSeconds) before the job fails; "
+        "counted apart from backoffLimit.",
+    )
 
 
 _VOLUME_MOUNTS_RULE = Rule(

@@ -97,6 +97,11 @@ class RestartsStatus(StatusModel):
     application: Count = Field(
         default=0, description="After the trainer failed; counted against runPolicy.backoffLimit."
     )
+    hang: Count = Field(
+        default=0,
+        description="After training stopped making progress (a hang); counted against "
+        "runPolicy.hangRestartLimit.",
+    )
 
 
 class ProgressStatus(StatusModel):

@@ -3,7 +3,9 @@
 A collective cannot survive the loss of a rank, so any failed worker fails the
 gang. What matters is the cause: the infrastructure (a node lost, a pod
 evicted, pre-empted or deleted by someone else) restarts the gang for free;
-the application (the trainer exiting non-zero) spends runPolicy.backoffLimit.
+the application (the trainer exiting non-zero) spends runPolicy.backoffLimit; a
+hang (a trainer whose watchdog found it stuck, or a job whose progress stopped)
+spends runPolicy.hangRestartLimit.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import enum
 from dataclasses import dataclass
 
 from kubetune_api import Manifest
+from kubetune_api.constants import HANG_MESSAGE_PREFIX, REASON_HANG
 
 from .workers import TRAINER_CONTAINER
 
@@ -29,6 +32,7 @@ DISRUPTION_CONDITION = "DisruptionTarget"
 class Cause(enum.StrEnum):
     INFRASTRUCTURE = "infrastructure"
     APPLICATION = "application"
+    HANG = "hang"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ def classify(pod: Manifest) -> WorkerFailure | None:
         text = (terminated.get("message") or "").strip()
         # The trainer writes one line; with FallbackToLogsOnError it may be a log tail: keep the last line.
         last_line = text.splitlines()[-1] if text else (terminated.get("reason") or "")
+        if last_line.startswith(HANG_MESSAGE_PREFIX):  # the trainer's watchdog: "Hang: no step for ..."
+            return WorkerFailure(Cause.HANG, name, REASON_HANG, f"worker {name}: {last_line}")
         return WorkerFailure(Cause.APPLICATION, name, "TrainerFailed",
                              f"worker {name} exited with code {code}" + (f": {last_line}" if last_line else ""))
     return WorkerFailure(Cause.INFRASTRUCTURE, name, pod_reason or "PodFailed",
@@ -92,9 +98,11 @@ def gang_failure(failures: list[WorkerFailure]) -> WorkerFailure | None:
 
     When one rank is lost, its peers fail too (their collectives break), often
     with a non-zero exit: an infrastructure failure among them is the cause,
-    and the application failures its consequence.
+    and the application failures its consequence. Likewise a hang explains the
+    peers that failed while waiting for the hung rank.
     """
-    if not failures:
-        return None
-    infra = [f for f in failures if f.cause is Cause.INFRASTRUCTURE]
-    return (infra or failures)[0]
+    for cause in (Cause.INFRASTRUCTURE, Cause.HANG, Cause.APPLICATION):
+        for failure in failures:
+            if failure.cause is cause:
+                return failure
+    return None

@@ -22,16 +22,22 @@ from datetime import datetime, timedelta
 
 from kubetune_api import FineTuneJobSpec, FineTuneJobStatus, Manifest, RestartsStatus, WorkersStatus
 from kubetune_api.constants import (
+    CONDITION_READY,
+    CONDITION_RECONCILING,
+    CONDITION_STALLED,
     REASON_BACKOFF_LIMIT_EXCEEDED,
     REASON_CREATING_WORKERS,
     REASON_DEADLINE_EXCEEDED,
     REASON_EARLY_STOPPED,
+    REASON_HANG,
+    REASON_HANG_LIMIT_EXCEEDED,
     REASON_INVALID_SPEC,
     REASON_RESTARTING,
     REASON_RESUMED,
     REASON_SUSPENDED,
     REASON_TRAINING_COMPLETE,
     REASON_WAITING_FOR_WORKERS,
+    REASON_WORKERS_NOT_STARTED,
     REASON_WORKERS_RUNNING,
     TERMINAL_PHASES,
     Phase,
@@ -45,6 +51,11 @@ from .workers import ATTEMPT_LABEL, RANK_LABEL
 # operator anyway; this is the fallback should one be missed, kept long so that
 # polling never competes with real work for the API budget.
 POLL_SECONDS = 30.0
+# How much longer than spec.runPolicy.progressDeadlineSeconds the operator waits for a progress
+# report before it treats the job as hung itself: the trainer's watchdog fires at the deadline and
+# takes up to a minute to store its report; this is the backstop for a watchdog that cannot fire
+# (a process frozen by SIGSTOP, a node gone silent).
+HANG_MARGIN_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,8 @@ class _Builder:
         old = obs.status
         self.old_phase: Phase | None = old.phase
         restarts = old.restarts or RestartsStatus()
-        self.restarts = {"infrastructure": restarts.infrastructure, "application": restarts.application}
+        self.restarts = {"infrastructure": restarts.infrastructure, "application": restarts.application,
+                         "hang": restarts.hang}
         self.launched = old.workers.launched if old.workers else False
         self.start_time: datetime = old.start_time or obs.now
         self.nodes = nodes
@@ -125,18 +137,18 @@ class _Builder:
 
     @property
     def attempt(self) -> int:
-        return 1 + self.restarts["infrastructure"] + self.restarts["application"]
+        return 1 + sum(self.restarts.values())
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.plan.events.append(Event(type_, reason, message))
 
-    def finish(self, phase: Phase, reason: str, message: str, ready: int = 0) -> Plan:
+    def finish(self, phase: Phase, reason: str, message: str, ready: int = 0, stalled: bool = False) -> Plan:
         obs = self.obs
         completion = (obs.status.completion_time or obs.now) if phase in TERMINAL_PHASES else None
         self.plan.status = FineTuneJobStatus(
             observed_generation=obs.generation,
             phase=phase,
-            conditions=conditions_for(phase, reason, message, obs.status, obs.now, obs.generation),
+            conditions=conditions_for(phase, reason, message, obs.status, obs.now, obs.generation, stalled),
             start_time=self.start_time,
             completion_time=completion,
             workers=WorkersStatus(ready=ready, total=self.nodes, launched=self.launched, attempt=self.attempt),
@@ -260,6 +272,9 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
 
     ready = sum(_is_ready(p) for p in live)
     if ready == spec.resources.nodes:
+        hang = _silent_too_long(b, spec)
+        if hang is not None:
+            return _after_failure(b, spec, hang, live)
         message = f"all {ready} workers running (attempt {b.attempt})"
         if b.old_phase != Phase.RUNNING:
             b.event("Normal", REASON_WORKERS_RUNNING, message)
@@ -270,8 +285,54 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
                         f"{ready}/{spec.resources.nodes} workers ready", ready)
     phase = Phase.RESTARTING if b.attempt > 1 else Phase.PENDING
     reason = REASON_RESTARTING if b.attempt > 1 else REASON_WAITING_FOR_WORKERS
-    message = f"waiting for workers: {ready}/{spec.resources.nodes} ready (attempt {b.attempt})" + _waiting_reason(live)
+    waiting = _waiting_reason(live)
+    message = f"waiting for workers: {ready}/{spec.resources.nodes} ready (attempt {b.attempt})" + waiting
+    # Since when the job has been waiting for this attempt's workers (Reconciling turned True).
+    reconciling = obs.status.condition(CONDITION_RECONCILING)
+    since = reconciling.last_transition_time if reconciling is not None and reconciling.status == "True" else obs.now
+    limit = spec.run_policy.startup_deadline_seconds
+    late = (obs.now - since).total_seconds() - limit
+    if late >= 0:
+        message = (f"workers not running {limit} s (spec.runPolicy.startupDeadlineSeconds) after attempt "
+                   f"{b.attempt} began: {ready}/{spec.resources.nodes} ready" + waiting)
+        stalled = obs.status.condition(CONDITION_STALLED)
+        if stalled is None or stalled.status != "True" or stalled.reason != REASON_WORKERS_NOT_STARTED:
+            b.event("Warning", REASON_WORKERS_NOT_STARTED, message)
+        return b.finish(phase, REASON_WORKERS_NOT_STARTED, message, ready, stalled=True)
+    b.plan.requeue_after = _sooner(b.plan.requeue_after, -late)
+    if phase == Phase.RESTARTING and _stalled_by_hang(obs.status):
+        return b.finish(phase, REASON_HANG, message, ready, stalled=True)  # until the new workers run
     return b.finish(phase, reason, message, ready)
+
+
+def _stalled_by_hang(status: FineTuneJobStatus) -> bool:
+    stalled = status.condition(CONDITION_STALLED)
+    return stalled is not None and stalled.status == "True" and stalled.reason == REASON_HANG
+
+
+def _silent_too_long(b: _Builder, spec: FineTuneJobSpec) -> WorkerFailure | None:
+    """The operator's own hang check, for when no trainer watchdog can fire: all workers run, yet no
+    progress was reported for the deadline plus HANG_MARGIN_SECONDS. Sets when to look again."""
+    obs, policy = b.obs, spec.run_policy
+    ready = obs.status.condition(CONDITION_READY)
+    running_since = ready.last_transition_time if ready is not None and ready.status == "True" else obs.now
+    progress = obs.status.progress
+    if progress is not None and progress.step is not None and progress.total_steps is not None \
+            and progress.step >= progress.total_steps:
+        return None  # training is done; the export retries storage on its own schedule
+    if progress is not None and progress.step is not None and progress.updated_at is not None \
+            and progress.updated_at > running_since:
+        last, limit, what = progress.updated_at, policy.progress_deadline_seconds, "progressDeadlineSeconds"
+    else:  # nothing reported by this attempt yet
+        last, limit, what = running_since, policy.startup_deadline_seconds, "startupDeadlineSeconds"
+    silent = (obs.now - last).total_seconds()
+    remaining = limit + HANG_MARGIN_SECONDS - silent
+    if remaining > 0:
+        b.plan.requeue_after = _sooner(b.plan.requeue_after, remaining)
+        return None
+    return WorkerFailure(Cause.HANG, obs.name, REASON_HANG,
+                         f"no progress reported for {silent:.0f} s (spec.runPolicy.{what} is {limit} s, "
+                         f"plus {HANG_MARGIN_SECONDS:.0f} s for the trainer's own watchdog)")
 
 
 def _being_replaced(pod: Manifest, attempt: int) -> bool:
@@ -282,23 +343,34 @@ def _sooner(current: float | None, candidate: float) -> float:
     return candidate if current is None else min(current, candidate)
 
 
+# Restart budgets: the cause, its limit's field, the reason of running out, what the restarts follow.
+_BUDGETS = {
+    Cause.APPLICATION: ("backoff_limit", REASON_BACKOFF_LIMIT_EXCEEDED, "backoff limit", "trainer failures"),
+    Cause.HANG: ("hang_restart_limit", REASON_HANG_LIMIT_EXCEEDED, "hang restart limit", "hangs"),
+}
+
+
 def _after_failure(b: _Builder, spec: FineTuneJobSpec, failure: WorkerFailure, live: list[Manifest]) -> Plan:
-    limit = spec.run_policy.backoff_limit
-    if failure.cause is Cause.APPLICATION and b.restarts["application"] >= limit:
+    budget = _BUDGETS.get(failure.cause)
+    limit = getattr(spec.run_policy, budget[0]) if budget else 0
+    if failure.cause is Cause.HANG:
+        b.event("Warning", REASON_HANG, failure.message)
+    if budget is not None and b.restarts[failure.cause.value] >= limit:
         # The end: stop the workers still running, keep the finished ones for `kubectl logs`.
         b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")
                                and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
-        message = f"backoff limit reached ({limit} restart(s) after trainer failures); last: {failure.message}"
-        b.event("Warning", REASON_BACKOFF_LIMIT_EXCEEDED, message)
-        return b.finish(Phase.FAILED, REASON_BACKOFF_LIMIT_EXCEEDED, message)
+        _, reason, name, after = budget
+        message = f"{name} reached ({limit} restart(s) after {after}); last: {failure.message}"
+        b.event("Warning", reason, message)
+        return b.finish(Phase.FAILED, reason, message)
     # A restart replaces every worker: the new ones take the same names.
     b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")]
     b.restarts[failure.cause.value] += 1
     b.launched = False
     b.plan.restart_cause = failure.cause
     b.plan.requeue_after = _sooner(b.plan.requeue_after, POLL_SECONDS)
-    budget = "" if failure.cause is Cause.INFRASTRUCTURE else \
-        f"; {limit - b.restarts['application']} application restart(s) left"
-    message = f"restarting all workers (attempt {b.attempt}) after {failure.cause.value} failure: {failure.message}{budget}"
+    left = f"; {limit - b.restarts[failure.cause.value]} {failure.cause.value} restart(s) left" if budget else ""
+    message = f"restarting all workers (attempt {b.attempt}) after {failure.cause.value} failure: {failure.message}{left}"
     b.event("Warning", REASON_RESTARTING, message)
-    return b.finish(Phase.RESTARTING, REASON_RESTARTING, message)
+    hang = failure.cause is Cause.HANG
+    return b.finish(Phase.RESTARTING, REASON_HANG if hang else REASON_RESTARTING, message, stalled=hang)

@@ -89,8 +89,9 @@ def condition(previous: FineTuneJobStatus, type_: str, status: ConditionStatus, 
 
 
 def conditions_for(phase: Phase, reason: str, message: str, previous: FineTuneJobStatus,
-                   now: datetime, generation: int) -> list[Condition]:
-    """kstatus conditions (Ready, Reconciling, Stalled) plus the terminal Succeeded/Failed."""
+                   now: datetime, generation: int, stalled: bool = False) -> list[Condition]:
+    """kstatus conditions (Ready, Reconciling, Stalled) plus the terminal Succeeded/Failed;
+    `stalled`: not failed, but stuck (a hang, workers that do not start)."""
 
     def cond(type_: str, true: bool) -> Condition:
         return condition(previous, type_, "True" if true else "False", reason, message, now, generation)
@@ -98,7 +99,7 @@ def conditions_for(phase: Phase, reason: str, message: str, previous: FineTuneJo
     out = [
         cond(CONDITION_READY, phase == Phase.RUNNING),
         cond(CONDITION_RECONCILING, phase in (Phase.PENDING, Phase.RESTARTING)),
-        cond(CONDITION_STALLED, phase == Phase.FAILED),
+        cond(CONDITION_STALLED, phase == Phase.FAILED or stalled),
     ]
     if phase == Phase.SUCCEEDED:
         out.append(cond(CONDITION_SUCCEEDED, True))

@@ -14,7 +14,7 @@ from harness import ftj
 
 from kubetune_api import FineTuneJobStatus, RestartsStatus, format_timestamp, parse_spec
 from kubetune_operator.failures import Cause, classify, gang_failure
-from kubetune_operator.plan import Observed, plan, plan_invalid
+from kubetune_operator.plan import HANG_MARGIN_SECONDS, Observed, plan, plan_invalid
 from kubetune_operator.status import read_status
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
@@ -102,7 +102,7 @@ class TestPlan:
 
     def test_condition_transition_time_moves_only_with_its_status(self) -> None:
         first = plan(spec(), observed(launched(phase="Pending"), [pod(0), pod(1)]))
-        later = plan(spec(), observed(first.status, [pod(0), pod(1)], now=NOW + timedelta(hours=1)))
+        later = plan(spec(), observed(first.status, [pod(0), pod(1)], now=NOW + timedelta(minutes=10)))
         assert first.status.conditions == later.status.conditions
 
     def test_lost_worker_restarts_the_gang_as_infrastructure(self) -> None:
@@ -193,3 +193,97 @@ class TestPlan:
         p = plan_invalid(observed(), "spec.training.microBatchSize must be >= 1 (got 0)")
         assert p.status.phase == "Failed" and not p.create_ranks and not p.ensure_children
         assert {c.type: c.reason for c in p.status.conditions}["Failed"] == "InvalidSpec"
+
+
+HANG_LINE = ("Hang: no step for 600 s at step 12 (rank 0, waiting in torch.distributed.distributed_c10d.all_reduce); "
+             "stacks in s3://b/out/checkpoints/diagnostics/attempt-1/rank-0.txt")
+
+
+def hung(rank: int = 0, attempt: int = 1) -> dict[str, Any]:
+    """A worker whose trainer's watchdog ended it."""
+    return pod(rank, attempt, phase="Failed", exit_code=3, message=HANG_LINE)
+
+
+def conditions(p: Any) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in p.status.conditions}
+
+
+class TestHang:
+    def test_the_watchdogs_termination_message_is_a_hang(self) -> None:
+        failure = classify(hung())
+        assert failure is not None and failure.cause is Cause.HANG and failure.reason == "Hang"
+        assert failure.message == f"worker j-worker-0: {HANG_LINE}"
+
+    def test_a_hang_explains_the_peers_that_failed_waiting_for_it(self) -> None:
+        peer = classify(pod(1, phase="Failed", exit_code=1, message="lost contact with another training process"))
+        hang = classify(hung())
+        assert peer and hang and gang_failure([peer, hang]) == hang
+
+    def test_a_hang_restarts_on_its_own_budget_and_is_stalled_until_the_new_workers_run(self) -> None:
+        s = spec(runPolicy={"backoffLimit": 0, "hangRestartLimit": 1})
+        p = plan(s, observed(launched(), [hung(0), pod(1)]))
+        assert p.status.phase == "Restarting" and p.restart_cause is Cause.HANG
+        assert p.status.restarts == RestartsStatus(infrastructure=0, application=0, hang=1)
+        assert sorted(p.delete_pods) == ["j-worker-0", "j-worker-1"]
+        assert conditions(p)["Stalled"] == ("True", "Hang")
+        hang_events = [e for e in p.events if e.reason == "Hang"]
+        assert len(hang_events) == 1 and "rank 0" in hang_events[0].message
+        assert "diagnostics/attempt-1/rank-0.txt" in hang_events[0].message
+        assert "0 hang restart(s) left" in p.status.message
+
+        starting = {**p.status.to_manifest(), "workers": {"launched": True, "attempt": 2}}
+        waiting = plan(s, observed(starting, [pod(0, 2, phase="Pending", ready=False), pod(1, 2)],
+                                   now=NOW + timedelta(seconds=20)))
+        assert waiting.status.phase == "Restarting" and conditions(waiting)["Stalled"] == ("True", "Hang")
+        running = plan(s, observed(waiting.status, [pod(0, 2), pod(1, 2)], now=NOW + timedelta(seconds=40)))
+        assert running.status.phase == "Running" and conditions(running)["Stalled"][0] == "False"
+
+        again = plan(s, observed(running.status, [hung(1, 2), pod(0, 2)], now=NOW + timedelta(seconds=60)))
+        assert again.status.phase == "Failed"
+        assert conditions(again)["Failed"] == ("True", "HangLimitExceeded")
+        assert again.status.restarts.application == 0, "hangs never spend the backoff limit"
+
+    def test_the_operator_treats_a_silent_job_as_hung_after_the_deadline_and_a_margin(self) -> None:
+        s = spec(runPolicy={"progressDeadlineSeconds": 300})
+        running = plan(s, observed(launched(phase="Pending"), [pod(0), pod(1)])).status  # Ready since NOW
+        last = NOW + timedelta(minutes=5)
+        reported = {**running.to_manifest(), "progress": {"step": 7, "totalSteps": 50, "updatedAt": ts(last)}}
+
+        quiet = plan(s, observed(reported, [pod(0), pod(1)], now=last + timedelta(seconds=300)))
+        assert quiet.status.phase == "Running" and not quiet.delete_pods
+        assert quiet.requeue_after == pytest.approx(HANG_MARGIN_SECONDS)  # it looks again when it would be late
+
+        silent = plan(s, observed(reported, [pod(0), pod(1)], now=last + timedelta(seconds=300 + HANG_MARGIN_SECONDS)))
+        assert silent.status.phase == "Restarting" and silent.restart_cause is Cause.HANG
+        assert silent.status.restarts.hang == 1 and conditions(silent)["Stalled"] == ("True", "Hang")
+        assert "no progress reported for 420 s" in silent.status.message
+
+        exporting = {**reported, "progress": {"step": 50, "totalSteps": 50, "updatedAt": ts(last)}}
+        done = plan(s, observed(exporting, [pod(0), pod(1)], now=last + timedelta(hours=1)))
+        assert done.status.phase == "Running", "after the last step, the export retries storage on its own"
+
+    def test_a_first_step_that_never_comes_is_a_hang_after_the_startup_deadline(self) -> None:
+        s = spec(runPolicy={"startupDeadlineSeconds": 600})
+        running = plan(s, observed(launched(phase="Pending"), [pod(0), pod(1)])).status
+        p = plan(s, observed(running, [pod(0), pod(1)], now=NOW + timedelta(seconds=600 + HANG_MARGIN_SECONDS)))
+        assert p.restart_cause is Cause.HANG and "startupDeadlineSeconds is 600 s" in p.status.message
+
+    def test_workers_that_never_start_make_the_job_stalled_with_the_schedulers_reason(self) -> None:
+        s = spec(runPolicy={"startupDeadlineSeconds": 600, "backoffLimit": 0})
+        created = plan(s, observed())
+        unschedulable = pod(1, phase="Pending", ready=False)
+        unschedulable["status"]["conditions"].append(
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."})
+        pods = [pod(0), unschedulable]
+        early = plan(s, observed(created.status, pods, now=NOW + timedelta(seconds=590)))
+        assert early.status.phase == "Pending" and conditions(early)["Stalled"][0] == "False"
+        assert early.requeue_after == pytest.approx(10), "it looks again when the deadline passes"
+
+        late = plan(s, observed(early.status, pods, now=NOW + timedelta(seconds=601)))
+        assert late.status.phase == "Pending" and conditions(late)["Stalled"] == ("True", "WorkersNotStarted")
+        assert "j-worker-1: Unschedulable: 0/3 nodes are available" in late.status.message
+        assert [e.reason for e in late.events] == ["WorkersNotStarted"]
+        assert late.status.restarts == RestartsStatus() and not late.delete_pods, "no budget spent, nothing deleted"
+        later = plan(s, observed(late.status, pods, now=NOW + timedelta(seconds=900)))
+        assert conditions(later)["Stalled"] == ("True", "WorkersNotStarted") and not later.events, "one Event"

@@ -78,9 +78,10 @@ def test_one_write_then_none_while_nothing_changes() -> None:
     desired = first_plan(stored)
     assert needs_write(read_status(stored), desired)
     stored.update(desired.to_manifest())  # the job after the write
-    # The same decision an hour later, with the trainer reporting in between: nothing to write.
+    # The same decision ten minutes later (within the start-up deadline), with the trainer reporting
+    # in between: nothing to write.
     stored["progress"] = {**stored["progress"], "step": 90}
-    again = first_plan(stored, now=NOW + timedelta(hours=1))
+    again = first_plan(stored, now=NOW + timedelta(minutes=10))
     assert again == desired
     assert not needs_write(read_status(stored), again)
 

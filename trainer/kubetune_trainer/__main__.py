@@ -5,8 +5,9 @@ operator's config.json, or any manifest a developer runs by hand (see
 jobfile.py). Bad
 input ends with one line on stderr, in the pod's termination log
 (/dev/termination-log, when it exists) and exit code 2; storage that stays
-unreachable exits 1 the same way; anything else is a bug and keeps its
-traceback (its last line goes to the termination log).
+unreachable exits 1 the same way; a process that stops making progress is ended
+by its watchdog (watchdog.py) with exit code 3 and a "Hang: ..." line; anything
+else is a bug and keeps its traceback (its last line goes to the termination log).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from kubetune_api import FineTuneJob
     from kubetune_trainer.settings import Settings
+    from kubetune_trainer.watchdog import Watchdog
 
 PREFIX = "kubetune-trainer: error: "
 
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         path = args[0] if args else settings.config_path
         if not path:
             return fail("no config; pass its path or set KUBETUNE_CONFIG", 2)
-        _run(path, settings)
+        _run(path, settings, lambda line: write_termination_message(termination_log, line))
     except TrainerError as e:
         return fail(str(e), e.exit_code)
     except Exception as e:
@@ -71,17 +75,19 @@ def crash_reason(error: Exception) -> str:
     return f"{type(error).__name__}: {first} (a bug: see the log for the traceback)"
 
 
-def _run(path: str, settings: Settings) -> None:
+def _run(path: str, settings: Settings, terminate: Callable[[str], None]) -> None:
     from kubetune_trainer.jobfile import load_job, redacted
     from kubetune_trainer.logs import log_event
 
     job = load_job(path, settings)  # before the heavy imports: a bad spec fails in a second
-    from kubetune_trainer.context import RunContext
     from kubetune_trainer.distributed import process_world
+
+    spec, world = job.spec, process_world()
+    watchdog = _watchdog(job, world.rank, settings, terminate)  # from here on, start-up counts
+    from kubetune_trainer.context import RunContext
     from kubetune_trainer.recipe import check_world, run
     from kubetune_trainer.staging import check_storage, check_writable, stage_model
 
-    spec, world = job.spec, process_world()
     if world.is_main:
         log_event("config", job=job.metadata.identity(), attempt=settings.attempt,
                   spec=redacted(spec.to_manifest()))
@@ -94,7 +100,27 @@ def _run(path: str, settings: Settings) -> None:
     context = RunContext(model_dir=stage_model(spec.model.uri, settings, spec.storage),
                          output_dir=settings.scratch_dir / "output" / (job.metadata.name or "standalone"),
                          world=world, attempt=settings.attempt)
-    run(job, context, settings=settings)
+    run(job, context, settings=settings, watchdog=watchdog)
+
+
+def _watchdog(job: FineTuneJob, rank: int, settings: Settings, terminate: Callable[[str], None]) -> Watchdog:
+    """This process's hang watchdog, armed with the start-up deadline."""
+    from kubetune_trainer.watchdog import Watchdog
+
+    spec = job.spec
+
+    def report(key: str, text: str) -> None:
+        from kubetune_trainer.storage import open_store
+
+        store = open_store(spec.checkpoint_uri, spec.storage, settings)
+        try:
+            store.put_bytes(key, text.encode())
+        finally:
+            store.close()
+
+    return Watchdog(startup_seconds=spec.run_policy.startup_deadline_seconds,
+                    progress_seconds=spec.run_policy.progress_deadline_seconds, rank=rank, attempt=settings.attempt,
+                    report=report, terminate=terminate, where=spec.checkpoint_uri).start()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -67,15 +68,17 @@ def process_world() -> DistEnv:
     return dist_env(os.environ)
 
 
-def init_distributed(env: DistEnv) -> None:
-    """Join the process group of `env` (torchrun's, or a world of one) through DeepSpeed."""
+def init_distributed(env: DistEnv, timeout_seconds: float | None = None) -> None:
+    """Join the process group of `env` (torchrun's, or a world of one) through DeepSpeed; a
+    collective fails after `timeout_seconds` (default: torch's, 30 minutes)."""
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank)
     import deepspeed
 
     if not torch.cuda.is_available():
         _skip_shm_comm_op()
-    deepspeed.init_distributed(dist_backend=backend(), auto_mpi_discovery=False)
+    kwargs = {} if timeout_seconds is None else {"timeout": timedelta(seconds=timeout_seconds)}
+    deepspeed.init_distributed(dist_backend=backend(), auto_mpi_discovery=False, **kwargs)
 
 
 def _skip_shm_comm_op() -> None:

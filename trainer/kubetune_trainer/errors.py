@@ -12,6 +12,7 @@ from __future__ import annotations
 # that a restart may cure (storage down for too long).
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_HANG = 3  # the watchdog found this process hung (watchdog.py); the termination message says where
 
 
 class TrainerError(Exception):

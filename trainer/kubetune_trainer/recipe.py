@@ -55,6 +55,7 @@ from kubetune_trainer.settings import Settings
 from kubetune_trainer.staging import UriFiles, path_slug
 from kubetune_trainer.storage import Store, open_store, retry
 from kubetune_trainer.streaming import CheckpointCommitter, CheckpointUploader
+from kubetune_trainer.watchdog import Stall, Watchdog
 
 
 class UploadFailedElsewhere(TrainerError):
@@ -74,10 +75,11 @@ def check_world(job: FineTuneJob, world: DistEnv) -> None:
 
 
 def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = None,
-        callbacks: Sequence[Callback] = ()) -> Path:
+        callbacks: Sequence[Callback] = (), watchdog: Watchdog | None = None) -> Path:
     """Fine-tune as `job` says; write the model spec.output.select picks (the best checkpoint or the
     last step) to context.output_dir and publish it to spec.output.uri; returns that directory.
-    `callbacks` run on every rank."""
+    `callbacks` run on every rank; `watchdog` (armed with the start-up deadline) is re-armed by
+    progress and disarmed at the end."""
     settings = settings or Settings()
     spec, training, env = job.spec, job.spec.training, context.world
     record = job_record(job)  # stored in every checkpoint and the output's manifest
@@ -92,7 +94,9 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
     text = spec.task != "image-classification"
     data = build_datasets(spec.dataset, training, preprocessor, task=spec.task, files=UriFiles(settings, spec.storage),
                           max_positions=max_positions(context.model_dir, spec.model.trust_remote_code) if text else None)
-    init_distributed(env)
+    policy = spec.run_policy
+    # Collectives time out only after the watchdog would have fired: a hang is reported as one.
+    init_distributed(env, timeout_seconds=max(policy.startup_deadline_seconds, policy.progress_deadline_seconds) + 300)
     closing: list[Any] = []  # threads and stores to stop, newest first
     try:
         run_id = broadcast_object(uuid.uuid4().hex if env.is_main else "", env)
@@ -120,6 +124,10 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
                                training.weight_decay)
 
         hooks: list[Callback] = [LogLines(training.log_every_steps)] if env.is_main else []
+        if watchdog is not None:
+            hooks.append(watchdog)
+        if settings.stall_at_step is not None and env.rank == settings.stall_rank:
+            hooks.append(Stall(settings.stall_at_step))
         reporter = None
         if env.is_main and (patcher := kube_status_patcher(settings)) is not None:
             reporter = ProgressReporter(patcher, settings.status_interval_seconds)
@@ -158,6 +166,8 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
         final = train(engine, LoopData(data.train, data.eval, data.collate, data.labels), plan, env=env,
                       callbacks=CallbackList([*hooks, *callbacks]), start=start, tracker=tracker, config=record)
 
+        if watchdog is not None:  # the export and the last uploads retry storage for up to the give-up time
+            watchdog.arm("export", policy.progress_deadline_seconds + settings.upload_give_up_seconds)
         selected = None
         if spec.output_select == "best" and tracker.best_step is not None and tracker.best_step != final.step:
             # The best checkpoint's weights, not the last step's: it was pinned, so it is stored.
@@ -193,6 +203,8 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
         barrier()
         return output
     finally:
+        if watchdog is not None:
+            watchdog.disarm()
         for item in reversed(closing):
             item.close()
         destroy_distributed()

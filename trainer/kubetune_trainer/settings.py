@@ -56,6 +56,12 @@ class Settings:
     before the run fails."""
     kube_host: str | None = None
     """KUBERNETES_SERVICE_HOST: set by Kubernetes in every pod; unset: no cluster, logs only."""
+    stall_at_step: int | None = None
+    """KUBETUNE_TEST_STALL_AT_STEP: fault injection for testing hang handling: after this optimizer
+    step the training loop of rank KUBETUNE_TEST_STALL_RANK (default 0) blocks for good, as a hung
+    rank would. Never set it on a real job."""
+    stall_rank: int = 0
+    """KUBETUNE_TEST_STALL_RANK: the rank that KUBETUNE_TEST_STALL_AT_STEP blocks."""
 
     @property
     def in_cluster(self) -> bool:
@@ -102,4 +108,6 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         upload_give_up_seconds=number("KUBETUNE_UPLOAD_GIVE_UP_SECONDS", float, 1.0,
                                       defaults.upload_give_up_seconds),
         kube_host=env.get("KUBERNETES_SERVICE_HOST") or None,
+        stall_at_step=None if (stall := _number(env, "KUBETUNE_TEST_STALL_AT_STEP", int, 1)) is None else int(stall),
+        stall_rank=int(number("KUBETUNE_TEST_STALL_RANK", int, 0, defaults.stall_rank)),
     )
