@@ -206,7 +206,7 @@ def test_the_operator_as_its_service_account_runs_jobs_through_their_lives(
         manifest = ftj("tuned", nodes=2, gpus=1)
         applied = jobs.apply(manifest)
         status = jobs.running("tuned")
-        assert status["restarts"] == {"infrastructure": 0, "application": 0}
+        assert status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 0}
         assert_untouched(applied, jobs.get("tuned"))
         for kind, name in [("serviceaccount", "tuned-worker"), ("role", "tuned-worker"),
                            ("rolebinding", "tuned-worker"), ("service", "tuned"), ("configmap", "tuned-config")]:
@@ -219,7 +219,7 @@ def test_the_operator_as_its_service_account_runs_jobs_through_their_lives(
         # A worker lost: the whole gang restarts.
         cluster.kubectl("delete", "pod", "tuned-worker-1", "-n", namespace, "--wait=false")
         status = jobs.running("tuned", attempt=2)
-        assert status["restarts"] == {"infrastructure": 1, "application": 0}
+        assert status["restarts"] == {"infrastructure": 1, "application": 0, "hang": 0}
         assert_untouched(applied, jobs.get("tuned"))
 
         # Suspend and resume through Git.
@@ -319,7 +319,7 @@ def test_helm_upgrade_rolls_the_operator_without_touching_running_workers(
     jobs.running("after-upgrade")  # the new leader acts
     assert {p["metadata"]["uid"] for p in jobs.pods("steady")} == workers
     status = jobs.status("steady")
-    assert status["phase"] == "Running" and status["restarts"] == {"infrastructure": 0, "application": 0}
+    assert status["phase"] == "Running" and status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 0}
     # An invalid upgrade fails on the schema and leaves the release as it was.
     failed = helm("upgrade", release.name, str(CHART), "--namespace", release.namespace, "--reuse-values",
                   "--set", "operator.logLevel=VERBOSE", env=cluster.env, check=False)

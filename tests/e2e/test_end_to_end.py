@@ -13,7 +13,9 @@ quick start as it is.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -41,6 +43,7 @@ from kubetune_api.constants import (
 )
 from kubetune_testbed.chart import OperatorRelease
 from kubetune_testbed.datasets import write_chat_dataset
+from kubetune_testbed.processes import trainer_pids
 from kubetune_testbed.quickstart import QUICKSTART
 from kubetune_testbed.s3folders import delete_prefix, download_prefix, upload_folder
 from kubetune_trainer.logs import parse_log_lines
@@ -101,7 +104,7 @@ def test_quickstart_runs_two_nodes_to_success(cluster: Any, e2e: Jobs, store: st
     assert status["checkpoints"]["latest"]["uri"] == f"s3://{store}/output/qs/checkpoints/step-00000006/"
     assert status["checkpoints"]["committed"] == 2
     assert status["output"]["uri"] == f"s3://{store}/output/qs/"
-    assert status["restarts"] == {"infrastructure": 0, "application": 0}
+    assert status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 0}
 
     # Two pods, two ranks in one process group, over the pods' own addresses.
     pods = e2e.pods("qs")
@@ -160,7 +163,7 @@ def test_a_deleted_worker_restarts_the_gang_once_even_as_the_operator_leader_is_
     seen_pods = pods.stop()
     assert done.returncode == 0, diagnose(cluster, e2e, "resume") + done.stderr
     status = e2e.status("resume")
-    assert status["restarts"] == {"infrastructure": 1, "application": 0}
+    assert status["restarts"] == {"infrastructure": 1, "application": 0, "hang": 0}
     assert status["workers"]["attempt"] == 2  # 1, plus the one restart
     assert status["progress"]["step"] == 50
     resumed = status["checkpoints"]["resumedFrom"]
@@ -181,6 +184,46 @@ def test_a_deleted_worker_restarts_the_gang_once_even_as_the_operator_leader_is_
     assert [e["start_step"] for e in events if e["event"] == "train_start"] == [resumed["step"]]
 
 
+def test_a_frozen_rank_is_a_hang_and_the_job_resumes_from_its_last_commit(cluster: Any, e2e: Jobs, store: str) -> None:
+    e2e.apply(quickstart("frozen", store, training={"maxSteps": 40}, checkpoint={"everySteps": 5, "keepLast": 2},
+                         runPolicy={"progressDeadlineSeconds": 15}))
+
+    def committed() -> int:
+        latest = (e2e.status("frozen").get("checkpoints") or {}).get("latest") or {}
+        return int(latest.get("step", 0))
+
+    seen = wait_for(committed, timeout=300, what="a first committed checkpoint", interval=0.5)
+    pids = wait_for(lambda: len(found := trainer_pids(e2e.ns, "frozen")) == 2 and found, timeout=10,
+                    what="the two training processes")
+    os.kill(pids[1], signal.SIGSTOP)  # rank 1 stops dead, sockets open: rank 0 waits in a collective
+    frozen = time.monotonic()
+
+    def hang_reported() -> dict[str, Any] | None:
+        status = e2e.status("frozen")
+        stalled = [c for c in status.get("conditions", []) if c["type"] == "Stalled"]
+        return status if stalled and stalled[0]["status"] == "True" and stalled[0]["reason"] == "Hang" else None
+
+    wait_for(hang_reported, timeout=120, what="Stalled with reason Hang", interval=0.5)
+    took = time.monotonic() - frozen
+    print(f"Stalled/Hang {took:.1f} s after rank 1 was frozen (progressDeadlineSeconds 15)")
+    assert took < 15 + 45, "the watchdog fires at the deadline; the report and the restart take seconds"
+    wait_for(lambda: not os.path.exists(f"/proc/{pids[1]}"), timeout=120, what="the frozen process to be killed")
+
+    done = kubectl_wait(cluster, e2e.ns, "frozen", "Succeeded", timeout=600)
+    assert done.returncode == 0, diagnose(cluster, e2e, "frozen") + done.stderr
+    status = e2e.status("frozen")
+    assert status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 1}
+    resumed = status["checkpoints"]["resumedFrom"]["step"]
+    assert resumed >= seen and resumed % 5 == 0
+    # Rank 0's report: in storage, naming the collective it waited in; the Event points at it.
+    key = "output/frozen/checkpoints/diagnostics/attempt-1/rank-0.txt"
+    report = cluster.s3_client().get_object(Bucket=store, Key=key)["Body"].read().decode()
+    assert "waiting in: torch.distributed." in report and "Thread MainThread" in report, report[:2000]
+    hangs = [e["message"] for e in e2e.events("frozen") if e["reason"] == "Hang"]
+    assert len(hangs) == 1 and "(rank 0, waiting in torch.distributed." in hangs[0], hangs
+    assert f"s3://{store}/{key}" in hangs[0]
+
+
 def test_a_trainer_failure_fails_the_job_with_its_reason_after_backoff(
         cluster: Any, e2e: Jobs, store: str) -> None:
     e2e.apply(quickstart("baddata", store, dataset={"train": f"s3://{store}/data/missing.jsonl"},
@@ -190,7 +233,7 @@ def test_a_trainer_failure_fails_the_job_with_its_reason_after_backoff(
 
     status = e2e.status("baddata")
     assert status["phase"] == "Failed"
-    assert status["restarts"] == {"infrastructure": 0, "application": 1}  # backoffLimit 1: one retry
+    assert status["restarts"] == {"infrastructure": 0, "application": 1, "hang": 0}  # backoffLimit 1: one retry
     # The trainer's one line, through the termination message, in the status and an Event.
     assert "missing.jsonl" in status["message"], status["message"]
     assert "\n" not in status["message"]

@@ -80,7 +80,7 @@ def test_the_operator_without_flags_needs_only_the_crd_and_replaces_a_deleted_wo
         deleted = time.monotonic()
         status = running(jobs, "solo", attempt=2, timeout=5)
         print(f"worker replaced {time.monotonic() - deleted:.1f} s after its deletion")
-        assert status["restarts"] == {"infrastructure": 1, "application": 0}
+        assert status["restarts"] == {"infrastructure": 1, "application": 0, "hang": 0}
     finally:
         op.kill(signal.SIGTERM)
     log = op.log.read_text()
@@ -120,7 +120,7 @@ def test_of_several_replicas_one_acts_and_a_standby_takes_over(cluster, crd, job
         wait_for(lambda: leading(c), timeout=6 + 3, what="c to take over from a dead leader", interval=0.1)
         print(f"takeover after a SIGKILL: {time.monotonic() - died:.1f} s (lease duration 6 s)")
         assert lease(cluster, jobs.ns, name)["leaseTransitions"] == transitions + 1
-        assert jobs.status("gang")["restarts"] == {"infrastructure": 1, "application": 0}
+        assert jobs.status("gang")["restarts"] == {"infrastructure": 1, "application": 0, "hang": 0}
 
         # Someone else holds the Lease now: the leader exits at once, before acting again.
         now = micro_now()
@@ -132,5 +132,5 @@ def test_of_several_replicas_one_acts_and_a_standby_takes_over(cluster, crd, job
     finally:
         for op in (a, b, c):
             op.kill(signal.SIGTERM)
-    assert jobs.status("gang")["restarts"] == {"infrastructure": 1, "application": 0}
+    assert jobs.status("gang")["restarts"] == {"infrastructure": 1, "application": 0, "hang": 0}
     assert [p["metadata"]["labels"]["kubetune.io/attempt"] for p in jobs.pods("gang")] == ["2", "2"]

@@ -43,7 +43,7 @@ def test_two_node_job_gets_its_children_and_runs(operator, jobs: Jobs, cluster) 
     assert status["observedGeneration"] == 1
     assert condition(status, "Ready")["status"] == "True"
     assert condition(status, "Reconciling")["status"] == "False"
-    assert status["restarts"] == {"infrastructure": 0, "application": 0}
+    assert status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 0}
 
     ns = jobs.ns
     svc = json.loads(cluster.kubectl("get", "service", "llama", "-n", ns, "-o", "json").stdout)
@@ -119,7 +119,7 @@ def test_deleting_a_worker_restarts_the_gang_for_free(operator, jobs: Jobs, clus
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in jobs.pods("gang")}
     cluster.kubectl("delete", "pod", "gang-worker-1", "-n", jobs.ns, "--wait=false")
     status = running(jobs, "gang", attempt=2)
-    assert status["restarts"] == {"infrastructure": 1, "application": 0}
+    assert status["restarts"] == {"infrastructure": 1, "application": 0, "hang": 0}
     after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in jobs.pods("gang")}
     assert set(after) == set(before) and not set(after.values()) & set(before.values()), "every worker is new"
     assert any(e["reason"] == "Restarting" and "infrastructure" in e["message"] for e in jobs.events("gang"))
@@ -130,7 +130,7 @@ def test_trainer_failures_spend_the_backoff_limit_then_fail_the_job(operator, jo
     running(jobs, "flaky")
     jobs.terminate_worker("flaky-worker-1", 1, "error: CUDA out of memory")
     status = running(jobs, "flaky", attempt=2)
-    assert status["restarts"] == {"infrastructure": 0, "application": 1}
+    assert status["restarts"] == {"infrastructure": 0, "application": 1, "hang": 0}
 
     jobs.terminate_worker("flaky-worker-0", 1, "error: dataset s3://datasets/x.jsonl not found")
     status = wait_for(lambda: (s := jobs.status("flaky")).get("phase") == "Failed" and s, what="flaky Failed")
@@ -151,7 +151,7 @@ def test_suspend_deletes_workers_and_resume_brings_them_back(operator, jobs: Job
              what="Suspended with no pods")
     jobs.patch_spec("pausable", {"runPolicy": {"suspend": False}})
     status = running(jobs, "pausable")
-    assert status["restarts"] == {"infrastructure": 0, "application": 0}, "a suspension is not a restart"
+    assert status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 0}, "a suspension is not a restart"
     assert {"Suspended", "Resumed"} <= {e["reason"] for e in jobs.events("pausable")}
 
 
@@ -212,3 +212,21 @@ def test_invalid_spec_past_admission_fails_with_the_field_and_no_pods(operator, 
     assert "spec.training.microBatchSize" in status["message"]
     assert jobs.pods("bad") == []
     assert any(e["reason"] == "InvalidSpec" for e in jobs.events("bad"))
+
+
+def test_workers_that_never_start_make_the_job_stalled_without_spending_a_budget(operator, jobs: Jobs) -> None:
+    # Three workers of 8 GPUs each on the two 8-GPU fake nodes: one can never be scheduled.
+    jobs.apply(ftj("stuck", nodes=3, gpus=8, runPolicy={"startupDeadlineSeconds": 10, "backoffLimit": 0}))
+
+    def stalled() -> dict[str, Any] | None:
+        status = jobs.status("stuck")
+        return status if condition(status, "Stalled")["status"] == "True" else None
+
+    status = wait_for(stalled, timeout=60, what="stuck Stalled")
+    assert status["phase"] == "Pending"
+    assert condition(status, "Stalled")["reason"] == "WorkersNotStarted"
+    assert "startupDeadlineSeconds" in status["message"], status["message"]
+    assert "Unschedulable" in status["message"] and "nvidia.com/gpu" in status["message"], status["message"]
+    assert status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 0}
+    assert [e["reason"] for e in jobs.events("stuck") if e["type"] == "Warning"] == ["WorkersNotStarted"]
+    assert len(jobs.pods("stuck")) == 3, "nothing deleted: the job waits for room"

@@ -73,7 +73,7 @@ def test_status_is_written_once_per_change_and_never_the_trainers_fields(
     plan = wait_for(restarting, timeout=30, what="the pass that restarts the gang")
     status = jobs.status("j")
     assert status["phase"] == plan.status.phase == "Restarting"
-    assert status["restarts"] == {"infrastructure": 1, "application": 0}
+    assert status["restarts"] == {"infrastructure": 1, "application": 0, "hang": 0}
     assert {key: status[key] for key in TRAINER_STATUS} == TRAINER_STATUS
 
 
