@@ -14,9 +14,10 @@ from harness import S3_SECRET, Jobs
 from kubetune_testbed.chart import OperatorRelease
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def release(cluster: Any, crd: None) -> Iterator[OperatorRelease]:
-    """The operator, installed with the chart's default values (`helm install --wait`)."""
+    """The operator, installed with the chart's default values (`helm install --wait`); uninstalled
+    after the module (its replicas act on every namespace: they must not outlive these tests)."""
     rel = OperatorRelease(cluster.local, namespace=f"kubetune-e2e-{secrets.token_hex(3)}")
     rel.install()
     yield rel

@@ -240,7 +240,9 @@ def worker_pid(torchrun: subprocess.Popen[str]) -> int:
 def step_folders(s3: Any, bucket: str, prefix: str) -> tuple[set[int], set[int]]:
     """(committed, uncommitted) steps under a checkpoint prefix."""
     found = keys(s3, bucket, prefix)
-    steps = {int(k[len(prefix):].split("/")[0].removeprefix("step-")) for k in found}
+    # Only step folders: metrics.jsonl, tensorboard/ and diagnostics/ live beside them.
+    steps = {int(k[len(prefix):].split("/")[0].removeprefix("step-")) for k in found
+             if k[len(prefix):].startswith("step-")}
     committed = {s for s in steps if f"{prefix}step-{s:08d}/manifest.json" in found}
     return committed, steps - committed
 
