@@ -144,6 +144,8 @@ class _Builder:
 
     def finish(self, phase: Phase, reason: str, message: str, ready: int = 0, stalled: bool = False) -> Plan:
         obs = self.obs
+        if phase == Phase.RESTARTING and not stalled and _stalled_by_hang(obs.status):
+            stalled, reason = True, REASON_HANG  # restarting for a hang: Stalled until the new workers run
         completion = (obs.status.completion_time or obs.now) if phase in TERMINAL_PHASES else None
         self.plan.status = FineTuneJobStatus(
             observed_generation=obs.generation,
@@ -300,8 +302,6 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
             b.event("Warning", REASON_WORKERS_NOT_STARTED, message)
         return b.finish(phase, REASON_WORKERS_NOT_STARTED, message, ready, stalled=True)
     b.plan.requeue_after = _sooner(b.plan.requeue_after, -late)
-    if phase == Phase.RESTARTING and _stalled_by_hang(obs.status):
-        return b.finish(phase, REASON_HANG, message, ready, stalled=True)  # until the new workers run
     return b.finish(phase, reason, message, ready)
 
 

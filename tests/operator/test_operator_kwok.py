@@ -220,7 +220,8 @@ def test_workers_that_never_start_make_the_job_stalled_without_spending_a_budget
 
     def stalled() -> dict[str, Any] | None:
         status = jobs.status("stuck")
-        return status if condition(status, "Stalled")["status"] == "True" else None
+        conds = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        return status if conds.get("Stalled") == "True" else None
 
     status = wait_for(stalled, timeout=60, what="stuck Stalled")
     assert status["phase"] == "Pending"

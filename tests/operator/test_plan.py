@@ -231,6 +231,9 @@ class TestHang:
         assert "diagnostics/attempt-1/rank-0.txt" in hang_events[0].message
         assert "0 hang restart(s) left" in p.status.message
 
+        old_ones = plan(s, observed(p.status, [hung(0), pod(1, deleting=True)], now=NOW + timedelta(seconds=5)))
+        assert old_ones.status.phase == "Restarting" and conditions(old_ones)["Stalled"] == ("True", "Hang"), \
+            "while the old workers terminate too"
         starting = {**p.status.to_manifest(), "workers": {"launched": True, "attempt": 2}}
         waiting = plan(s, observed(starting, [pod(0, 2, phase="Pending", ready=False), pod(1, 2)],
                                    now=NOW + timedelta(seconds=20)))
