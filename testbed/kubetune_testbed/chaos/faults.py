@@ -98,7 +98,8 @@ class Injector:
             return self._kill_operator()
         component = {"restart-apiserver": "kube-apiserver", "restart-node-agent": "node-agent"}[fault.kind]
         started = time.time()
-        self.cluster.restart(component)
+        # SIGTERM, then SIGKILL after 5 s: kube-apiserver's graceful shutdown takes half a minute.
+        self.cluster.restart(component, stop_timeout=5)
         return Injected(fault.kind, started, component, seconds=time.time() - started)
 
     def _job_fault(self, fault: Planned) -> Injected | None:

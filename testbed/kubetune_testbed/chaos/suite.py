@@ -10,9 +10,9 @@
     cleanup   always, also on Ctrl-C or an error: S3 healed, stopped ranks continued, the control
               plane's restarted components running, the namespace, the release and the bucket deleted
 
-The time limit covers all of it: the fault phase ends at about half of what
-is left after setup, the drain 90 s before the limit, so checks and cleanup
-fit inside it.
+The time limit covers all of it: the faults begin once a trainer trains and
+get 60 % of the time then left, the drain ends 90 s before the limit, so
+checks and cleanup fit inside it.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .jobs import S3_SECRET, Watcher, is_terminal, job_manifest
 from .kube import Kube
 
 CHECKS_AND_CLEANUP_SECONDS = 90.0
+FAULT_SHARE = 0.6  # of the time between the first training step and the checks
 
 
 @dataclass(frozen=True)
@@ -138,33 +139,44 @@ class Suite:
     # ------------------------------------------------------------ faults
     def _inject(self, watcher: Watcher, injector: Injector) -> None:
         self._keep_jobs_running(watcher)
-        fault_end = time.monotonic() + (self.deadline - CHECKS_AND_CLEANUP_SECONDS - time.monotonic()) * 0.5
-        # The first fault waits for a trainer to train; the pace is set from then on.
-        while not watcher.training() and time.monotonic() < fault_end:
+        # The first fault waits for a trainer to train (at most half of the time left); the faults
+        # then get 60 % of what is left before checks and cleanup, the drain the rest.
+        start_by = time.monotonic() + (self.deadline - CHECKS_AND_CLEANUP_SECONDS - time.monotonic()) * 0.5
+        while not watcher.training() and time.monotonic() < start_by:
             time.sleep(1)
+        self.say("a trainer is training: faults begin")
+        fault_end = time.monotonic() + (self.deadline - CHECKS_AND_CLEANUP_SECONDS - time.monotonic()) * FAULT_SHARE
         plan = schedule(self.o.seed, self.o.faults, self.o.kinds, mean_wait=1.0)
         pace = max(fault_end - time.monotonic(), 0.0) / max(sum(p.wait for p in plan), 1e-9)
         self.say(f"{len(plan)} faults of {len(set(self.o.kinds))} kinds (seed {self.o.seed}), "
                  f"one every {pace * sum(p.wait for p in plan) / max(len(plan), 1):.1f} s on average")
-        for number, planned in enumerate(plan, 1):
-            due = time.monotonic() + planned.wait * pace
-            while time.monotonic() < due:
-                self._keep_jobs_running(watcher)
+        # Faults come in the schedule's order, each after its wait; one that has no target now (no
+        # job is training) waits, and the next one that has a target goes first.
+        pending = list(plan)
+        due = time.monotonic() + pending[0].wait * pace
+        while pending and time.monotonic() < fault_end:
+            self._keep_jobs_running(watcher)
+            if time.monotonic() < due:
                 time.sleep(0.5)
+                continue
+            if any(p.kind in JOB_KINDS for p in pending):
+                watcher.poll()  # the freshest view of who is training, and the step before the fault
             injected = None
-            while injected is None and time.monotonic() < fault_end:
-                self._keep_jobs_running(watcher)
-                if planned.kind in JOB_KINDS:
-                    watcher.poll()  # the freshest view of who is training, and the step before the fault
+            for planned in pending:
                 injected = injector.inject(planned)
-                if injected is None:
-                    time.sleep(1)
+                if injected is not None:
+                    pending.remove(planned)
+                    break
             if injected is None:
-                self.say(f"the fault phase ended before fault {number} ({planned.kind}) found a target")
-                return
+                time.sleep(1)
+                continue
             self.faults.append(injected)
             took = f" ({injected.seconds:.1f} s)" if injected.seconds else ""
-            self.say(f"fault {number}/{len(plan)} {injected.kind}: {injected.target}{took}")
+            self.say(f"fault {len(self.faults)}/{len(plan)} {injected.kind}: {injected.target}{took}")
+            due = time.monotonic() + (pending[0].wait * pace if pending else 0.0)
+        if pending:
+            self.say(f"the fault phase ended with {len(pending)} faults not injected "
+                     f"({', '.join(p.kind for p in pending)})")
 
     def _drain(self, watcher: Watcher) -> None:
         drain_end = self.deadline - CHECKS_AND_CLEANUP_SECONDS
