@@ -175,6 +175,13 @@ class Report:
             status = job.get("status") or {}
             if status.get("phase") != "Succeeded":
                 lines.append(f"  {job['metadata']['name']}: {status.get('phase', 'Pending')}: {status.get('message', '')}")
+        if self.restarts:
+            lines.append("restarts (a new run of a job's trainer; the fault before it, if any):")
+        for r, kind in self.restarts:
+            flag = ("  OVER BOUND" if r in self.over_bound
+                    else "  (over everySteps: that checkpoint was uploading)" if r.lost > self.every_steps else "")
+            lines.append(f"  {r.job}: step {r.reached} reached -> resumed from {r.resumed} (newest commit "
+                         f"{r.newest_commit}): {r.lost} lost; after {kind or 'no fault'}{flag}")
         lost = [r.lost for r, _ in self.restarts]
         in_flight = sum(1 for r, _ in self.restarts if r.lost > self.every_steps and r.upload_in_flight)
         lines.append(f"steps lost per restart (bound: checkpoint.everySteps = {self.every_steps}): "

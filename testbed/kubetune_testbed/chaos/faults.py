@@ -98,8 +98,9 @@ class Injector:
             return self._kill_operator()
         component = {"restart-apiserver": "kube-apiserver", "restart-node-agent": "node-agent"}[fault.kind]
         started = time.time()
-        # SIGTERM, then SIGKILL after 5 s: kube-apiserver's graceful shutdown takes half a minute.
-        self.cluster.restart(component, stop_timeout=5)
+        # kube-apiserver: SIGKILL after 5 s of its graceful shutdown, which takes half a minute here;
+        # the node agent stops its pods' processes first (a few seconds) and is given the time.
+        self.cluster.restart(component, stop_timeout=5 if component == "kube-apiserver" else 30)
         return Injected(fault.kind, started, component, seconds=time.time() - started)
 
     def _job_fault(self, fault: Planned) -> Injected | None:

@@ -11,7 +11,7 @@
               plane's restarted components running, the namespace, the release and the bucket deleted
 
 The time limit covers all of it: the faults begin once a trainer trains and
-get 60 % of the time then left, the drain ends 90 s before the limit, so
+get half of the time then left, the drain ends 90 s before the limit, so
 checks and cleanup fit inside it.
 """
 
@@ -38,7 +38,7 @@ from .jobs import S3_SECRET, Watcher, is_terminal, job_manifest
 from .kube import Kube
 
 CHECKS_AND_CLEANUP_SECONDS = 90.0
-FAULT_SHARE = 0.6  # of the time between the first training step and the checks
+FAULT_SHARE = 0.5  # of the time between the first training step and the checks
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class Suite:
     def _inject(self, watcher: Watcher, injector: Injector) -> None:
         self._keep_jobs_running(watcher)
         # The first fault waits for a trainer to train (at most half of the time left); the faults
-        # then get 60 % of what is left before checks and cleanup, the drain the rest.
+        # then get half of what is left before checks and cleanup, the drain the rest.
         start_by = time.monotonic() + (self.deadline - CHECKS_AND_CLEANUP_SECONDS - time.monotonic()) * 0.5
         while not watcher.training() and time.monotonic() < start_by:
             time.sleep(1)
@@ -173,14 +173,16 @@ class Suite:
             self.faults.append(injected)
             took = f" ({injected.seconds:.1f} s)" if injected.seconds else ""
             self.say(f"fault {len(self.faults)}/{len(plan)} {injected.kind}: {injected.target}{took}")
-            due = time.monotonic() + (pending[0].wait * pace if pending else 0.0)
+            if pending:  # the pace adapts: restarts and waits for a target take time too
+                left = 0.9 * max(fault_end - time.monotonic(), 0.0)
+                due = time.monotonic() + pending[0].wait * left / sum(p.wait for p in pending)
         if pending:
             self.say(f"the fault phase ended with {len(pending)} faults not injected "
                      f"({', '.join(p.kind for p in pending)})")
 
     def _drain(self, watcher: Watcher) -> None:
         drain_end = self.deadline - CHECKS_AND_CLEANUP_SECONDS
-        self.say(f"all faults injected; waiting up to {max(drain_end - time.monotonic(), 0):.0f} s "
+        self.say(f"no more faults; waiting up to {max(drain_end - time.monotonic(), 0):.0f} s "
                  "for the jobs to finish")
         while time.monotonic() < drain_end:
             seen = watcher.jobs
