@@ -176,7 +176,7 @@ class Report:
             if status.get("phase") != "Succeeded":
                 lines.append(f"  {job['metadata']['name']}: {status.get('phase', 'Pending')}: {status.get('message', '')}")
         if self.restarts:
-            lines.append("restarts (a new run of a job's trainer; the fault before it, if any):")
+            lines.append("restarts (a new run of a job's trainer; the first fault after its last step seen):")
         for r, kind in self.restarts:
             flag = ("  OVER BOUND" if r in self.over_bound
                     else "  (over everySteps: that checkpoint was uploading)" if r.lost > self.every_steps else "")

@@ -75,7 +75,7 @@ class Restart:
     newest_commit: int  # the newest commit any earlier run logged
     upload_in_flight: bool  # the previous run had saved a checkpoint newer than `resumed` that was not committed
     at: float  # when the next run started
-    since: float  # when the previous run started
+    since: float  # when the previous run was last seen training (its last step logged, or its start)
 
     @property
     def lost(self) -> int:
@@ -168,7 +168,7 @@ class Watcher(threading.Thread):
             newest = max((s for r in earlier for s in r.committed), default=0)
             in_flight = any(s > nxt.start_step and s not in prev.committed for s in prev.saved)
             found.append(Restart(nxt.job, prev.last_step, nxt.start_step, newest, in_flight, nxt.started,
-                                 prev.started))
+                                 max(prev.started, prev.last_step_at)))
         return found
 
     def running_jobs(self) -> list[str]:

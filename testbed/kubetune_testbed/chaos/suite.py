@@ -39,6 +39,7 @@ from .kube import Kube
 
 CHECKS_AND_CLEANUP_SECONDS = 90.0
 FAULT_SHARE = 0.5  # of the time between the first training step and the checks
+FAULT_OVERTIME_SHARE = 0.7  # the latest a fault that waits for its target may come
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,10 @@ class Suite:
         while not watcher.training() and time.monotonic() < start_by:
             time.sleep(1)
         self.say("a trainer is training: faults begin")
-        fault_end = time.monotonic() + (self.deadline - CHECKS_AND_CLEANUP_SECONDS - time.monotonic()) * FAULT_SHARE
+        left = self.deadline - CHECKS_AND_CLEANUP_SECONDS - time.monotonic()
+        fault_end = time.monotonic() + left * FAULT_SHARE
+        # Faults still waiting for a target at the end of their share may take some of the drain's.
+        overtime_end = time.monotonic() + left * FAULT_OVERTIME_SHARE
         plan = schedule(self.o.seed, self.o.faults, self.o.kinds, mean_wait=1.0)
         pace = max(fault_end - time.monotonic(), 0.0) / max(sum(p.wait for p in plan), 1e-9)
         self.say(f"{len(plan)} faults of {len(set(self.o.kinds))} kinds (seed {self.o.seed}), "
@@ -154,7 +158,7 @@ class Suite:
         # job is training) waits, and the next one that has a target goes first.
         pending = list(plan)
         due = time.monotonic() + pending[0].wait * pace
-        while pending and time.monotonic() < fault_end:
+        while pending and time.monotonic() < (fault_end if time.monotonic() < due else overtime_end):
             self._keep_jobs_running(watcher)
             if time.monotonic() < due:
                 time.sleep(0.5)
@@ -209,8 +213,9 @@ class Suite:
                                     [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]], watcher.texts)
         restarts = []
         for restart in watcher.restarts():
+            # The first fault that hit this job after its previous run was last seen training.
             cause = [f for f in self.faults if restart.since <= f.at < restart.at and f.job in ("", restart.job)]
-            restarts.append((restart, cause[-1].kind if cause else ""))
+            restarts.append((restart, cause[0].kind if cause else ""))
         notes = []
         if "stop-rank" in self.o.kinds:
             notes.append("stop-rank leaves a rank stopped: the job recovers only through the operator's hang detection")
