@@ -70,9 +70,9 @@ def orphans(kube: Kube, namespace: str) -> list[str]:
     return found
 
 
-def find_secrets(kube: Kube, namespaces: list[str], values: list[str], extra_texts: list[str]) -> list[str]:
-    """Where any of `values` appears: "<where>" per finding."""
-    places: list[tuple[str, str]] = [(f"log read during the run #{i}", t) for i, t in enumerate(extra_texts)]
+def find_secrets(kube: Kube, namespaces: list[str], values: list[str], seen: list[str]) -> list[str]:
+    """Where any of `values` appears now, after `seen` (findings of the watcher during the run)."""
+    places: list[tuple[str, str]] = []
     for ns in namespaces:
         for pod in kube.pods(ns):
             name = pod["metadata"]["name"]
@@ -82,7 +82,7 @@ def find_secrets(kube: Kube, namespaces: list[str], values: list[str], extra_tex
         places += [(f"{ns} events", json.dumps(kube.json(kube.core.list_namespaced_event, ns)["items"])),
                    (f"{ns} configmaps", json.dumps(kube.json(kube.core.list_namespaced_config_map, ns)["items"]))]
         places += [(f"{ns}/{j['metadata']['name']} status", json.dumps(j.get("status", {}))) for j in kube.jobs(ns)]
-    return [where for where, text in places for value in values if value and value in text]
+    return [*seen, *(where for where, text in places for value in values if value and value in text)]
 
 
 @dataclass

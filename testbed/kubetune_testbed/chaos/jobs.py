@@ -85,7 +85,7 @@ class Restart:
 class Watcher(threading.Thread):
     """Polls the suite's namespace every `interval` seconds until stopped."""
 
-    def __init__(self, kube: Kube, namespace: str, interval: float = 2.0) -> None:
+    def __init__(self, kube: Kube, namespace: str, secret_values: list[str], interval: float = 2.0) -> None:
         super().__init__(name="chaos-watcher", daemon=True)
         self.kube, self.ns, self.interval = kube, namespace, interval
         self.lock = threading.Lock()
@@ -93,7 +93,8 @@ class Watcher(threading.Thread):
         self.runs: dict[tuple[str, float], Run] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: list[dict[str, Any]] = []
-        self.texts: list[str] = []  # every log read, for the secret scan
+        self.secret_values = [v for v in secret_values if v]
+        self.secrets_seen: list[str] = []  # the logs read during the run that held a secret value
         self.duplicate_pods: set[str] = set()
         self._suspects: set[str] = set()
         self.errors = 0
@@ -121,7 +122,8 @@ class Watcher(threading.Thread):
                 if labels.get(RANK_LABEL) != "0" or pod.get("status", {}).get("phase") != "Running":
                     continue
                 text = self.kube.log(self.ns, pod["metadata"]["name"])
-                self.texts.append(text)
+                if any(v in text for v in self.secret_values):
+                    self.secrets_seen.append(f"log of {pod['metadata']['name']} read during the run")
                 self._record(labels[JOB_LABEL], labels.get(ATTEMPT_LABEL, ""), pod["metadata"]["uid"], text)
 
     def _check_duplicates(self, pods: list[dict[str, Any]]) -> None:

@@ -79,7 +79,8 @@ class Suite:
         with contextlib.ExitStack() as cleanup:
             cleanup.enter_context(installed_operators_paused(self.cluster, keep_namespace=self.release.namespace))
             proxy = self._setup(cleanup)
-            watcher = Watcher(self.kube, self.ns)
+            env = self.cluster.env()
+            watcher = Watcher(self.kube, self.ns, [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]])
             watcher.start()
             cleanup.callback(watcher.stop)
             injector = Injector(self.cluster, self.kube, self.release, proxy, watcher, self.ns)
@@ -210,7 +211,7 @@ class Suite:
             orphans = checks.orphans(self.kube, self.ns)
         env = self.cluster.env()
         found = checks.find_secrets(self.kube, [self.ns, self.release.namespace],
-                                    [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]], watcher.texts)
+                                    [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]], watcher.secrets_seen)
         restarts = []
         for restart in watcher.restarts():
             # The first fault that hit this job after its previous run was last seen training.
