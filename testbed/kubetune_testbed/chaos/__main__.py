@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -56,14 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     options = Options(seed=args.seed, faults=args.faults, jobs=args.jobs, time_limit=args.time_limit,
                       kinds=args.kinds, nodes=args.nodes, max_steps=args.steps, every_steps=args.every)
+    started = time.monotonic()
     try:
         report = Suite(cluster, options, say=lambda line: print(line, flush=True)).run()
     except KeyboardInterrupt:
         print("interrupted; cleaned up", file=sys.stderr)
         return 130
+    took = time.monotonic() - started
     print()
     print(report.table())
-    return 0 if report.ok else 1
+    print(f"\nfinished in {took:.0f} s, cleanup included (limit {options.time_limit:.0f} s)")
+    return 0 if report.ok and took <= options.time_limit else 1
 
 
 if __name__ == "__main__":
