@@ -87,6 +87,7 @@ class Injector:
         self.cluster, self.kube, self.release, self.proxy = cluster, kube, release, proxy
         self.watcher, self.ns = watcher, namespace
         self.stopped_pids: list[int] = []
+        self.hit_runs: set[tuple[str, float]] = set()  # (job, start of its run) that a job fault hit
         self._s3_timer: threading.Timer | None = None
 
     def inject(self, fault: Planned) -> Injected | None:
@@ -104,7 +105,9 @@ class Injector:
         return Injected(fault.kind, started, component, seconds=time.time() - started)
 
     def _job_fault(self, fault: Planned) -> Injected | None:
-        candidates = self.watcher.training()
+        # A run that a fault hit already is on its way down: the next fault waits for the next run.
+        training = self.watcher.training()
+        candidates = [job for job, run in training.items() if (job, run) not in self.hit_runs]
         if not candidates:
             return None
         job = candidates[int(fault.pick * len(candidates))]
@@ -114,6 +117,7 @@ class Injector:
         pod = workers[int(fault.rank_pick * len(workers))]["metadata"]["name"]
         if fault.kind == "delete-worker":
             self.kube.call(self.kube.core.delete_namespaced_pod, pod, self.ns)
+            self.hit_runs.add((job, training[job]))
             return Injected(fault.kind, time.time(), pod, job)
         ranks = processes.trainer_ranks(self.ns, pod)
         if not ranks:
@@ -124,6 +128,7 @@ class Injector:
             return None
         if sig == signal.SIGSTOP:
             self.stopped_pids.append(victim.pid)
+        self.hit_runs.add((job, training[job]))
         return Injected(fault.kind, time.time(), f"{pod} rank {victim.env.get('RANK', '?')}", job)
 
     def _s3(self, fault: Planned) -> Injected:

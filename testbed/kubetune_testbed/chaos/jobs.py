@@ -178,12 +178,17 @@ class Watcher(threading.Thread):
         with self.lock:
             return sorted(name for name, job in self.jobs.items() if not is_terminal(job))
 
-    def training(self) -> list[str]:
-        """Unfinished jobs whose rank 0 logged train_start in a pod that runs now, sorted."""
+    def training(self) -> dict[str, float]:
+        """Unfinished jobs whose rank 0 logged train_start in a pod that runs now: the start of that
+        run (which identifies it), by job."""
         with self.lock:
             unfinished = {name for name, job in self.jobs.items() if not is_terminal(job)}
             uids = {p["metadata"]["uid"] for p in self.pods if p.get("status", {}).get("phase") == "Running"}
-            return sorted({r.job for r in self.runs.values() if r.pod_uid in uids} & unfinished)
+            current: dict[str, float] = {}
+            for run in self.runs.values():
+                if run.pod_uid in uids and run.job in unfinished:
+                    current[run.job] = max(current.get(run.job, 0.0), run.started)
+            return dict(sorted(current.items()))
 
     def live_workers(self, job: str) -> list[dict[str, Any]]:
         """The job's worker pods that run now and are not being deleted, by name."""
