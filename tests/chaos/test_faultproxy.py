@@ -10,7 +10,12 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError, ConnectionError, EndpointConnectionError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectionError,
+    EndpointConnectionError,
+)
 
 from kubetune_testbed.faultproxy import FaultProxy
 
@@ -48,12 +53,12 @@ def test_error_mode_answers_503_slow_down(s3_via: Any, bucket: str, proxy: Fault
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
     proxy.set_mode("pass")
     s3_via.put_object(Bucket=bucket, Key="k", Body=b"x")
-    assert proxy.stats.errors == 1
+    assert proxy.stats.errors >= 1
 
 
 def test_outage_resets_connections_until_it_ends(s3_via: Any, bucket: str, proxy: FaultProxy) -> None:
     proxy.set_mode("outage")
-    with pytest.raises((EndpointConnectionError, ConnectionError)):
+    with pytest.raises((EndpointConnectionError, ConnectionClosedError, ConnectionError)):
         s3_via.list_objects_v2(Bucket=bucket)
     proxy.set_mode("pass")
     assert s3_via.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
