@@ -1,4 +1,4 @@
-"""The fault-injection suite, short: ten faults of every default kind into two real training jobs.
+"""The fault-injection suite, short: nine faults, one of each default kind, into two real training jobs.
 
 `make chaos` runs the full suite (100+ faults); this is its short version in
 `make test`: the same code (kubetune_testbed.chaos), the operator installed
@@ -17,10 +17,10 @@ from kubetune_testbed.chaos import DEFAULT_KINDS, Options, Suite
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-SHORT = Options(seed=15, faults=10, jobs=2, nodes=1, max_steps=30, every_steps=5, time_limit=360)
+SHORT = Options(seed=15, faults=len(DEFAULT_KINDS), jobs=2, nodes=1, max_steps=30, every_steps=5, time_limit=360)
 
 
-def test_ten_faults_of_every_kind_lose_no_commit_no_pod_and_no_secret(cluster: Any) -> None:
+def test_a_fault_of_every_kind_loses_no_commit_no_pod_and_no_secret(cluster: Any) -> None:
     started = time.monotonic()
     report = Suite(cluster.local, SHORT).run()
     took = time.monotonic() - started  # cleanup included
@@ -28,7 +28,7 @@ def test_ten_faults_of_every_kind_lose_no_commit_no_pod_and_no_secret(cluster: A
     table = "\n" + report.table()
 
     assert len(report.faults) == SHORT.faults, table
-    assert {f.kind for f in report.faults} == set(DEFAULT_KINDS), table  # each kind at least once
+    assert sorted(f.kind for f in report.faults) == sorted(DEFAULT_KINDS), table  # each kind once
     assert [j.get("status", {}).get("phase") for j in report.jobs] == ["Succeeded"] * len(report.jobs), table
     assert report.checkpoints.manifests > 0 and report.checkpoints.problems == [], table
     assert report.over_bound == [], table
