@@ -10,8 +10,9 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 RUN_DIR     ?= .local
 PYTEST_ARGS ?=
+CHAOS_ARGS  ?=
 
-.PHONY: help venv binaries up down status demo demo-classify test test-long lint chart-lint crds operator clean
+.PHONY: help venv binaries up down status demo demo-classify chaos test test-long lint chart-lint crds operator clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +44,9 @@ demo: up ## the main job: bring the local cluster up and show it working
 
 demo-classify: up ## a BERT-style encoder fine-tuned for sentiment classification on the local cluster
 	$(PY) hack/demo_classify.py --run-dir $(RUN_DIR)
+
+chaos: up ## fault injection: 100 faults into real training jobs on the local cluster, then a table (<= 45 min)
+	$(PY) -m kubetune_testbed.chaos --faults 100 --jobs 2 --time-limit 2700 --run-dir $(RUN_DIR) $(CHAOS_ARGS)
 
 lint: venv ## ruff, mypy and the architecture contracts (.importlinter) on the project's packages and scripts
 	$(VENV)/bin/ruff check api operator trainer testbed hack tests

@@ -7,8 +7,6 @@ healthy; otherwise it starts one for the session and stops it at the end, so
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import secrets
@@ -24,6 +22,7 @@ import pytest
 from harness import Jobs, OperatorProcess
 
 from kubetune_testbed import REPO, LocalCluster, attach, default_run_dir
+from kubetune_testbed.chart import installed_operators_paused
 
 
 @dataclass
@@ -74,7 +73,9 @@ class ClusterHandle:
 def cluster() -> Iterator[ClusterHandle]:
     running = attach()
     if running is not None:
-        with _installed_operators_paused(running):
+        # The tests run their own operators; one installed in the cluster (`make demo` leaves its
+        # Helm release running) is scaled to 0 for the session and back afterwards.
+        with installed_operators_paused(running):
             yield ClusterHandle(running)  # started by `make up`: leave it running
         return
     local = LocalCluster(default_run_dir())
@@ -83,30 +84,6 @@ def cluster() -> Iterator[ClusterHandle]:
         yield ClusterHandle(local)
     finally:
         local.down()
-
-
-@contextlib.contextmanager
-def _installed_operators_paused(cluster: LocalCluster) -> Iterator[None]:
-    """The tests run their own operators; one installed in the cluster (`make demo` leaves its Helm
-    release running) would act on the tests' jobs too. It is scaled to 0 for the session (its
-    pods gone before any test starts) and back afterwards."""
-    out = cluster.kubectl("get", "deployments", "-A", "-l", "app.kubernetes.io/part-of=kubetune", "-o", "json")
-    paused = [(d["metadata"]["namespace"], d["metadata"]["name"], d["spec"]["replicas"],
-               ",".join(f"{k}={v}" for k, v in d["spec"]["selector"]["matchLabels"].items()))
-              for d in json.loads(out.stdout)["items"] if d["spec"].get("replicas")] if out.returncode == 0 else []
-    for ns, name, replicas, _ in paused:
-        print(f"\npausing the installed operator {ns}/{name} ({replicas} replicas) for the tests")
-        cluster.kubectl("scale", "deployment", name, "-n", ns, "--replicas=0")
-    for ns, name, _, selector in paused:
-        deadline = time.monotonic() + 60
-        while json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout)["items"]:
-            assert time.monotonic() < deadline, f"the operator {ns}/{name} did not stop in 60 s"
-            time.sleep(0.5)
-    try:
-        yield
-    finally:
-        for ns, name, replicas, _ in paused:
-            cluster.kubectl("scale", "deployment", name, "-n", ns, f"--replicas={replicas}")
 
 
 def _dns_label(text: str, limit: int) -> str:

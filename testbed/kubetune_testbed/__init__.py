@@ -17,6 +17,8 @@ testbed/pyproject.toml), installed into the development environment only
     datasets.py   the chat data set (python -m kubetune_testbed.datasets)
     quickstart.py examples/quickstart.yaml and where it reads and writes
     chart.py      the operator installed with the Helm chart, as a user installs it
+    faultproxy.py a TCP proxy in front of MinIO that fails on command (outage, slowness, 5xx, drops)
+    chaos/        the fault-injection suite (python -m kubetune_testbed.chaos, make chaos)
     repository.py the repository root, found from this package
 """
 

@@ -14,7 +14,11 @@ run them.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .cluster import LocalCluster
@@ -59,3 +63,29 @@ class OperatorRelease:
         """`kubectl logs` of one of the operator's pods ("" once it is gone)."""
         out = self.kubectl("logs", pod)
         return out.stdout if out.returncode == 0 else ""
+
+
+@contextlib.contextmanager
+def installed_operators_paused(cluster: LocalCluster, keep_namespace: str = "") -> Iterator[None]:
+    """Scale every installed kubetune operator (Deployments labelled part-of=kubetune, outside
+    `keep_namespace`) to 0 replicas, wait until their pods are gone, and scale them back afterwards:
+    an operator that `make demo` left running would act on the jobs of a test or of the chaos suite too."""
+    out = cluster.kubectl("get", "deployments", "-A", "-l", "app.kubernetes.io/part-of=kubetune", "-o", "json")
+    paused = [(d["metadata"]["namespace"], d["metadata"]["name"], d["spec"]["replicas"],
+               ",".join(f"{k}={v}" for k, v in d["spec"]["selector"]["matchLabels"].items()))
+              for d in json.loads(out.stdout)["items"]
+              if d["spec"].get("replicas") and d["metadata"]["namespace"] != keep_namespace] if out.returncode == 0 else []
+    for ns, name, replicas, _ in paused:
+        print(f"pausing the installed operator {ns}/{name} ({replicas} replicas)")
+        cluster.kubectl("scale", "deployment", name, "-n", ns, "--replicas=0")
+    for ns, name, _, selector in paused:
+        deadline = time.monotonic() + 60
+        while json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout or '{"items": []}')["items"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the operator {ns}/{name} did not stop in 60 s")
+            time.sleep(0.5)
+    try:
+        yield
+    finally:
+        for ns, name, replicas, _ in paused:
+            cluster.kubectl("scale", "deployment", name, "-n", ns, f"--replicas={replicas}")

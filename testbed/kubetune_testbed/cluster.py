@@ -40,10 +40,12 @@ from .nodes import FAKE_NODE_ANNOTATION, NODE_AGENT_NODE, fake_gpu_node
 from .pki import APISERVER_KUBELET_CLIENT, CLIENTS, NODE_AGENT_SERVING, kubeconfig, make_pki
 from .ports import free_port
 from .repository import DEFAULT_RUN_DIR
-from .state import State, is_alive
+from .state import State, is_alive, stop_process
 
 SERVICE_CIDR = "10.96.0.0/12"
 READY_TIMEOUT = 120.0
+# The components `restart` can stop and start again in place (same ports, certificates, data).
+RESTARTABLE = ("kube-apiserver", "node-agent", "minio")
 
 
 class ClusterError(RuntimeError):
@@ -168,6 +170,36 @@ class LocalCluster:
             return self._get(self.api_url + "/readyz", client="admin") == 200
         except OSError:
             return False
+
+    def restart(self, name: str, stop_timeout: float = 30.0) -> None:
+        """Stop one component (SIGTERM, SIGKILL after `stop_timeout` s) and start it again as `up`
+        did: same arguments, ports and data, appending to its log; returns once it is ready again.
+
+        What a fault-injection run does to a control plane (kubetune_testbed.chaos). A node agent
+        that stops stops its pods' processes first (as a kubelet's node does when it goes down),
+        and the new one runs the pods bound to its node again from the start.
+        """
+        self.stop_component(name, stop_timeout)
+        self.start_component(name)
+
+    def stop_component(self, name: str, stop_timeout: float = 30.0) -> None:
+        if name not in RESTARTABLE:
+            raise ValueError(f"cannot restart {name!r}; only {', '.join(RESTARTABLE)}")
+        proc = self.state.find(name)
+        if proc is not None:
+            stop_process(proc, stop_timeout)
+            self.state.processes.remove(proc)
+            self.state.save(self.state_file)
+
+    def start_component(self, name: str) -> None:
+        """Start a component that `stop_component` stopped; nothing when it runs."""
+        proc = self.state.find(name)
+        if proc is not None and is_alive(proc):
+            return
+        if proc is not None:
+            self.state.processes.remove(proc)
+        {"kube-apiserver": self._start_apiserver, "node-agent": self._start_node_agent,
+         "minio": self._start_minio}[name]()
 
     # ---------------------------------------------------------------- process helpers
     def _spawn(self, name: str, exe: Path, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -49,21 +49,32 @@ class State:
     def stop_processes(self) -> None:
         """Stop every recorded process group (newest first) and wait until each is gone."""
         for proc in reversed(self.processes):
-            pid, exe = int(proc["pid"]), str(proc["exe"])  # type: ignore[call-overload]
-            if not pid_alive(pid, exe):
-                continue
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-            while pid_alive(pid, exe) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if pid_alive(pid, exe):
-                os.killpg(pid, signal.SIGKILL)
-                while pid_alive(pid, exe):
-                    time.sleep(0.05)
+            stop_process(proc)
         for proc in self.processes:
             # Reap the ones this process started itself, so no zombie is left behind.
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(int(proc["pid"]), os.WNOHANG)  # type: ignore[call-overload]
+
+    def find(self, name: str) -> dict[str, object] | None:
+        """The recorded process named `name` (the newest, if it was restarted), or None."""
+        return next((p for p in reversed(self.processes) if p["name"] == name), None)
+
+
+def stop_process(proc: dict[str, object], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGTERM one recorded process group, SIGKILL it after `timeout` seconds; return once it is gone."""
+    pid, exe = int(proc["pid"]), str(proc["exe"])  # type: ignore[call-overload]
+    if not pid_alive(pid, exe):
+        return
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid, exe) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid_alive(pid, exe):
+        os.killpg(pid, signal.SIGKILL)
+        while pid_alive(pid, exe):
+            time.sleep(0.05)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def is_alive(proc: dict[str, object]) -> bool:

@@ -74,6 +74,11 @@ class PodApi:
 
     def patch_status(self, pod: Manifest, status: Manifest) -> None:
         meta = pod["metadata"]
+        if status.get("podIPs"):
+            # A strategic merge patch merges podIPs by ip: a pod that a restarted node agent runs again
+            # (with a new address) would get two, which the API server rejects, and its status would
+            # never change again. Its addresses are replaced instead, as a kubelet's are.
+            status = {**status, "podIPs": [*status["podIPs"], {"$patch": "replace"}]}
         self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status},
                                               _content_type=SMP, _preload_content=False)
 
