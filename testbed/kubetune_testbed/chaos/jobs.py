@@ -41,8 +41,10 @@ def job_manifest(name: str, bucket: str, max_steps: int, every_steps: int, nodes
     s["checkpoint"] = {"everySteps": every_steps, "keepLast": 1000}  # every commit stays, to be verified
     s["output"]["uri"] = f"s3://{bucket}/output/{name}/"
     s["storage"]["credentialsSecret"] = S3_SECRET
-    # Faults must not fail a job by spending its budgets; a frozen rank is found within 30 s.
-    s["runPolicy"] = {"backoffLimit": 1000, "hangRestartLimit": 1000, "progressDeadlineSeconds": 30}
+    # Faults must not fail a job by spending its budgets; a rank frozen while training is found within
+    # 30 s, one frozen while starting (staging, rendezvous, model load) within 240 s.
+    s["runPolicy"] = {"backoffLimit": 1000, "hangRestartLimit": 1000, "progressDeadlineSeconds": 30,
+                      "startupDeadlineSeconds": 240}
     s["env"] = [{"name": "KUBETUNE_STATUS_INTERVAL_SECONDS", "value": "1"}]
     return job
 
