@@ -21,7 +21,6 @@ Exit code 0 only if the job Succeeded. The operator and the cluster stay up
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -136,14 +135,18 @@ class Demo:
         model_dir = Path(ensure_smollm2())
         data_dir = self.cluster.run / "demo" / "data"
         train, held_out = write_chat_dataset(data_dir)
-        with contextlib.suppress(self.s3.exceptions.BucketAlreadyOwnedByYou):
-            self.s3.create_bucket(Bucket=self.qs.bucket)
-        sent = upload_folder(self.s3, model_dir, self.qs.bucket, self.qs.model_prefix)
-        sent += upload_folder(self.s3, data_dir, self.qs.bucket, self.qs.data_prefix)
+        sent = self.send(model_dir, data_dir)
         print(f"s3://{self.qs.bucket}/{self.qs.model_prefix}  SmolLM2-135M-Instruct from {model_dir}")
         print(f"s3://{self.qs.bucket}/{self.qs.data_prefix}  {sum(1 for _ in train.open())} training and "
               f"{sum(1 for _ in held_out.open())} held-out chat records  ({sent / 1e6:.0f} MB uploaded)")
         return model_dir, held_out
+
+    def send(self, model_dir: Path, data_dir: Path) -> int:
+        """The model and the data to the example's bucket (created if absent); bytes uploaded."""
+        if self.qs.bucket not in {b["Name"] for b in self.s3.list_buckets().get("Buckets", [])}:
+            self.s3.create_bucket(Bucket=self.qs.bucket)
+        sent = upload_folder(self.s3, model_dir, self.qs.bucket, self.qs.model_prefix)
+        return sent + upload_folder(self.s3, data_dir, self.qs.bucket, self.qs.data_prefix)
 
     def prepare_namespace(self) -> None:
         self.step(f"Namespace {NAMESPACE} and the S3 Secret")

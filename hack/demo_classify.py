@@ -23,7 +23,7 @@ from demo import Demo, main
 from kubetune_testbed import REPO
 from kubetune_testbed.datasets import write_sentiment_dataset
 from kubetune_testbed.models import minilm_dir
-from kubetune_testbed.s3folders import download_prefix, upload_folder
+from kubetune_testbed.s3folders import download_prefix
 
 TRAIN_RECORDS, HELD_OUT = 2000, 400
 
@@ -36,10 +36,7 @@ class ClassifyDemo(Demo):
         model_dir = minilm_dir()
         data_dir = self.cluster.run / "demo" / "sentiment"
         _, held_out = write_sentiment_dataset(data_dir, held_out=HELD_OUT, train=TRAIN_RECORDS)
-        if self.qs.bucket not in {b["Name"] for b in self.s3.list_buckets().get("Buckets", [])}:
-            self.s3.create_bucket(Bucket=self.qs.bucket)
-        sent = upload_folder(self.s3, model_dir, self.qs.bucket, self.qs.model_prefix)
-        sent += upload_folder(self.s3, data_dir, self.qs.bucket, self.qs.data_prefix)
+        sent = self.send(model_dir, data_dir)
         print(f"s3://{self.qs.bucket}/{self.qs.model_prefix}  all-MiniLM-L6-v2 (an encoder, no head) from {model_dir}")
         print(f"s3://{self.qs.bucket}/{self.qs.data_prefix}  {TRAIN_RECORDS} training and {HELD_OUT} held-out "
               f"labelled snippets  ({sent / 1e6:.0f} MB uploaded)")

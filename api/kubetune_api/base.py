@@ -190,13 +190,17 @@ class EmptyMeansUnset:
         return json_schema
 
 
-@dataclass(frozen=True)
-class ListMap:
-    """A list whose items are identified by `key` (env by name, volumes by name):
-    the API server merges such lists item by item under server-side apply and
-    rejects duplicate keys; so does the model."""
+class _NoRepeats:
+    """A list the API server merges item by item and rejects with a repeated item (by its
+    identity); so does the model. Subclasses say what identifies an item and the list type."""
 
-    key: str
+    what = "an item"
+
+    def identity(self, item: Any) -> Any:
+        return item
+
+    def list_schema(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
@@ -207,51 +211,46 @@ class ListMap:
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         json_schema = handler(schema)
-        json_schema["x-kubernetes-list-type"] = "map"
-        json_schema["x-kubernetes-list-map-keys"] = [self.key]
+        json_schema.update(self.list_schema())
         return json_schema
 
     def _check(self, items: list[Any]) -> list[Any]:
         seen: set[Any] = set()
         for item in items:
-            key = item[self.key] if isinstance(item, dict) else getattr(item, to_snake(self.key))
+            key = self.identity(item)
             if key in seen:
                 raise PydanticCustomError(
                     FORMAT_ERROR_TYPE,
                     "{message} (got {got} twice)",
-                    {"message": f"must not repeat a {self.key}", "got": _quote(key)},
+                    {"message": f"must not repeat {self.what}", "got": _quote(key)},
                 )
             seen.add(key)
         return items
 
 
-class UniqueItems:
-    """A list of scalars without repeats: the API server rejects a repeated item of an
-    x-kubernetes-list-type set (and merges such lists item by item); so does the model."""
+@dataclass(frozen=True)
+class ListMap(_NoRepeats):
+    """A list whose items are identified by `key` (env by name, volumes by name), an
+    x-kubernetes-list-type map."""
 
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(self._check, handler(source))
+    key: str
 
-    def __get_pydantic_json_schema__(
-        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        json_schema = handler(schema)
-        json_schema["x-kubernetes-list-type"] = "set"
-        return json_schema
+    @property
+    def what(self) -> str:  # type: ignore[override]
+        return f"a {self.key}"
 
-    def _check(self, items: list[Any]) -> list[Any]:
-        seen: set[Any] = set()
-        for item in items:
-            if item in seen:
-                raise PydanticCustomError(
-                    FORMAT_ERROR_TYPE,
-                    "{message} (got {got} twice)",
-                    {"message": "must not repeat an item", "got": _quote(item)},
-                )
-            seen.add(item)
-        return items
+    def identity(self, item: Any) -> Any:
+        return item[self.key] if isinstance(item, dict) else getattr(item, to_snake(self.key))
+
+    def list_schema(self) -> dict[str, Any]:
+        return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [self.key]}
+
+
+class UniqueItems(_NoRepeats):
+    """A list of scalars without repeats, an x-kubernetes-list-type set."""
+
+    def list_schema(self) -> dict[str, Any]:
+        return {"x-kubernetes-list-type": "set"}
 
 
 def to_snake(camel: str) -> str:

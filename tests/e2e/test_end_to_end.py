@@ -42,9 +42,9 @@ from kubetune_api.constants import (
     REASON_TRAINING_COMPLETE,
 )
 from kubetune_api.timestamps import parse_timestamp, utc_now
+from kubetune_testbed.chaos.processes import trainer_pids
 from kubetune_testbed.chart import OperatorRelease
 from kubetune_testbed.datasets import write_chat_dataset
-from kubetune_testbed.processes import trainer_pids
 from kubetune_testbed.quickstart import QUICKSTART
 from kubetune_testbed.s3folders import delete_prefix, download_prefix, upload_folder
 from kubetune_trainer.logs import parse_log_lines

@@ -108,3 +108,8 @@ def resume_stopped(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
+
+
+def trainer_pids(namespace: str, job: str) -> dict[int, int]:
+    """Global rank -> pid of each trainer rank of the FineTuneJob `namespace/job`."""
+    return {int(p.env["RANK"]): p.pid for p in pod_processes({namespace}) if p.job == job and p.is_rank}
