@@ -56,6 +56,18 @@ class _Mode:
     since: float = field(default_factory=time.monotonic)
 
 
+def _receive(src: socket.socket, dst: socket.socket) -> bytes:
+    """The next bytes from `src`; at its end (or error), b"" after passing the end on to `dst`."""
+    try:
+        data = src.recv(_CHUNK)
+    except OSError:
+        data = b""
+    if not data:
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+    return data
+
+
 def _reset(sock: socket.socket) -> None:
     """Close with a TCP RST, as a crashed server's kernel does."""
     with contextlib.suppress(OSError):
@@ -153,15 +165,7 @@ class FaultProxy:
 
     def _pump_requests(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
         """Client to MinIO, deciding at each request's start whether it fails."""
-        while True:
-            try:
-                data = client.recv(_CHUNK)
-            except OSError:
-                data = b""
-            if not data:
-                with contextlib.suppress(OSError):
-                    server.shutdown(socket.SHUT_WR)
-                return
+        while data := _receive(client, server):
             mode = self._mode
             if data.startswith(_METHODS):
                 if mode.name == "error" and self._chance(mode.ratio):
@@ -181,15 +185,7 @@ class FaultProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, cut: threading.Event) -> None:
         """MinIO to the client; a request marked to drop loses the connection after part of its reply."""
         budget = -1
-        while True:
-            try:
-                data = src.recv(_CHUNK)
-            except OSError:
-                data = b""
-            if not data:
-                with contextlib.suppress(OSError):
-                    dst.shutdown(socket.SHUT_WR)
-                return
+        while data := _receive(src, dst):
             if cut.is_set() and budget < 0:
                 with self._lock:
                     budget = self._rng.randrange(0, 4096)
