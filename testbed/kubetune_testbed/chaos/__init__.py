@@ -3,7 +3,7 @@
 `python -m kubetune_testbed.chaos` (`make chaos`) installs the operator with
 the chart, keeps a few jobs of the tiny Llama training on the node agent's
 pods with a checkpoint every few steps, and injects faults drawn from a seed:
-SIGKILL of a trainer, SIGSTOP of a rank (opt-in), deletion of a worker pod, S3
+SIGKILL of a trainer, SIGSTOP of a rank (a hang), deletion of a worker pod, S3
 outages, slowness, 5xx replies and dropped connections (through a proxy in
 front of MinIO, kubetune_testbed.faultproxy), SIGKILL of the operator's leader,
 restarts of the API server and of the node agent. Then it checks what a user

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=defaults.time_limit,
                         help="seconds for everything, cleanup included (default %(default)s)")
     parser.add_argument("--kinds", type=_kinds, default=DEFAULT_KINDS,
-                        help=f"comma-separated fault kinds (default: all but stop-rank); known: {', '.join(KINDS)}")
+                        help=f"comma-separated fault kinds (default: all); known: {', '.join(KINDS)}")
     parser.add_argument("--steps", type=int, default=defaults.max_steps, help="training steps per job")
     parser.add_argument("--every", type=int, default=defaults.every_steps, help="checkpoint.everySteps of each job")
     parser.add_argument("--nodes", type=int, default=defaults.nodes, help="worker pods per job")

@@ -6,8 +6,10 @@
     secrets      the S3 keys' values in pod logs, termination messages, Events, FineTuneJob statuses
                  or ConfigMaps
     steps lost   per restart, the last step logged before it minus the step resumed from: at most
-                 checkpoint.everySteps, unless the newest checkpoint was still uploading; and never
-                 a resume from older than the newest commit
+                 checkpoint.everySteps, unless the checkpoint saved after the resume point was still
+                 uploading (then at most everySteps past the newest save, and more than one
+                 checkpoint uncommitted only during an S3 fault); never a resume from older than the
+                 newest commit
 """
 
 from __future__ import annotations
@@ -113,10 +115,8 @@ class Report:
 
     @property
     def over_bound(self) -> list[Restart]:
-        """Restarts that lost more than everySteps with no checkpoint upload to explain it, or resumed
-        from older than the newest commit."""
-        return [r for r, _ in self.restarts
-                if (r.lost > self.every_steps and not r.upload_in_flight) or r.resumed < r.newest_commit]
+        """Restarts that lost more than their bound (Restart.within_bound)."""
+        return [r for r, _ in self.restarts if not r.within_bound(self.every_steps)]
 
     def failures(self) -> list[str]:
         out = []
@@ -127,8 +127,7 @@ class Report:
         if self.failed:
             out.append(f"jobs failed: {', '.join(self.failed)}")
         if self.over_bound:
-            out.append(f"{len(self.over_bound)} restart(s) lost more than checkpoint.everySteps or resumed from "
-                       "an old commit")
+            out.append(f"{len(self.over_bound)} restart(s) lost more than their bound or resumed from an old commit")
         if self.checkpoints.problems or not self.checkpoints.manifests:
             out.append("committed checkpoints: " + ("; ".join(self.checkpoints.problems[:5]) or "none found"))
         if self.orphans:
@@ -179,7 +178,8 @@ class Report:
             lines.append("restarts (a new run of a job's trainer; the first fault after its last step seen):")
         for r, kind in self.restarts:
             flag = ("  OVER BOUND" if r in self.over_bound
-                    else "  (over everySteps: that checkpoint was uploading)" if r.lost > self.every_steps else "")
+                    else f"  (over everySteps: {', '.join(map(str, r.uncommitted))} uploading"
+                         + (" during an S3 fault)" if r.store_faulty else ")") if r.lost > self.every_steps else "")
             lines.append(f"  {r.job}: step {r.reached} reached -> resumed from {r.resumed} (newest commit "
                          f"{r.newest_commit}): {r.lost} lost; after {kind or 'no fault'}{flag}")
         lost = [r.lost for r, _ in self.restarts]

@@ -1,7 +1,8 @@
 """The faults: their kinds, a schedule drawn from a seed, and the hands that inject them.
 
     kill-trainer        SIGKILL of one trainer rank process (torchrun's child) of a running job
-    stop-rank           SIGSTOP of one rank: a hang (left stopped; needs the operator's hang handling)
+    stop-rank           SIGSTOP of one rank: a hang (left stopped: found by its peers' watchdogs or the
+                        operator's progress backstop)
     delete-worker       `kubectl delete pod` of one worker of a running job
     s3-outage           the S3 proxy resets every connection for a while
     s3-slow             the S3 proxy adds latency and caps throughput for a while
@@ -34,8 +35,7 @@ from .kube import Kube
 
 KINDS = ("kill-trainer", "stop-rank", "delete-worker", "s3-outage", "s3-slow", "s3-5xx", "s3-drop",
          "kill-operator", "restart-apiserver", "restart-node-agent")
-# stop-rank needs the operator's hang detection (a frozen rank never fails by itself): opt-in.
-DEFAULT_KINDS = tuple(k for k in KINDS if k != "stop-rank")
+DEFAULT_KINDS = KINDS
 # How often each kind is drawn, relative to the others.
 WEIGHTS = {"kill-trainer": 3.0, "stop-rank": 1.0, "delete-worker": 2.0, "s3-outage": 1.0, "s3-slow": 1.0,
            "s3-5xx": 1.0, "s3-drop": 1.0, "kill-operator": 1.5, "restart-apiserver": 1.0, "restart-node-agent": 0.7}

@@ -65,7 +65,7 @@ class Run:
     last_step: int = 0
     last_step_at: float = 0.0
     committed: set[int] = field(default_factory=set)
-    saved: set[int] = field(default_factory=set)
+    saved: dict[int, float] = field(default_factory=dict)  # step -> when it was saved (before its upload)
 
 
 @dataclass
@@ -76,13 +76,35 @@ class Restart:
     reached: int  # the last step the previous run logged
     resumed: int  # the step the next run started from
     newest_commit: int  # the newest commit any earlier run logged
-    upload_in_flight: bool  # the previous run had saved a checkpoint newer than `resumed` that was not committed
+    uncommitted: tuple[int, ...]  # checkpoints the previous run saved after `resumed` that were never committed
+    uncommitted_since: float  # when the oldest of them was saved (0 when there is none)
+    newest_save: int  # the newest checkpoint the previous run saved (committed or not)
     at: float  # when the next run started
     since: float  # when the previous run was last seen training (its last step logged, or its start)
+    store_faulty: bool = False  # an S3 fault was on while those checkpoints uploaded (the suite sets it)
 
     @property
     def lost(self) -> int:
         return max(0, self.reached - self.resumed)
+
+    @property
+    def upload_in_flight(self) -> bool:
+        return bool(self.uncommitted)
+
+    def within_bound(self, every_steps: int) -> bool:
+        """The work a restart may lose with checkpoints that stream while training goes on.
+
+        Never a resume from older than the newest commit. At most everySteps, unless the checkpoint
+        saved after the resume point was still uploading when the fault hit: then at most everySteps
+        past that save (so less than twice everySteps), and more than one checkpoint left uncommitted
+        only while an S3 fault kept them from uploading.
+        """
+        if self.resumed < self.newest_commit:
+            return False
+        if self.lost <= every_steps:
+            return True
+        return (bool(self.uncommitted) and self.reached - self.newest_save <= every_steps
+                and (len(self.uncommitted) == 1 or self.store_faulty))
 
 
 class Watcher(threading.Thread):
@@ -159,7 +181,7 @@ class Watcher(threading.Thread):
             elif kind == "checkpoint_committed":
                 run.committed.add(int(event["step"]))
             elif kind == "checkpoint_saved":
-                run.saved.add(int(event["step"]))
+                run.saved.setdefault(int(event["step"]), float(event["time"]))
 
     # ------------------------------------------------------------ what the polls add up to
     def restarts(self) -> list[Restart]:
@@ -171,9 +193,10 @@ class Watcher(threading.Thread):
                 continue
             earlier = [r for r in runs if r.job == nxt.job and r.started < nxt.started]
             newest = max((s for r in earlier for s in r.committed), default=0)
-            in_flight = any(s > nxt.start_step and s not in prev.committed for s in prev.saved)
-            found.append(Restart(nxt.job, prev.last_step, nxt.start_step, newest, in_flight, nxt.started,
-                                 max(prev.started, prev.last_step_at)))
+            uncommitted = sorted(s for s in prev.saved if s > nxt.start_step and s not in prev.committed)
+            found.append(Restart(nxt.job, prev.last_step, nxt.start_step, newest, tuple(uncommitted),
+                                 prev.saved[uncommitted[0]] if uncommitted else 0.0,
+                                 max(prev.saved, default=0), nxt.started, max(prev.started, prev.last_step_at)))
         return found
 
     def running_jobs(self) -> list[str]:

@@ -18,11 +18,11 @@ checks and cleanup fit inside it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +33,18 @@ from ..faultproxy import FaultProxy
 from ..models import ensure_tiny
 from ..s3folders import delete_prefix, upload_folder
 from . import checks
-from .faults import DEFAULT_KINDS, JOB_KINDS, Injected, Injector, schedule
+from .faults import DEFAULT_KINDS, JOB_KINDS, S3_MODES, Injected, Injector, schedule
 from .jobs import S3_SECRET, Watcher, is_terminal, job_manifest
 from .kube import Kube
 
 CHECKS_AND_CLEANUP_SECONDS = 90.0
+# After an S3 fault ends, an upload may still wait out one backoff (at most 30 s) before it retries.
+STORE_RECOVERY_SECONDS = 45.0
 FAULT_SHARE = 0.5  # of the time between the first training step and the checks
 FAULT_OVERTIME_SHARE = 0.7  # the latest a fault that waits for its target may come
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Options:
     seed: int = 1
     faults: int = 100
@@ -216,6 +218,11 @@ class Suite:
         for restart in watcher.restarts():
             # The first fault that hit this job after its previous run was last seen training.
             cause = [f for f in self.faults if restart.since <= f.at < restart.at and f.job in ("", restart.job)]
+            if restart.uncommitted:  # was the store failing while its checkpoints uploaded?
+                restart = dataclasses.replace(restart, store_faulty=any(
+                    f.kind in S3_MODES and f.at <= restart.at
+                    and f.at + f.seconds + STORE_RECOVERY_SECONDS >= restart.uncommitted_since
+                    for f in self.faults))
             restarts.append((restart, cause[0].kind if cause else ""))
         notes = []
         if "stop-rank" in self.o.kinds:
