@@ -57,7 +57,7 @@ lint: venv ## ruff, mypy and the architecture contracts (.importlinter) on the p
 
 crds: venv ## regenerate crds/ and docs/api.md from the typed model in api/ (and the chart's copies)
 	$(PY) hack/gen_api.py
-	cp crds/kubetune.io_finetunejobs.yaml charts/kubetune/files/crds/
+	cp crds/kubetune.io_finetunejobs.yaml crds/kubetune.io_finetunesweeps.yaml charts/kubetune/files/crds/
 
 chart-lint: venv binaries ## helm lint the chart with its defaults and with every charts/kubetune/ci/*-values.yaml
 	@helm=$$($(PY) -c 'from kubetune_testbed.binaries import Binaries; print(Binaries.pinned().helm)'); \

@@ -3,7 +3,8 @@
 
 Usage: python hack/gen_api.py [--check]
 
-Writes crds/kubetune.io_finetunejobs.yaml and docs/api.md. With --check it
+Writes crds/kubetune.io_finetunejobs.yaml, crds/kubetune.io_finetunesweeps.yaml and
+docs/api.md. With --check it
 writes nothing and exits 1 when a committed file differs from what the models
 generate (CI runs it so the CRD never drifts from the model).
 """
@@ -15,17 +16,18 @@ import difflib
 import sys
 from pathlib import Path
 
-from kubetune_api.crd import render_crd
+from kubetune_api.crd import build_sweep_crd, render_crd
 from kubetune_api.reference import render_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 
 CRD_PATH = ROOT / "crds" / "kubetune.io_finetunejobs.yaml"
+SWEEP_CRD_PATH = ROOT / "crds" / "kubetune.io_finetunesweeps.yaml"
 DOCS_PATH = ROOT / "docs" / "api.md"
 
 
 def generated() -> dict[Path, str]:
-    return {CRD_PATH: render_crd(), DOCS_PATH: render_reference()}
+    return {CRD_PATH: render_crd(), SWEEP_CRD_PATH: render_crd(build_sweep_crd()), DOCS_PATH: render_reference()}
 
 
 def main() -> int:

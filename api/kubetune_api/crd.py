@@ -127,12 +127,12 @@ def structural(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool) ->
     return {k: out[k] for k in sorted(out, key=_KEY_ORDER.index)}
 
 
-def _immutability_rules(schema: dict[str, Any]) -> list[dict[str, str]]:
+def _immutability_rules(schema: dict[str, Any], mutable: frozenset[str], message: str) -> list[dict[str, str]]:
     always_present = set(schema.get("required", []))
     always_present |= {n for n, p in schema["properties"].items() if "default" in p}
     rules = []
     for name in schema["properties"]:
-        if name in FineTuneJobSpec.MUTABLE_FIELDS:
+        if name in mutable:
             continue
         if name in always_present:
             rule = f"self.{name} == oldSelf.{name}"
@@ -144,7 +144,7 @@ def _immutability_rules(schema: dict[str, Any]) -> list[dict[str, str]]:
         rules.append(
             {
                 "rule": rule,
-                "message": IMMUTABLE_MESSAGE,
+                "message": message,
                 "fieldPath": f".{name}",
                 "reason": "FieldValueForbidden",
             }
@@ -152,17 +152,17 @@ def _immutability_rules(schema: dict[str, Any]) -> list[dict[str, str]]:
     return rules
 
 
-def spec_schema() -> dict[str, Any]:
-    raw = FineTuneJobSpec.model_json_schema(by_alias=True, mode="validation")
+def spec_schema(model: Any = FineTuneJobSpec, message: str = IMMUTABLE_MESSAGE) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
     schema = structural(raw, raw.get("$defs", {}), defaults=True)
     schema["x-kubernetes-validations"] = schema.get("x-kubernetes-validations", []) + (
-        _immutability_rules(schema)
+        _immutability_rules(schema, model.MUTABLE_FIELDS, message)
     )
     return schema
 
 
-def status_schema() -> dict[str, Any]:
-    raw = FineTuneJobStatus.model_json_schema(by_alias=True, mode="validation")
+def status_schema(model: Any = FineTuneJobStatus) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
     return structural(raw, raw.get("$defs", {}), defaults=False)
 
 
@@ -201,49 +201,50 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The openAPIV3Schema of the FineTuneJob kind."""
+def _object_schema(description: str, kind: str, name_length: int, spec: dict[str, Any],
+                   status: dict[str, Any]) -> dict[str, Any]:
     return {
-        "description": "FineTuneJob fine-tunes a pretrained language model with DeepSpeed on "
-        "one or more GPU pods, streams checkpoints to storage so it can resume, and writes the "
-        "fine-tuned model to output.uri.",
+        "description": description,
         "type": "object",
         "properties": {
             "apiVersion": {
                 "description": f"{c.API_VERSION}",
                 "type": "string",
             },
-            "kind": {"description": c.KIND, "type": "string"},
+            "kind": {"description": kind, "type": "string"},
             "metadata": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "maxLength": c.MAX_JOB_NAME_LENGTH},
+                    "name": {"type": "string", "maxLength": name_length},
                 },
             },
-            "spec": spec_schema(),
-            "status": status_schema(),
+            "spec": spec,
+            "status": status,
         },
         "required": ["spec"],
         "x-kubernetes-validations": _NAME_RULES,
     }
 
 
-def build_crd() -> dict[str, Any]:
-    """The CustomResourceDefinition, as a dict ready for YAML or the API."""
+def openapi_schema() -> dict[str, Any]:
+    """The openAPIV3Schema of the FineTuneJob kind."""
+    return _object_schema(
+        "FineTuneJob fine-tunes a pretrained language model with DeepSpeed on "
+        "one or more GPU pods, streams checkpoints to storage so it can resume, and writes the "
+        "fine-tuned model to output.uri.",
+        c.KIND, c.MAX_JOB_NAME_LENGTH, spec_schema(), status_schema(),
+    )
+
+
+def _crd(name: str, names: dict[str, Any], columns: list[dict[str, Any]], schema: dict[str, Any],
+         selectable: list[str]) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": c.CRD_NAME},
+        "metadata": {"name": name},
         "spec": {
             "group": c.GROUP,
-            "names": {
-                "kind": c.KIND,
-                "listKind": c.LIST_KIND,
-                "plural": c.PLURAL,
-                "singular": c.SINGULAR,
-                "shortNames": list(c.SHORT_NAMES),
-                "categories": list(c.CATEGORIES),
-            },
+            "names": names,
             "scope": "Namespaced",
             "versions": [
                 {
@@ -251,16 +252,72 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "selectableFields": [
-                        {"jsonPath": ".spec.method.type"},
-                        {"jsonPath": ".status.phase"},
-                    ],
-                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "additionalPrinterColumns": columns,
+                    "selectableFields": [{"jsonPath": p} for p in selectable],
+                    "schema": {"openAPIV3Schema": schema},
                 }
             ],
         },
     }
+
+
+def build_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition, as a dict ready for YAML or the API."""
+    names = {
+        "kind": c.KIND,
+        "listKind": c.LIST_KIND,
+        "plural": c.PLURAL,
+        "singular": c.SINGULAR,
+        "shortNames": list(c.SHORT_NAMES),
+        "categories": list(c.CATEGORIES),
+    }
+    return _crd(c.CRD_NAME, names, PRINTER_COLUMNS, openapi_schema(), [".spec.method.type", ".status.phase"])
+
+
+SWEEP_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
+     "description": "Pending, Running, Suspended, Succeeded or Failed"},
+    {"name": "Trials", "type": "string", "jsonPath": ".status.trialsText",
+     "description": "Trials finished / trials the sweep runs"},
+    {"name": "Best", "type": "number", "jsonPath": ".status.best.value",
+     "description": "Best value of the objective metric"},
+    {"name": "Best Trial", "type": "string", "jsonPath": ".status.best.name",
+     "description": "The trial with that value"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Metric", "type": "string", "jsonPath": ".status.metric", "priority": 1,
+     "description": "The objective metric"},
+    {"name": "Algorithm", "type": "string", "jsonPath": ".spec.algorithm.type", "priority": 1,
+     "description": "grid, random or tpe"},
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1,
+     "description": "Summary of the last transition"},
+]  # fmt: skip
+
+SWEEP_IMMUTABLE_MESSAGE = (
+    "is immutable after creation; to change it, delete the sweep and create it anew "
+    "(only spec.suspend, spec.parallelism and spec.maxTrials may change)"
+)
+
+
+def build_sweep_crd() -> dict[str, Any]:
+    """The FineTuneSweep CustomResourceDefinition."""
+    from . import sweep as s
+
+    names = {
+        "kind": s.SWEEP_KIND,
+        "listKind": s.SWEEP_LIST_KIND,
+        "plural": s.SWEEP_PLURAL,
+        "singular": s.SWEEP_SINGULAR,
+        "shortNames": list(s.SWEEP_SHORT_NAMES),
+        "categories": list(c.CATEGORIES),
+    }
+    schema = _object_schema(
+        "FineTuneSweep searches hyperparameters: it runs trial FineTuneJobs from spec.template with "
+        "the parameters its algorithm picks, stops trials that fall behind, ranks them by an "
+        "evaluation metric and promotes the best trial's model.",
+        s.SWEEP_KIND, s.MAX_SWEEP_NAME_LENGTH,
+        spec_schema(s.FineTuneSweepSpec, SWEEP_IMMUTABLE_MESSAGE), status_schema(s.FineTuneSweepStatus),
+    )
+    return _crd(s.SWEEP_CRD_NAME, names, SWEEP_PRINTER_COLUMNS, schema, [".status.phase"])
 
 
 class _Dumper(yaml.SafeDumper):
@@ -276,6 +333,6 @@ CRD_HEADER = (
 )
 
 
-def render_crd() -> str:
-    """The CRD as the YAML text committed in crds/."""
-    return CRD_HEADER + yaml.dump(build_crd(), Dumper=_Dumper, sort_keys=False, width=100)
+def render_crd(crd: dict[str, Any] | None = None) -> str:
+    """A CRD (the FineTuneJob's unless given) as the YAML text committed in crds/."""
+    return CRD_HEADER + yaml.dump(crd or build_crd(), Dumper=_Dumper, sort_keys=False, width=100)

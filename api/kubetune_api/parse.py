@@ -60,12 +60,20 @@ def parse_spec(spec: Any, *, root: str = "spec") -> FineTuneJobSpec:
 
     Raises SpecError, and nothing else, for anything that is not a valid spec.
     """
+    return parse_model(FineTuneJobSpec, spec, root=root)
+
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
+def parse_model(model: type[M], spec: Any, *, root: str = "spec") -> M:
+    """`parse_spec` for any spec model (the FineTuneSweep's too): SpecError naming every field."""
     if not isinstance(spec, Mapping):
         raise SpecError([FieldError(root, f"must be an object (got {_got(spec)})")])
     try:
-        return FineTuneJobSpec.model_validate(_plain(spec), by_alias=True, by_name=False)
+        return model.model_validate(_plain(spec), by_alias=True, by_name=False)
     except ValidationError as exc:
-        errors = [e for err in exc.errors() for e in _field_errors(err, root)]
+        errors = [e for err in exc.errors() for e in _field_errors(err, root, model)]
         raise SpecError(errors) from None
 
 
@@ -97,19 +105,19 @@ _BOUND_MESSAGES = {
 }
 
 
-def _field_errors(err: Any, root: str) -> list[FieldError]:
+def _field_errors(err: Any, root: str, model: type[BaseModel] = FineTuneJobSpec) -> list[FieldError]:
     loc: tuple[str | int, ...] = tuple(err["loc"])
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == RULE_ERROR_TYPE:
         return [
-            FieldError(_path(root, loc + tuple(field.split("."))), message)
+            FieldError(_path(root, loc + tuple(field.split(".")), model), message)
             for field, message in ctx["violations"]
         ]
-    path = _path(root, loc)
+    path = _path(root, loc, model)
     if kind == "missing":
-        return [FieldError(path, f"is required; see `kubectl explain {_explain_path(path)}`")]
+        return [FieldError(path, f"is required; see `kubectl explain {_explain_path(path, model)}`")]
     if kind == "extra_forbidden":
-        return [FieldError(path, _unknown_field_message(root, loc))]
+        return [FieldError(path, _unknown_field_message(root, loc, model))]
     if kind == FORMAT_ERROR_TYPE:
         message = err["msg"]
     elif kind in _TYPE_MESSAGES:
@@ -161,9 +169,9 @@ class _Step:
     owner: type[BaseModel] | None  # the model the part is a field of, when it is one
 
 
-def _walk(loc: tuple[str | int, ...]) -> list[_Step]:
+def _walk(loc: tuple[str | int, ...], root_model: type[BaseModel]) -> list[_Step]:
     steps = []
-    model: type[BaseModel] | None = FineTuneJobSpec
+    model: type[BaseModel] | None = root_model
     annotation: Any = None
     for part in loc:
         if isinstance(part, int) or (model is None and _is_mapping(annotation)):
@@ -177,9 +185,9 @@ def _walk(loc: tuple[str | int, ...]) -> list[_Step]:
     return steps
 
 
-def _path(root: str, loc: tuple[str | int, ...]) -> str:
+def _path(root: str, loc: tuple[str | int, ...], model: type[BaseModel]) -> str:
     """A Kubernetes-style field path: fields after dots, list indexes and map keys in brackets."""
-    return root + "".join(f"[{s.part}]" if s.in_brackets else f".{s.part}" for s in _walk(loc))
+    return root + "".join(f"[{s.part}]" if s.in_brackets else f".{s.part}" for s in _walk(loc, model))
 
 
 # A key that can follow a "." in a path; any other (a map key such as
@@ -221,17 +229,21 @@ def _item_type(annotation: Any) -> Any:
     return args[-1] if args else None
 
 
-def _unknown_field_message(root: str, loc: tuple[str | int, ...]) -> str:
-    name, owner = str(loc[-1]), _walk(loc)[-1].owner
+def _unknown_field_message(root: str, loc: tuple[str | int, ...], model: type[BaseModel]) -> str:
+    name, owner = str(loc[-1]), _walk(loc, model)[-1].owner
     known = list(_fields_by_alias(owner)) if owner else []
     hint = ""
     if to_camel(name) in known and to_camel(name) != name:
         hint = f" (did you mean {to_camel(name)}? field names are camelCase)"
     elif close := difflib.get_close_matches(name, known, n=1):
         hint = f" (did you mean {close[0]}?)"
-    return f"is not a field of {_path(root, loc[:-1])}; remove it{hint}"
+    return f"is not a field of {_path(root, loc[:-1], model)}; remove it{hint}"
 
 
-def _explain_path(path: str) -> str:
+# The short name `kubectl explain` knows each spec model's resource by.
+EXPLAIN_NAMES: dict[type[BaseModel], str] = {FineTuneJobSpec: SHORT_NAMES[0]}
+
+
+def _explain_path(path: str, model: type[BaseModel] = FineTuneJobSpec) -> str:
     """The `kubectl explain` argument for a field path, without list indexes or map keys."""
-    return ".".join([SHORT_NAMES[0], *re.sub(r"\[[^\]]*\]", "", path).split(".")])
+    return ".".join([EXPLAIN_NAMES.get(model, SHORT_NAMES[0]), *re.sub(r"\[[^\]]*\]", "", path).split(".")])

@@ -26,10 +26,12 @@ import kopf
 from kubernetes.client.rest import ApiException
 
 from kubetune_api.constants import GROUP, JOB_NAME_LABEL, PLURAL, VERSION
+from kubetune_api.sweep import SWEEP_LABEL, SWEEP_PLURAL
 
 from .reconcile import Reconciler
 from .resync import ResyncLoop
 from .settings import Settings
+from .sweeps import SweepReconciler
 
 log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
@@ -59,8 +61,9 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
-    memo.reconciler = Reconciler(api_client(SETTINGS.workers + 2), SETTINGS.trainer_image,
-                                 SETTINGS.api_qps, SETTINGS.api_burst)
+    client = api_client(SETTINGS.workers + 2)
+    memo.reconciler = Reconciler(client, SETTINGS.trainer_image, SETTINGS.api_qps, SETTINGS.api_burst)
+    memo.sweeps = SweepReconciler(client, SETTINGS.trainer_image, SETTINGS.api_qps, SETTINGS.api_burst)
     memo.resync = ResyncLoop(memo.reconciler, SETTINGS)
     memo.resync.start()
 
@@ -101,3 +104,31 @@ def on_worker(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: 
     except ApiException as e:
         log.warning("reconcile of %s/%s after a worker change failed: %s; the resync will retry",
                     namespace, labels[JOB_NAME_LABEL], e.reason)
+
+
+def _sweep(memo: Any, namespace: str | None, name: str) -> None:
+    assert namespace, "FineTuneSweeps are namespaced"
+    try:
+        memo.sweeps.reconcile(namespace, name)
+    except ApiException as e:
+        raise kopf.TemporaryError(f"reconcile of sweep {namespace}/{name}: API error {e.status} {e.reason}",
+                                  delay=5) from e
+
+
+@kopf.on.resume(GROUP, VERSION, SWEEP_PLURAL, id="sweep-on-resume")
+@kopf.on.create(GROUP, VERSION, SWEEP_PLURAL, id="sweep-on-create")
+@kopf.on.update(GROUP, VERSION, SWEEP_PLURAL, field="spec", id="sweep-on-spec-change")
+def on_sweep(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    _sweep(memo, namespace, name)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, labels={SWEEP_LABEL: kopf.PRESENT}, id="trial-changed")
+@kopf.on.event("v1", "pods", labels={SWEEP_LABEL: kopf.PRESENT}, id="promotion-changed")
+def on_trial(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    """A trial (a FineTuneJob) or the promotion pod of a sweep changed: look at the sweep."""
+    assert namespace, "trials are namespaced"
+    try:
+        memo.sweeps.reconcile(namespace, labels[SWEEP_LABEL])
+    except ApiException as e:
+        log.warning("reconcile of sweep %s/%s after a trial change failed: %s", namespace,
+                    labels[SWEEP_LABEL], e.reason)

@@ -21,6 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetune_api import Manifest, utc_now
 from kubetune_api.constants import GROUP, JOB_NAME_LABEL, KIND, PLURAL, VERSION
+from kubetune_api.sweep import SWEEP_LABEL, SWEEP_PLURAL
 
 from . import metrics
 
@@ -139,14 +140,59 @@ class Kube:
             if e.status not in (404, 409):
                 raise
 
+    # ---------------------------------------------------------------- sweeps and their trials
+    def get_sweep(self, namespace: str, name: str) -> Manifest | None:
+        try:
+            sweep: Manifest = self._call("get_sweep", self.custom.get_namespaced_custom_object,
+                                         GROUP, VERSION, namespace, SWEEP_PLURAL, name)
+            return sweep
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list_trials(self, namespace: str, sweep: str) -> list[Manifest]:
+        found = self._call("list_jobs", self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace,
+                           PLURAL, label_selector=f"{SWEEP_LABEL}={sweep}")
+        return list(found["items"])
+
+    def list_sweep_pods(self, namespace: str, sweep: str) -> list[Manifest]:
+        pods: Any = self._call("list_pods", self.core.list_namespaced_pod, namespace,
+                               label_selector=f"{SWEEP_LABEL}={sweep}", _preload_content=False)
+        return list(json.loads(pods.data)["items"])
+
+    def create_job(self, manifest: Manifest) -> bool:
+        """Create a FineTuneJob; False (and no error) when one of that name exists."""
+        try:
+            self._call("create_job", self.custom.create_namespaced_custom_object, GROUP, VERSION,
+                       manifest["metadata"]["namespace"], PLURAL, manifest)
+            return True
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+
+    def patch_job(self, namespace: str, name: str, patch: Manifest) -> None:
+        """A JSON merge patch of a FineTuneJob (its spec.runPolicy, its annotations)."""
+        try:
+            self._call("patch_job", self.custom.patch_namespaced_custom_object,
+                       GROUP, VERSION, namespace, PLURAL, name, patch)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def patch_sweep_status(self, namespace: str, name: str, status: Manifest) -> None:
+        self._call("patch_sweep_status", self.custom.patch_namespaced_custom_object_status,
+                   GROUP, VERSION, namespace, SWEEP_PLURAL, name, {"status": status})
+
     def record_event(self, job: Manifest, type_: str, reason: str, message: str) -> None:
-        """An Event on the FineTuneJob (core/v1, as `kubectl describe` shows them)."""
+        """An Event on the FineTuneJob or FineTuneSweep (core/v1, as `kubectl describe` shows them)."""
         meta = job["metadata"]
         now = utc_now()
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"],
+                api_version=f"{GROUP}/{VERSION}", kind=job.get("kind") or KIND, name=meta["name"],
                 namespace=meta["namespace"], uid=meta["uid"],
                 resource_version=meta.get("resourceVersion"),
             ),

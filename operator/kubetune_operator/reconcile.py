@@ -19,9 +19,9 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kubetune_api import SpecError, parse_spec, utc_now
 from kubetune_api.constants import TERMINAL_PHASES
@@ -53,6 +53,27 @@ class _Slot:
         self.due = 0.0  # time.monotonic() when the job wants its next look; 0: unknown, now
 
 
+T = TypeVar("T")
+
+
+def run_coalesced(slot: _Slot, one_pass: Callable[[], T | None]) -> T | None:
+    """Run `one_pass` under the slot's lock; a trigger while it runs makes it run once more, and a
+    trigger while another thread runs it returns None at once (that thread runs it again)."""
+    slot.dirty = True  # before trying the lock, so the running pass cannot miss it
+    result: T | None = None
+    while slot.dirty:
+        if not slot.lock.acquire(blocking=False):
+            return result
+        try:
+            if not slot.dirty:
+                return result
+            slot.dirty = False
+            result = one_pass()
+        finally:
+            slot.lock.release()
+    return result
+
+
 def needs_resync(job: Mapping[str, Any]) -> bool:
     """Unfinished jobs, and finished ones that still wait for their TTL."""
     finished = read_status(job.get("status")).phase in TERMINAL_PHASES
@@ -80,22 +101,15 @@ class Reconciler:
         """
         with self._slots_guard:
             slot = self._slots[(namespace, name)]
-        slot.dirty = True  # before trying the lock, so the running pass cannot miss it
-        result: Plan | None = None
-        while slot.dirty:
-            if not slot.lock.acquire(blocking=False):
-                return result
-            try:
-                if not slot.dirty:
-                    return result
-                slot.dirty = False
-                with metrics.RECONCILE_SECONDS.time():
-                    result = self._pass(namespace, name, now or utc_now())
-                wait = result.requeue_after if result and result.requeue_after is not None else SAFETY_RESYNC_SECONDS
-                slot.due = time.monotonic() + wait
-            finally:
-                slot.lock.release()
-        return result
+
+        def one_pass() -> Plan | None:
+            with metrics.RECONCILE_SECONDS.time():
+                result = self._pass(namespace, name, now or utc_now())
+            wait = result.requeue_after if result and result.requeue_after is not None else SAFETY_RESYNC_SECONDS
+            slot.due = time.monotonic() + wait
+            return result
+
+        return run_coalesced(slot, one_pass)
 
     def jobs_due(self, namespaces: tuple[str, ...] = ()) -> list[JobKey]:
         """The jobs whose last plan asked to be looked at again by now (or that have none yet).

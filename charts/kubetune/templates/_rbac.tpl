@@ -36,7 +36,22 @@ running the operator with this ServiceAccount's token through a job's life.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [create]
-# Events on FineTuneJobs (kubectl describe ftj).
+# FineTuneSweeps: read and watched like jobs, their status written (patch); their
+# trials are FineTuneJobs the operator creates and suspends or resumes (patch,
+# above); their promotion pods are created like workers.
+- apiGroups: [kubetune.io]
+  resources: [finetunesweeps]
+  verbs: [get, list, watch, patch]
+- apiGroups: [kubetune.io]
+  resources: [finetunesweeps/status]
+  verbs: [patch]
+- apiGroups: [kubetune.io]
+  resources: [finetunejobs]
+  verbs: [create]
+- apiGroups: [kubetune.io]
+  resources: [finetunesweeps/finalizers]
+  verbs: [update]
+# Events on FineTuneJobs and FineTuneSweeps (kubectl describe ftj / fts).
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
