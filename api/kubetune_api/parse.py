@@ -39,15 +39,16 @@ class FieldError:
 class SpecError(ValueError):
     """A spec that is not a valid FineTuneJob spec; `errors` lists every problem found."""
 
-    def __init__(self, errors: Sequence[FieldError]) -> None:
+    def __init__(self, errors: Sequence[FieldError], kind: str = "FineTuneJob") -> None:
         self.errors = list(errors)
+        self.kind = kind
         super().__init__(str(self))
 
     @property
     def what(self) -> str:
         """What is invalid: "FineTuneJob spec", or "FineTuneJob" when more than its spec is wrong."""
         in_spec = all(e.path == "spec" or e.path.startswith(("spec.", "spec[")) for e in self.errors)
-        return "FineTuneJob spec" if in_spec else "FineTuneJob"
+        return f"{self.kind} spec" if in_spec else self.kind
 
     def __str__(self) -> str:
         count = len(self.errors)
@@ -74,7 +75,7 @@ def parse_model(model: type[M], spec: Any, *, root: str = "spec") -> M:
         return model.model_validate(_plain(spec), by_alias=True, by_name=False)
     except ValidationError as exc:
         errors = [e for err in exc.errors() for e in _field_errors(err, root, model)]
-        raise SpecError(errors) from None
+        raise SpecError(errors, KINDS.get(model, "FineTuneJob")) from None
 
 
 def _plain(value: Any) -> Any:
@@ -240,8 +241,9 @@ def _unknown_field_message(root: str, loc: tuple[str | int, ...], model: type[Ba
     return f"is not a field of {_path(root, loc[:-1], model)}; remove it{hint}"
 
 
-# The short name `kubectl explain` knows each spec model's resource by.
+# The short name `kubectl explain` knows each spec model's resource by, and the kind it names.
 EXPLAIN_NAMES: dict[type[BaseModel], str] = {FineTuneJobSpec: SHORT_NAMES[0]}
+KINDS: dict[type[BaseModel], str] = {}
 
 
 def _explain_path(path: str, model: type[BaseModel] = FineTuneJobSpec) -> str:

@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 from .base import FORMAT_ERROR_TYPE, ApiModel, ListMap, Rule, defaulted
 from .constants import MAX_JOB_NAME_LENGTH, Phase
 from .evaluation import LOWER_IS_BETTER, MetricName
-from .parse import EXPLAIN_NAMES, FieldError, SpecError, parse_model, parse_spec
+from .parse import EXPLAIN_NAMES, KINDS, FieldError, SpecError, parse_model, parse_spec
 from .spec import FineTuneJobSpec
 from .status import Condition, Count, MetricValue, StatusModel, Timestamp
 from .uris import StoreUri
@@ -408,6 +408,7 @@ class FineTuneSweepSpec(ApiModel):
 
 
 EXPLAIN_NAMES[FineTuneSweepSpec] = SWEEP_SHORT_NAMES[0]
+KINDS[FineTuneSweepSpec] = SWEEP_KIND
 
 
 def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
@@ -458,7 +459,7 @@ def parse_sweep_spec(spec: Any) -> FineTuneSweepSpec:
     parsed = parse_model(FineTuneSweepSpec, spec)
     problems = check_values(parsed)
     if problems:
-        raise SpecError(problems)
+        raise SpecError(problems, SWEEP_KIND)
     return parsed
 
 

@@ -156,7 +156,7 @@ def plan_sweep(spec: FineTuneSweepSpec, seen: SweepObserved) -> SweepPlan:
     limit = spec.trial_limit
     running = [r for r in rows if not r.done]
     # New trials, while there is room: rows first (written before their jobs are created).
-    if not spec.suspend:
+    if not spec.suspend and stored.phase not in (SweepPhase.SUCCEEDED, SweepPhase.FAILED):
         while len(rows) < limit and len(running) < spec.parallelism:
             number = len(rows)
             name = trial_name(seen.name, number)

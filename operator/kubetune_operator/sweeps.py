@@ -107,7 +107,7 @@ def build_promotion_pod(sweep: Manifest, spec: FineTuneSweepSpec, status: FineTu
         "metadata": {"name": f"{meta['name']}-promote", "namespace": meta["namespace"], "labels": labels,
                      "ownerReferences": [owner_reference(sweep)]},
         "spec": {
-            "restartPolicy": "OnFailure",
+            "restartPolicy": "Never",  # a failed copy fails the promotion (storage errors are retried inside)
             "enableServiceLinks": False,
             "containers": [{
                 "name": TRAINER_CONTAINER,

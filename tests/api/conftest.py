@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ftj_cases import CRD_FILE
+from ftj_cases import CRD_FILE, SWEEP_CRD_FILE
 
 from kubetune_api.constants import CRD_NAME, PLURAL
+from kubetune_api.sweep import SWEEP_CRD_NAME
 
 
 @pytest.fixture(scope="session")
@@ -19,11 +20,13 @@ def ftj_crd(cluster: Any) -> str:
     """Install (or update) the committed CRD and wait until the API serves FineTuneJobs.
 
     It is left installed: other tiers' tests use the same CRD."""
-    cluster.kubectl(
-        "apply", "--server-side", "--force-conflicts", "--field-manager=kubetune-tests",
-        "-f", str(CRD_FILE),
-    )  # fmt: skip
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    for path in (CRD_FILE, SWEEP_CRD_FILE):
+        cluster.kubectl(
+            "apply", "--server-side", "--force-conflicts", "--field-manager=kubetune-tests",
+            "-f", str(path),
+        )  # fmt: skip
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}",
+                    f"crd/{SWEEP_CRD_NAME}")
     deadline = time.monotonic() + 60
     while cluster.kubectl("get", PLURAL, "-A", check=False).returncode != 0:
         assert time.monotonic() < deadline, "FineTuneJobs are not served 60s after the CRD"

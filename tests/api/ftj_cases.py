@@ -19,6 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 CRD_FILE = REPO / "crds" / "kubetune.io_finetunejobs.yaml"
+SWEEP_CRD_FILE = REPO / "crds" / "kubetune.io_finetunesweeps.yaml"
 
 Edit = Callable[[dict[str, Any]], None]
 

@@ -15,7 +15,9 @@ def test_every_kind_comes_once_before_any_repeats() -> None:
     plan = schedule(3, 30, DEFAULT_KINDS, 10.0)
     assert sorted(p.kind for p in plan[:len(DEFAULT_KINDS)]) == sorted(DEFAULT_KINDS)
     assert {p.kind for p in plan} <= set(DEFAULT_KINDS)
-    assert "stop-rank" not in DEFAULT_KINDS  # opt-in until the operator detects hangs
+    assert DEFAULT_KINDS == KINDS  # stop-rank too, now that the operator detects hangs
+    short = tuple(k for k in KINDS if k != "stop-rank")
+    assert {p.kind for p in schedule(3, 30, short, 10.0)} == set(short)
 
 
 def test_waits_and_durations_are_bounded() -> None:

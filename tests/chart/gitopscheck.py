@@ -19,6 +19,7 @@ from kubetune_testbed import REPO
 
 GITOPS_DOC = REPO / "docs" / "gitops.md"
 ARGO_HEALTH_KEY = "resource.customizations.health.kubetune.io_FineTuneJob"
+ARGO_SWEEP_HEALTH_KEY = "resource.customizations.health.kubetune.io_FineTuneSweep"
 
 
 
@@ -28,14 +29,14 @@ def gitops_documents() -> list[Manifest]:
     return [doc for block in blocks for doc in yaml.safe_load_all(block) if doc]
 
 
-def argo_health_script() -> str:
+def argo_health_script(key: str = ARGO_HEALTH_KEY) -> str:
     cm = next(d for d in gitops_documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "argocd-cm")
-    return str(cm["data"][ARGO_HEALTH_KEY])
+    return str(cm["data"][key])
 
 
-def flux_health_exprs() -> dict[str, str]:
+def flux_health_exprs(kind: str = "FineTuneJob") -> dict[str, str]:
     kustomization = next(d for d in gitops_documents() if d["kind"] == "Kustomization")
-    exprs = [e for e in kustomization["spec"]["healthCheckExprs"] if e["kind"] == "FineTuneJob"]
+    exprs = [e for e in kustomization["spec"]["healthCheckExprs"] if e["kind"] == kind]
     assert len(exprs) == 1
     return {k: v for k, v in exprs[0].items() if k in ("inProgress", "failed", "current")}
 

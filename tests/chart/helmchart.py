@@ -26,7 +26,10 @@ Permission = tuple[str, str, str, str]  # (apiGroup, resource, resourceName or "
 
 # What the operator calls, and kopf for it (templates/_rbac.tpl says why each is needed).
 OPERATOR_PERMISSIONS: set[Permission] = {
-    *{("kubetune.io", "finetunejobs", "", v) for v in ("get", "list", "watch", "patch", "delete")},
+    *{("kubetune.io", "finetunejobs", "", v) for v in ("get", "list", "watch", "patch", "delete", "create")},
+    *{("kubetune.io", "finetunesweeps", "", v) for v in ("get", "list", "watch", "patch")},
+    ("kubetune.io", "finetunesweeps/status", "", "patch"),
+    ("kubetune.io", "finetunesweeps/finalizers", "", "update"),
     *{("kubetune.io", "finetunejobs/status", "", v) for v in ("get", "patch")},
     ("kubetune.io", "finetunejobs/finalizers", "", "update"),
     *{("", "pods", "", v) for v in ("create", "list", "watch", "delete")},

@@ -142,18 +142,20 @@ def test_values_that_cannot_work_together_fail_with_what_to_change(values: list[
 # ---------------------------------------------------------------- CRDs
 def test_the_chart_copies_of_the_crds_are_the_repository_files() -> None:
     """crds/ is generated from api/ (make crds copies it into the chart): a stale copy fails here."""
-    pairs = [(REPO / "crds/kubetune.io_finetunejobs.yaml", CHART / "files/crds/kubetune.io_finetunejobs.yaml")]
+    pairs = [(REPO / f"crds/{name}", CHART / f"files/crds/{name}")
+             for name in ("kubetune.io_finetunejobs.yaml", "kubetune.io_finetunesweeps.yaml")]
     for source, copy in pairs:
         assert copy.read_bytes() == source.read_bytes(), f"{copy} differs from {source}: run `make crds`"
     assert {p.name for p in (REPO / "crds").glob("*.yaml")} == {s.name for s, _ in pairs}
     assert not (CHART / "crds").exists(), "the chart installs no CRD of kopf's (leader election needs none)"
 
 
-def test_the_rendered_crd_is_the_repository_crd_plus_labels_and_keep(default) -> None:
-    source = yaml.safe_load((REPO / "crds/kubetune.io_finetunejobs.yaml").read_text())
+@pytest.mark.parametrize("plural", ["finetunejobs", "finetunesweeps"])
+def test_the_rendered_crd_is_the_repository_crd_plus_labels_and_keep(default, plural: str) -> None:
+    source = yaml.safe_load((REPO / f"crds/kubetune.io_{plural}.yaml").read_text())
     # The chart adds labels and annotations as text under the top-level metadata.
-    assert source["metadata"] == {"name": "finetunejobs.kubetune.io"}
-    rendered = one(default, "CustomResourceDefinition")
+    assert source["metadata"] == {"name": f"{plural}.kubetune.io"}
+    rendered = one(default, "CustomResourceDefinition", f"{plural}.kubetune.io")
     meta = rendered["metadata"]
     assert meta.pop("annotations") == {"helm.sh/resource-policy": "keep"}
     assert meta.pop("labels")["app.kubernetes.io/managed-by"] == "Helm"
@@ -161,7 +163,8 @@ def test_the_rendered_crd_is_the_repository_crd_plus_labels_and_keep(default) ->
 
 
 def test_crd_options() -> None:
-    assert "annotations" not in one(render(values={"crds": {"keep": False}}), "CustomResourceDefinition")["metadata"]
+    crds = find(render(values={"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert len(crds) == 2 and all("annotations" not in c["metadata"] for c in crds)
     assert not find(render(values={"crds": {"install": False}}), "CustomResourceDefinition")
 
 

@@ -113,3 +113,26 @@ def test_the_doc_snippets_are_well_formed() -> None:
     # the recorded objects untouched by Lua.
     for obj in RECORDED:
         assert set(argo_health(copy.deepcopy(obj))) == {"status", "message"}
+
+
+SWEEP_HEALTH = {  # phase: (Argo CD, Flux), as docs/gitops.md's table says
+    "Pending": ("Progressing", "InProgress"),
+    "Running": ("Progressing", "InProgress"),
+    "Suspended": ("Suspended", "Current"),
+    "Succeeded": ("Healthy", "Current"),
+    "Failed": ("Degraded", "Failed"),
+}
+
+
+@pytest.mark.parametrize(("phase", "argo", "flux"), [(p, a, f) for p, (a, f) in SWEEP_HEALTH.items()])
+def test_each_phase_of_a_sweep(phase: str, argo: str, flux: str) -> None:
+    from gitopscheck import ARGO_SWEEP_HEALTH_KEY, argo_health_script, flux_health_exprs
+
+    sweep = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneSweep",
+             "metadata": {"name": "s", "generation": 1},
+             "status": {"observedGeneration": 1, "phase": phase, "message": f"{phase} message"}}
+    assert argo_health(sweep, argo_health_script(ARGO_SWEEP_HEALTH_KEY)) == {"status": argo, "message": f"{phase} message"}
+    assert flux_health(sweep, flux_health_exprs("FineTuneSweep")) == flux
+    fresh = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneSweep", "metadata": {"name": "s", "generation": 1}}
+    assert argo_health(fresh, argo_health_script(ARGO_SWEEP_HEALTH_KEY))["status"] == "Progressing"
+    assert flux_health(fresh, flux_health_exprs("FineTuneSweep")) == "InProgress"

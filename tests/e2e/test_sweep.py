@@ -1,0 +1,195 @@
+"""Sweeps end to end on the local cluster: the operator installed with the chart runs trial
+FineTuneJobs of a small LoRA classification fine-tune (a tiny random BERT on a few records, real
+training on node-agent pods), ranks them, prunes, and promotes the best model.
+
+- a grid of 3 learning rates x 2 LoRA ranks, 2 at a time: exactly 6 trials, never more than 2
+  unfinished, the best the one with the best status.evaluation.best.value among the trials' own
+  statuses, and the promoted model loads and gives that value again;
+- a tpe sweep with median pruning whose operator leader is SIGKILLed in the middle: no trial lost
+  or duplicated, every trial's parameters are what the seed and the results it records give, a
+  trial is pruned (suspended, marked) and the sweep still runs all its trials and succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from classify import held_out_metric, sentiment_job
+from harness import Jobs, Recorder, wait_for
+
+from kubetune_api.sweep import parse_sweep_spec
+from kubetune_api.sweep import TrialRow
+from kubetune_operator.suggest import suggest
+from kubetune_testbed.chart import OperatorRelease
+from kubetune_testbed.chaos import processes
+from kubetune_testbed.datasets import write_sentiment_dataset
+from kubetune_testbed.s3folders import delete_prefix, download_prefix, upload_folder
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+METRIC = "eval_loss"
+
+
+@pytest.fixture(scope="module")
+def data(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A bucket with the tiny BERT and a few sentiment records; the local copy of the records."""
+    from kubetune_testbed.models import ensure_tiny_bert
+
+    s3 = cluster.s3_client()
+    bucket = f"sweep-{secrets.token_hex(4)}"
+    s3.create_bucket(Bucket=bucket)
+    upload_folder(s3, Path(ensure_tiny_bert()), bucket, "models/tiny-bert/")
+    records = tmp_path_factory.mktemp("sweep-data")
+    write_sentiment_dataset(records, held_out=24, train=32)
+    upload_folder(s3, records, bucket, "few/")
+    yield bucket, records
+    delete_prefix(s3, bucket)
+    s3.delete_bucket(Bucket=bucket)
+
+
+def sweep_manifest(name: str, bucket: str, **spec: Any) -> dict[str, Any]:
+    """The sweep of a LoRA classifier: 12 steps of 4 records on one worker, evaluated every 4."""
+    template = sentiment_job("template", bucket, "models/tiny-bert", "few",
+                             method={"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
+                                                              "targetModules": ["query", "value"]}},
+                             training={"maxSteps": 12, "learningRate": 1e-3, "warmupSteps": 0, "evalEverySteps": 4,
+                                       "microBatchSize": 4, "globalBatchSize": 4, "maxSeqLength": 32,
+                                       "logEverySteps": 4},
+                             evaluation={"metric": METRIC}, resources={"nodes": 1, "gpusPerNode": 0},
+                             checkpoint={"everySteps": 12, "keepLast": 1},
+                             output={"uri": f"s3://{bucket}/trials/{name}/", "select": "best", "mergeLora": True})["spec"]
+    template["evaluation"].pop("earlyStopping", None)
+    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneSweep", "metadata": {"name": name},
+            "spec": {"template": template, **spec}}
+
+
+def sweep_status(cluster: Any, ns: str, name: str) -> dict[str, Any]:
+    out = cluster.kubectl("get", "fts", name, "-n", ns, "-o", "json").stdout
+    return dict(json.loads(out).get("status") or {})
+
+
+def wait_sweep(cluster: Any, jobs: Jobs, name: str, timeout: float) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        status = sweep_status(cluster, jobs.ns, name)
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    try:
+        return dict(wait_for(finished, timeout=timeout, what=f"sweep {name} to finish", interval=2))
+    except AssertionError as e:
+        trials = cluster.kubectl("get", "ftj", "-n", jobs.ns, "-o", "wide", check=False).stdout
+        raise AssertionError(f"{e}\n{json.dumps(sweep_status(cluster, jobs.ns, name), indent=1)}\n{trials}") from None
+
+
+def most_unfinished_at_once(versions: list[dict[str, Any]]) -> int:
+    """From every version of every trial, in order: the most trials created and not finished at once."""
+    phase: dict[str, str] = {}
+    most = 0
+    for obj in versions:
+        meta = obj["metadata"]
+        pruned = "kubetune.io/pruned" in (meta.get("annotations") or {})
+        phase[meta["name"]] = "Pruned" if pruned else (obj.get("status") or {}).get("phase", "Pending")
+        most = max(most, sum(1 for p in phase.values() if p not in ("Succeeded", "Failed", "Pruned")))
+    return most
+
+
+def trial_statuses(jobs: Jobs, names: list[str]) -> dict[str, dict[str, Any]]:
+    return {n: jobs.status(n) for n in names}
+
+
+def test_a_grid_sweep_runs_six_trials_two_at_a_time_and_promotes_the_best(
+        cluster: Any, e2e: Jobs, data: tuple[str, Path], tmp_path: Path) -> None:
+    bucket, records = data
+    sweep = sweep_manifest(
+        "grid", bucket,
+        parameters=[{"path": "training.learningRate", "values": [3e-4, 3e-3, 3e-2]},
+                    {"path": "method.lora.r", "values": [4, 8]}],
+        algorithm={"type": "grid"}, parallelism=2, promote={"uri": f"s3://{bucket}/best/grid/"})
+    recorder = Recorder(cluster, e2e.ns, tmp_path / "trials.json")
+    cluster.kubectl("apply", "-n", e2e.ns, "-f", "-", input=json.dumps(sweep))
+    status = wait_sweep(cluster, e2e, "grid", timeout=900)
+    versions = recorder.stop()
+
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+    names = [f"grid-{n}" for n in range(6)]
+    trials = cluster.kubectl("get", "ftj", "-n", e2e.ns, "-l", "kubetune.io/sweep=grid", "-o", "name").stdout.split()
+    assert sorted(trials) == sorted(f"finetunejob.kubetune.io/{n}" for n in names)
+    assert most_unfinished_at_once(versions) == 2
+    assert status["counts"] == {"created": 6, "running": 0, "succeeded": 6, "failed": 0, "pruned": 0}
+    assert {tuple(sorted(r["parameters"].items())) for r in status["trials"]} == {
+        (("method.lora.r", r), ("training.learningRate", lr)) for lr in (3e-4, 3e-3, 3e-2) for r in (4, 8)}
+
+    # The best, checked against the trials' own statuses.
+    own = trial_statuses(e2e, names)
+    values = {n: s["evaluation"]["best"]["value"] for n, s in own.items()}
+    assert all(s["evaluation"]["metric"] == METRIC for s in own.values())
+    best_name = min(values, key=values.__getitem__)
+    assert status["best"]["name"] == best_name and status["best"]["value"] == values[best_name]
+    table = cluster.kubectl("get", "fts", "grid", "-n", e2e.ns).stdout.splitlines()
+    assert table[1].split()[1:4] == ["Succeeded", "6/6", f"{values[best_name]:g}"[:len(table[1].split()[3])]]
+    reasons = {e["reason"] for e in json.loads(cluster.kubectl(
+        "get", "events", "-n", e2e.ns, "--field-selector", "involvedObject.kind=FineTuneSweep", "-o", "json").stdout)["items"]}
+    assert {"TrialCreated", "TrialSucceeded", "NewBest", "Promoted"} <= reasons
+
+    # The promoted model loads and gives the same metric; sweep-result.json names the trial.
+    s3 = cluster.s3_client()
+    download_prefix(s3, bucket, "best/grid/", tmp_path / "best")
+    result = json.loads((tmp_path / "best" / "sweep-result.json").read_text())
+    assert (result["trial"], result["metric"], result["value"]) == (best_name, METRIC, values[best_name])
+    assert result["parameters"] == status["best"]["parameters"]
+    assert not any(f.startswith("checkpoints/") for f in result["files"])
+    recomputed = held_out_metric(tmp_path / "best", records / "eval.jsonl", METRIC, 4, 32)
+    assert recomputed == pytest.approx(values[best_name], rel=1e-4)
+
+
+def test_a_tpe_sweep_survives_its_operator_being_killed_and_prunes_a_trial_behind_the_median(
+        cluster: Any, e2e: Jobs, data: tuple[str, Path], release: OperatorRelease) -> None:
+    bucket, _ = data
+    sweep = sweep_manifest(
+        "tpe", bucket,
+        # 1e-6 hardly moves the loss: a trial drawn with it falls behind the median and is pruned.
+        parameters=[{"path": "training.learningRate", "values": [1e-6, 3e-2]},
+                    {"path": "method.lora.r", "values": [4, 8]}],
+        algorithm={"type": "tpe", "seed": 5}, maxTrials=6, parallelism=2,
+        pruning={"type": "median", "minTrials": 1, "startStep": 4})
+    cluster.kubectl("apply", "-n", e2e.ns, "-f", "-", input=json.dumps(sweep))
+
+    def trials_done(n: int) -> bool:
+        counts = sweep_status(cluster, e2e.ns, "tpe").get("counts") or {}
+        return counts.get("succeeded", 0) + counts.get("pruned", 0) + counts.get("failed", 0) >= n
+
+    wait_for(lambda: trials_done(2), timeout=600, what="two trials of the tpe sweep to finish", interval=2)
+    leader = release.leader()
+    killed = [p.pid for p in processes.operator_processes(leader) if processes.signal_pid(p.pid, signal.SIGKILL)]
+    assert killed, f"no process of the leader {leader} found"
+    killed_at = time.monotonic()
+    status = wait_sweep(cluster, e2e, "tpe", timeout=900)
+    assert time.monotonic() > killed_at
+
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+    rows = [TrialRow.model_validate(r) for r in status["trials"]]
+    assert [r.number for r in rows] == list(range(6))
+    trials = cluster.kubectl("get", "ftj", "-n", e2e.ns, "-l", "kubetune.io/sweep=tpe", "-o", "json").stdout
+    items = json.loads(trials)["items"]
+    assert sorted(t["metadata"]["name"] for t in items) == [f"tpe-{n}" for n in range(6)]  # none lost, none twice
+    assert all(len(t["metadata"]["ownerReferences"]) == 1 for t in items)
+    # Every suggestion is what the seed and the results it saw give: the state survived the kill.
+    spec = parse_sweep_spec(sweep["spec"])
+    by_number = {r.number: r for r in rows}
+    for row in rows:
+        assert suggest(spec, row.number, [by_number[n] for n in row.basis or ()]) == (row.parameters, row.basis)
+    pruned = [r for r in rows if r.phase == "Pruned"]
+    assert pruned, json.dumps(status["trials"], indent=1)
+    for row in pruned:
+        job = next(t for t in items if t["metadata"]["name"] == row.name)
+        assert job["spec"]["runPolicy"]["suspend"] is True
+        assert "worse than the median" in job["metadata"]["annotations"]["kubetune.io/pruned"]
+        assert job["status"]["phase"] == "Suspended" and not e2e.pods(row.name)
+    assert status["counts"]["pruned"] == len(pruned) and status["counts"]["created"] == 6
+    assert status["best"]["name"] not in {r.name for r in pruned}
