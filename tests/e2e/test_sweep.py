@@ -5,9 +5,10 @@ training on node-agent pods), ranks them, prunes, and promotes the best model.
 - a grid of 3 learning rates x 2 LoRA ranks, 2 at a time: exactly 6 trials, never more than 2
   unfinished, the best the one with the best status.evaluation.best.value among the trials' own
   statuses, and the promoted model loads and gives that value again;
-- a tpe sweep with median pruning whose operator leader is SIGKILLed in the middle: no trial lost
-  or duplicated, every trial's parameters are what the seed and the results it records give, a
-  trial is pruned (suspended, marked) and the sweep still runs all its trials and succeeds.
+- a random sweep with median pruning and a tpe sweep at once, the operator's leader SIGKILLed in
+  the middle of the tpe sweep: no trial lost or duplicated, every trial's parameters are what the
+  seed and the results it records give, a trial behind the median is pruned (suspended, marked)
+  and both sweeps still run all their trials and succeed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import secrets
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,10 @@ import pytest
 from classify import held_out_metric, sentiment_job
 from harness import Jobs, Recorder, wait_for
 
-from kubetune_api.sweep import parse_sweep_spec
-from kubetune_api.sweep import TrialRow
+from kubetune_api.sweep import TrialRow, parse_sweep_spec
 from kubetune_operator.suggest import suggest
-from kubetune_testbed.chart import OperatorRelease
 from kubetune_testbed.chaos import processes
+from kubetune_testbed.chart import OperatorRelease
 from kubetune_testbed.datasets import write_sentiment_dataset
 from kubetune_testbed.s3folders import delete_prefix, download_prefix, upload_folder
 
@@ -132,7 +131,8 @@ def test_a_grid_sweep_runs_six_trials_two_at_a_time_and_promotes_the_best(
     best_name = min(values, key=values.__getitem__)
     assert status["best"]["name"] == best_name and status["best"]["value"] == values[best_name]
     table = cluster.kubectl("get", "fts", "grid", "-n", e2e.ns).stdout.splitlines()
-    assert table[1].split()[1:4] == ["Succeeded", "6/6", f"{values[best_name]:g}"[:len(table[1].split()[3])]]
+    row = table[1].split()
+    assert row[1:3] == ["Succeeded", "6/6"] and float(row[3]) == pytest.approx(values[best_name]) and row[4] == best_name
     reasons = {e["reason"] for e in json.loads(cluster.kubectl(
         "get", "events", "-n", e2e.ns, "--field-selector", "involvedObject.kind=FineTuneSweep", "-o", "json").stdout)["items"]}
     assert {"TrialCreated", "TrialSucceeded", "NewBest", "Promoted"} <= reasons
@@ -148,48 +148,62 @@ def test_a_grid_sweep_runs_six_trials_two_at_a_time_and_promotes_the_best(
     assert recomputed == pytest.approx(values[best_name], rel=1e-4)
 
 
-def test_a_tpe_sweep_survives_its_operator_being_killed_and_prunes_a_trial_behind_the_median(
+@pytest.mark.long  # two sweeps of 6 trials: 5 minutes here (tests/operator/test_sweepplan.py covers the logic)
+def test_a_random_sweep_prunes_and_a_tpe_sweep_survives_its_operator_being_killed(
         cluster: Any, e2e: Jobs, data: tuple[str, Path], release: OperatorRelease) -> None:
+    """Two sweeps at once of a full fine-tune that learns its own records (eval = train): a 1e-6
+    learning rate leaves the loss where it starts, 5e-3 brings it down within 4 steps."""
     bucket, _ = data
-    sweep = sweep_manifest(
-        "tpe", bucket,
-        # 1e-6 hardly moves the loss: a trial drawn with it falls behind the median and is pruned.
-        parameters=[{"path": "training.learningRate", "values": [1e-6, 3e-2]},
-                    {"path": "method.lora.r", "values": [4, 8]}],
-        algorithm={"type": "tpe", "seed": 5}, maxTrials=6, parallelism=2,
-        pruning={"type": "median", "minTrials": 1, "startStep": 4})
-    cluster.kubectl("apply", "-n", e2e.ns, "-f", "-", input=json.dumps(sweep))
+    memorize = {"method": {"type": "full"}, "dataset": {"eval": f"s3://{bucket}/few/train.jsonl"}}
+    parameters = [{"path": "training.learningRate", "values": [1e-6, 5e-3]},
+                  {"path": "training.warmupSteps", "intRange": {"min": 0, "max": 2, "step": 2}}]
+    pruning = {"type": "median", "minTrials": 2, "startStep": 4}
+    # Seed 7 draws 5e-3 for trials 0, 1 and 2 and 1e-6 for trial 3 (and 5): trial 3 starts once two
+    # trials have finished, and falls behind their median at its first evaluation. (The median rule
+    # may prune a 5e-3 trial too: any trial behind the median of the finished ones goes.)
+    random = sweep_manifest("rnd", bucket, parameters=parameters, algorithm={"type": "random", "seed": 7},
+                            maxTrials=6, parallelism=2, pruning=pruning)
+    tpe = sweep_manifest("tpe", bucket, parameters=parameters, algorithm={"type": "tpe", "seed": 3},
+                         maxTrials=6, parallelism=2, pruning=pruning)
+    for sweep in (random, tpe):
+        sweep["spec"]["template"]["method"] = memorize["method"]
+        sweep["spec"]["template"]["dataset"]["eval"] = memorize["dataset"]["eval"]
+        sweep["spec"]["template"]["output"]["mergeLora"] = False
+        cluster.kubectl("apply", "-n", e2e.ns, "-f", "-", input=json.dumps(sweep))
 
-    def trials_done(n: int) -> bool:
-        counts = sweep_status(cluster, e2e.ns, "tpe").get("counts") or {}
+    def trials_done(name: str, n: int) -> bool:
+        counts = sweep_status(cluster, e2e.ns, name).get("counts") or {}
         return counts.get("succeeded", 0) + counts.get("pruned", 0) + counts.get("failed", 0) >= n
 
-    wait_for(lambda: trials_done(2), timeout=600, what="two trials of the tpe sweep to finish", interval=2)
+    # SIGKILL of the operator's leader with the tpe sweep in the middle: 2 of its 6 trials done.
+    wait_for(lambda: trials_done("tpe", 2), timeout=600, what="two trials of the tpe sweep to finish", interval=2)
     leader = release.leader()
     killed = [p.pid for p in processes.operator_processes(leader) if processes.signal_pid(p.pid, signal.SIGKILL)]
     assert killed, f"no process of the leader {leader} found"
-    killed_at = time.monotonic()
-    status = wait_sweep(cluster, e2e, "tpe", timeout=900)
-    assert time.monotonic() > killed_at
+    assert not trials_done("tpe", 6)
+    statuses = {name: wait_sweep(cluster, e2e, name, timeout=900) for name in ("rnd", "tpe")}
 
-    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
-    rows = [TrialRow.model_validate(r) for r in status["trials"]]
-    assert [r.number for r in rows] == list(range(6))
-    trials = cluster.kubectl("get", "ftj", "-n", e2e.ns, "-l", "kubetune.io/sweep=tpe", "-o", "json").stdout
-    items = json.loads(trials)["items"]
-    assert sorted(t["metadata"]["name"] for t in items) == [f"tpe-{n}" for n in range(6)]  # none lost, none twice
-    assert all(len(t["metadata"]["ownerReferences"]) == 1 for t in items)
-    # Every suggestion is what the seed and the results it saw give: the state survived the kill.
-    spec = parse_sweep_spec(sweep["spec"])
-    by_number = {r.number: r for r in rows}
-    for row in rows:
-        assert suggest(spec, row.number, [by_number[n] for n in row.basis or ()]) == (row.parameters, row.basis)
-    pruned = [r for r in rows if r.phase == "Pruned"]
-    assert pruned, json.dumps(status["trials"], indent=1)
-    for row in pruned:
-        job = next(t for t in items if t["metadata"]["name"] == row.name)
-        assert job["spec"]["runPolicy"]["suspend"] is True
-        assert "worse than the median" in job["metadata"]["annotations"]["kubetune.io/pruned"]
-        assert job["status"]["phase"] == "Suspended" and not e2e.pods(row.name)
-    assert status["counts"]["pruned"] == len(pruned) and status["counts"]["created"] == 6
-    assert status["best"]["name"] not in {r.name for r in pruned}
+    items = json.loads(cluster.kubectl("get", "ftj", "-n", e2e.ns, "-o", "json").stdout)["items"]
+    for name, status in statuses.items():
+        assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+        rows = [TrialRow.model_validate(r) for r in status["trials"]]
+        assert [r.number for r in rows] == list(range(6))
+        trials = sorted(t["metadata"]["name"] for t in items if t["metadata"]["labels"]["kubetune.io/sweep"] == name)
+        assert trials == [f"{name}-{n}" for n in range(6)]  # none lost, none twice
+        # Every suggestion is what the seed and the results it saw give: the state survived the kill.
+        spec = parse_sweep_spec(next(s for s in (random, tpe) if s["metadata"]["name"] == name)["spec"])
+        by_number = {r.number: r for r in rows}
+        for row in rows:
+            assert suggest(spec, row.number, [by_number[n] for n in row.basis or ()]) == (row.parameters, row.basis)
+        pruned = [r for r in rows if r.phase == "Pruned"]
+        print(name, [(r.name, r.parameters, r.phase, r.value, r.message) for r in rows])
+        for row in pruned:  # stopped: suspended, no pods, marked with the numbers
+            job = next(t for t in items if t["metadata"]["name"] == row.name)
+            assert job["spec"]["runPolicy"]["suspend"] is True
+            assert "worse than the median" in job["metadata"]["annotations"]["kubetune.io/pruned"]
+            assert job["status"]["phase"] == "Suspended" and not e2e.pods(row.name)
+        assert status["counts"]["pruned"] == len(pruned) and status["counts"]["created"] == 6
+        assert status["best"]["parameters"]["training.learningRate"] == 5e-3
+        if name == "rnd":
+            assert pruned, json.dumps(status["trials"], indent=1)
+    assert any(row["basis"] for row in statuses["tpe"]["trials"][2:])  # tpe learned from finished trials
