@@ -275,16 +275,15 @@ class SweepAlgorithm(ApiModel):
 
 
 class SweepObjective(ApiModel):
-    """The number the sweep optimises: a metric from the trials' status.evaluation."""
+    """The number the sweep optimises: a metric from the trials' status.evaluation, in its own
+    direction (eval_loss and perplexity lower, the others higher: the direction the trials'
+    best checkpoints and early stopping already follow)."""
 
     metric: MetricName | None = Field(
         default=None,
-        description="The metric (status.evaluation.best.value of each trial is its result). Unset: "
-        "the template's evaluation metric.",
-    )
-    direction: Literal["minimize", "maximize"] | None = Field(
-        default=None,
-        description="Unset: minimize for eval_loss and perplexity, maximize for the others.",
+        description="The metric (status.evaluation.best.value of each trial is its result; it becomes "
+        "each trial's spec.evaluation.metric). Minimized for eval_loss and perplexity, maximized for "
+        "the others. Unset: the template's evaluation metric.",
     )
 
 
@@ -381,8 +380,6 @@ class FineTuneSweepSpec(ApiModel):
 
     @property
     def maximize(self) -> bool:
-        if self.objective.direction is not None:
-            return self.objective.direction == "maximize"
         return self.metric not in LOWER_IS_BETTER
 
     @property

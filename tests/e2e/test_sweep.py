@@ -147,6 +147,14 @@ def test_a_grid_sweep_runs_six_trials_two_at_a_time_and_promotes_the_best(
     recomputed = held_out_metric(tmp_path / "best", records / "eval.jsonl", METRIC, 4, 32)
     assert recomputed == pytest.approx(values[best_name], rel=1e-4)
 
+    # Deleting the sweep deletes its trials (the garbage collector, through their owner); their
+    # models stay in storage.
+    cluster.kubectl("delete", "fts", "grid", "-n", e2e.ns)
+    wait_for(lambda: not cluster.kubectl("get", "ftj", "-n", e2e.ns, "-l", "kubetune.io/sweep=grid",
+                                         "-o", "name").stdout.strip(), timeout=60, what="the trials to go")
+    kept = s3.list_objects_v2(Bucket=bucket, Prefix=f"trials/grid/{best_name}/").get("KeyCount", 0)
+    assert kept > 0
+
 
 @pytest.mark.long  # two sweeps of 6 trials: 5 minutes here (tests/operator/test_sweepplan.py covers the logic)
 def test_a_random_sweep_prunes_and_a_tpe_sweep_survives_its_operator_being_killed(
