@@ -46,6 +46,8 @@ SERVICE_CIDR = "10.96.0.0/12"
 READY_TIMEOUT = 120.0
 # The components `restart` can stop and start again in place (same ports, certificates, data).
 RESTARTABLE = ("kube-apiserver", "node-agent", "minio")
+# Components `revive` starts again when they exited by themselves.
+REVIVABLE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent", "minio")
 
 
 class ClusterError(RuntimeError):
@@ -199,7 +201,23 @@ class LocalCluster:
         if proc is not None:
             self.state.processes.remove(proc)
         {"kube-apiserver": self._start_apiserver, "node-agent": self._start_node_agent,
-         "minio": self._start_minio}[name]()
+         "minio": self._start_minio, "kube-controller-manager": self._start_controller_manager,
+         "kube-scheduler": self._start_scheduler}[name]()
+
+    def revive(self) -> list[tuple[str, str]]:
+        """Start again every component that exited by itself, as a kubelet restarts a crashed
+        control-plane static pod (kube-scheduler exits by design when it finds its cache corrupted,
+        which an API server restart can cause); returns (name, the last line of its log) for each,
+        for the caller to report."""
+        revived = []
+        for name in REVIVABLE:
+            proc = self.state.find(name)
+            if proc is None or is_alive(proc):
+                continue
+            lines = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()
+            self.start_component(name)
+            revived.append((name, lines[-1] if lines else ""))
+        return revived
 
     # ---------------------------------------------------------------- process helpers
     def _spawn(self, name: str, exe: Path, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

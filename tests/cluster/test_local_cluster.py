@@ -104,3 +104,22 @@ def test_rbac_refuses_a_service_account_without_a_role(cluster, namespace) -> No
                     f"--serviceaccount={namespace}:nobody", "-n", namespace)
     assert cluster.kubectl("auth", "can-i", "list", "pods", "-n", namespace, "--as", who, check=False).stdout.strip() == "yes"
     wait_for(lambda: request_status() == 200, timeout=20, what="the RoleBinding to take effect")
+
+
+def test_a_scheduler_that_exited_is_started_again_and_schedules(cluster, namespace) -> None:
+    """kube-scheduler exits by design when it finds its cache corrupted (an API server restart can
+    cause that); a real node's kubelet restarts it, and `LocalCluster.revive` does the same."""
+    import os
+    import signal
+
+    proc = cluster.local.state.find("kube-scheduler")
+    assert proc is not None
+    os.kill(proc["pid"], signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{proc['pid']}") or
+             open(f"/proc/{proc['pid']}/stat").read().split()[2] == "Z", what="the scheduler to exit")
+    revived = wait_for(cluster.local.revive, what="revive to start the scheduler again")
+    assert [name for name, _ in revived] == ["kube-scheduler"]
+    assert cluster.local.revive() == []  # it runs now
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=gpu_pod("after", 1))
+    wait_for(lambda: json.loads(cluster.kubectl("get", "pod", "after", "-n", namespace, "-o", "json").stdout)
+             ["spec"].get("nodeName"), what="the new scheduler to bind a pod")

@@ -69,6 +69,7 @@ class Suite:
         self.s3 = _s3_client(cluster)
         self.submitted: list[str] = []
         self.faults: list[Injected] = []
+        self.revived: list[str] = []  # control-plane components that exited by themselves (see _revive)
 
     def say(self, text: str) -> None:
         self._say(f"[{time.monotonic() - self.t0:6.1f}s] {text}")
@@ -162,6 +163,7 @@ class Suite:
         pending = list(plan)
         due = time.monotonic() + pending[0].wait * pace
         while pending and time.monotonic() < (fault_end if time.monotonic() < due else overtime_end):
+            self._revive()
             self._keep_jobs_running(watcher)
             if time.monotonic() < due:
                 time.sleep(0.5)
@@ -187,11 +189,20 @@ class Suite:
             self.say(f"the fault phase ended with {len(pending)} faults not injected "
                      f"({', '.join(p.kind for p in pending)})")
 
+    def _revive(self) -> None:
+        """A control-plane component that exited by itself is started again, as a real node's kubelet
+        would, and said: the table's notes list each."""
+        for name, last in self.cluster.revive():
+            note = f"{name} exited by itself and was started again (its log's last line: {last[:300]})"
+            self.revived.append(note)
+            self.say(note)
+
     def _drain(self, watcher: Watcher) -> None:
         drain_end = self.deadline - CHECKS_AND_CLEANUP_SECONDS
         self.say(f"no more faults; waiting up to {max(drain_end - time.monotonic(), 0):.0f} s "
                  "for the jobs to finish")
         while time.monotonic() < drain_end:
+            self._revive()
             seen = watcher.jobs
             if all(n in seen and is_terminal(seen[n]) for n in self.submitted):
                 break
@@ -224,7 +235,7 @@ class Suite:
                     and f.at + f.seconds + STORE_RECOVERY_SECONDS >= restart.uncommitted_since
                     for f in self.faults))
             restarts.append((restart, cause[0].kind if cause else ""))
-        notes = []
+        notes = list(self.revived)
         if "stop-rank" in self.o.kinds:
             notes.append("stop-rank leaves a rank stopped: the job recovers only through the operator's hang detection")
         return checks.Report(seed=self.o.seed, kinds=self.o.kinds, requested=self.o.faults, faults=self.faults,
