@@ -112,11 +112,12 @@ def test_a_scheduler_that_exited_is_started_again_and_schedules(cluster, namespa
     import os
     import signal
 
+    from kubetune_testbed.state import is_alive
+
     proc = cluster.local.state.find("kube-scheduler")
     assert proc is not None
     os.kill(proc["pid"], signal.SIGKILL)
-    wait_for(lambda: not os.path.exists(f"/proc/{proc['pid']}") or
-             open(f"/proc/{proc['pid']}/stat").read().split()[2] == "Z", what="the scheduler to exit")
+    wait_for(lambda: not is_alive(proc), what="the scheduler to exit")
     revived = wait_for(cluster.local.revive, what="revive to start the scheduler again")
     assert [name for name, _ in revived] == ["kube-scheduler"]
     assert cluster.local.revive() == []  # it runs now
