@@ -36,6 +36,7 @@ from kubetune_api.sweep import (
     trial_spec,
 )
 
+from .plan import Event
 from .status import condition
 from .suggest import suggest
 
@@ -43,13 +44,6 @@ CONDITION_RUNNING = "Running"
 CONDITION_SUCCEEDED = "Succeeded"
 CONDITION_FAILED = "Failed"
 MAX_CURVE = 100
-
-
-@dataclass(frozen=True)
-class SweepEvent:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass
@@ -69,7 +63,7 @@ class SweepPlan:
     prune: dict[str, str] = field(default_factory=dict)  # trial name -> why
     suspend: dict[str, bool] = field(default_factory=dict)  # trial name -> runPolicy.suspend wanted
     promote: bool = False  # the promotion pod must exist
-    events: list[SweepEvent] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
 
 def trial_name(sweep: str, number: int) -> str:
@@ -130,7 +124,7 @@ def _observe(row: TrialRow, job: Manifest | None, metric: str) -> TrialRow:
 def plan_sweep(spec: FineTuneSweepSpec, seen: SweepObserved) -> SweepPlan:
     stored = seen.status
     jobs = {j["metadata"]["name"]: j for j in seen.trials}
-    events: list[SweepEvent] = []
+    events: list[Event] = []
     before = {r.number: r for r in stored.trials or ()}
     rows = [_observe(r, jobs.get(r.name), spec.metric) for r in sorted(before.values(), key=lambda r: r.number)]
     plan = SweepPlan(status=stored)
@@ -146,12 +140,12 @@ def plan_sweep(spec: FineTuneSweepSpec, seen: SweepObserved) -> SweepPlan:
         old = before.get(row.number)
         if old is not None and old.phase != row.phase and row.done:
             if row.phase == "Pruned":
-                events.append(SweepEvent("Normal", "TrialPruned", f"pruned trial {row.name}: {row.message}"))
+                events.append(Event("Normal", "TrialPruned", f"pruned trial {row.name}: {row.message}"))
             elif row.phase == "Failed":
-                events.append(SweepEvent("Warning", "TrialFailed", f"trial {row.name} failed: {row.message or ''}"))
+                events.append(Event("Warning", "TrialFailed", f"trial {row.name} failed: {row.message or ''}"))
             else:
                 value = f": {spec.metric} {row.value:.4g}" if row.value is not None else ""
-                events.append(SweepEvent("Normal", "TrialSucceeded", f"trial {row.name} succeeded{value}"))
+                events.append(Event("Normal", "TrialSucceeded", f"trial {row.name} succeeded{value}"))
 
     limit = spec.trial_limit
     running = [r for r in rows if not r.done]
@@ -167,11 +161,11 @@ def plan_sweep(spec: FineTuneSweepSpec, seen: SweepObserved) -> SweepPlan:
                 trial_spec(spec.template, name, parameters)
             except SpecError as e:
                 row = row.model_copy(update={"phase": "Failed", "message": f"invalid trial: {e}"[:1024]})
-                events.append(SweepEvent("Warning", "TrialFailed", f"trial {name} ({_params_text(parameters)}) "
+                events.append(Event("Warning", "TrialFailed", f"trial {name} ({_params_text(parameters)}) "
                                          f"is not a valid FineTuneJob: {e}"))
             else:
                 running.append(row)
-                events.append(SweepEvent("Normal", "TrialCreated", f"created trial {name}: {_params_text(parameters)}"))
+                events.append(Event("Normal", "TrialCreated", f"created trial {name}: {_params_text(parameters)}"))
             rows.append(row)
     plan.create = [r for r in rows if not r.done and r.name not in jobs]
 
@@ -190,7 +184,7 @@ def plan_sweep(spec: FineTuneSweepSpec, seen: SweepObserved) -> SweepPlan:
 
     best = _best(spec, rows)
     if best is not None and (stored.best is None or stored.best.name != best.name):
-        events.append(SweepEvent("Normal", "NewBest", f"trial {best.name} is the best so far: {spec.metric} "
+        events.append(Event("Normal", "NewBest", f"trial {best.name} is the best so far: {spec.metric} "
                                  f"{best.value:.4g} ({_params_text(best.parameters)})"))
     counts = TrialCounts(
         created=len(rows), running=sum(1 for r in rows if not r.done),
@@ -219,7 +213,7 @@ def plan_sweep(spec: FineTuneSweepSpec, seen: SweepObserved) -> SweepPlan:
     plan.promote = promotion is not None and promotion.phase == "Pending" and phase == SweepPhase.RUNNING
     if phase in (SweepPhase.SUCCEEDED, SweepPhase.FAILED) and stored.phase != phase:
         completion = seen.now
-        events.append(SweepEvent("Normal" if phase == SweepPhase.SUCCEEDED else "Warning", reason, message))
+        events.append(Event("Normal" if phase == SweepPhase.SUCCEEDED else "Warning", reason, message))
 
     def cond(type_: str, true: bool) -> Any:
         return condition(stored, type_, "True" if true else "False", reason, message, seen.now,  # type: ignore[arg-type]
@@ -258,13 +252,13 @@ def _best(spec: FineTuneSweepSpec, rows: Sequence[TrialRow]) -> BestTrial | None
 
 
 def _promotion(spec: FineTuneSweepSpec, seen: SweepObserved, best: BestTrial, summary: str,
-               events: list[SweepEvent]) -> tuple[PromotionStatus, str, str, str]:
+               events: list[Event]) -> tuple[PromotionStatus, str, str, str]:
     assert spec.promote is not None
     uri = spec.promote.uri
     pod = seen.promotion_pod
     pod_phase = ((pod or {}).get("status") or {}).get("phase")
     if pod_phase == "Succeeded":
-        events.append(SweepEvent("Normal", "Promoted", f"copied trial {best.name}'s model to {uri}"))
+        events.append(Event("Normal", "Promoted", f"copied trial {best.name}'s model to {uri}"))
         return (PromotionStatus(phase="Succeeded", trial=best.name, uri=uri), SweepPhase.SUCCEEDED, "BestTrialPromoted",
                 f"{summary}; promoted to {uri}")
     if pod_phase == "Failed":

@@ -36,9 +36,10 @@ from kubetune_api.sweep import (
 )
 
 from .kube import Kube
+from .plan import Event
 from .reconcile import JobKey, _Slot, run_coalesced
 from .status import condition
-from .sweepplan import SweepEvent, SweepObserved, SweepPlan, plan_sweep, promotion_result
+from .sweepplan import SweepObserved, SweepPlan, plan_sweep, promotion_result
 from .workers import DEFAULT_TRAINER_IMAGE, TRAINER_CONTAINER, WORKER_UID, worker_env
 
 if TYPE_CHECKING:
@@ -191,9 +192,9 @@ class SweepReconciler:
                                            "conditions": [running, failed], "observed_generation": generation,
                                            "completion_time": stored.completion_time or now})
         self._kube.patch_sweep_status(meta["namespace"], meta["name"], status.to_manifest())
-        self._record(sweep, [SweepEvent("Warning", "InvalidSpec", message)])
+        self._record(sweep, [Event("Warning", "InvalidSpec", message)])
 
-    def _record(self, sweep: Manifest, events: list[SweepEvent]) -> None:
+    def _record(self, sweep: Manifest, events: list[Event]) -> None:
         meta = sweep["metadata"]
         for event in events:
             log.info("%s/%s: %s: %s", meta["namespace"], meta["name"], event.reason, event.message)
