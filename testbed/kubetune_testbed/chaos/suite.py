@@ -11,8 +11,9 @@
               plane's restarted components running, the namespace, the release and the bucket deleted
 
 The time limit covers all of it: the faults begin once a trainer trains and
-get half of the time then left, the drain ends 90 s before the limit, so
-checks and cleanup fit inside it.
+are paced over half of the time then left; faults still waiting for a target
+may come later, as long as the drain keeps 300 s (30% on a short run); the
+drain ends 90 s before the limit, so checks and cleanup fit inside it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ CHECKS_AND_CLEANUP_SECONDS = 90.0
 # After an S3 fault ends, an upload may still wait out one backoff (at most 30 s) before it retries.
 STORE_RECOVERY_SECONDS = 45.0
 FAULT_SHARE = 0.5  # of the time between the first training step and the checks
-FAULT_OVERTIME_SHARE = 0.7  # the latest a fault that waits for its target may come
+# A fault that waits for its target (a job fault when no trainer is training yet) may come later,
+# as long as the drain keeps this much time (or 30% of it, on a short run) for the jobs to finish:
+# a restart after the last fault, a job's 40 steps, a frozen rank's deadline.
+DRAIN_RESERVE_SECONDS = 300.0
+DRAIN_RESERVE_SHARE = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +157,9 @@ class Suite:
         self.say("a trainer is training: faults begin")
         left = self.deadline - CHECKS_AND_CLEANUP_SECONDS - time.monotonic()
         fault_end = time.monotonic() + left * FAULT_SHARE
-        # Faults still waiting for a target at the end of their share may take some of the drain's.
-        overtime_end = time.monotonic() + left * FAULT_OVERTIME_SHARE
+        # Faults still waiting for a target at the end of their share may take the drain's time that
+        # the jobs do not need to finish.
+        overtime_end = max(fault_end, time.monotonic() + left - min(DRAIN_RESERVE_SECONDS, left * DRAIN_RESERVE_SHARE))
         plan = schedule(self.o.seed, self.o.faults, self.o.kinds, mean_wait=1.0)
         pace = max(fault_end - time.monotonic(), 0.0) / max(sum(p.wait for p in plan), 1e-9)
         self.say(f"{len(plan)} faults of {len(set(self.o.kinds))} kinds (seed {self.o.seed}), "
