@@ -53,7 +53,8 @@ def fine_tune(method: str, model: Path, corpus: tuple[Path, Path], work: Path) -
                   envs=[{"KUBETUNE_PVC_ROOT": str(claims), "KUBETUNE_SCRATCH_DIR": str(work / "scratch")}])
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+# Full fine-tuning learns in `make test-long` (and in `make demo`); LoRA, the cheaper one, in `make test`.
+@pytest.mark.parametrize("method", ["lora", pytest.param("full", marks=pytest.mark.long)])
 def test_short_fine_tune_beats_the_base_model_on_held_out_pairs(
         method: str, smollm2_dir: Path, chat_corpus: tuple[Path, Path], tmp_path: Path) -> None:
     run = fine_tune(method, smollm2_dir, chat_corpus, tmp_path)

@@ -283,6 +283,8 @@ def test_rank_killed_mid_upload_resumes_from_the_last_commit(stack: Stack, zero2
 # --- ZeRO-3, LoRA, while the S3 store goes away for a while
 
 
+# In `make test-long`: the short chaos run in `make test` trains through an S3 outage too (full, ZeRO-2).
+@pytest.mark.long
 def test_zero3_lora_keeps_training_through_an_s3_outage(stack: Stack, tiny_model_dir: Path,
                                                        tmp_path: Path) -> None:
     minio = Minio(stack.cluster.local.bins.minio, tmp_path / "minio")
