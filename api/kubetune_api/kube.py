@@ -226,4 +226,75 @@ class VolumeMount(ApiModel):
     ] = Field(description="Absolute path in the container. Required; unique within volumeMounts.")
 
 
+# Label and annotation keys as Kubernetes validates them: an optional DNS subdomain prefix and '/',
+# then a name of at most 63 characters; label values are empty or such a name.
+_KEY_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+METADATA_KEY = rf"({DNS_SUBDOMAIN}/)?{_KEY_NAME}"
+# The labels the operator sets on every worker: a user's podMetadata may not name them.
+OPERATOR_LABEL_PREFIX = "kubetune.io/"
+OPERATOR_LABEL_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernetes.io/managed-by")
+
+LabelValue = Annotated[
+    str,
+    Field(max_length=63),
+    Matches(f"({_KEY_NAME})?", "empty or at most 63 letters, digits, '-', '_' and '.', "
+            "beginning and ending with a letter or digit"),
+]
+
+
+def _bad_keys(keys: Any) -> list[str]:
+    return [k for k in keys or () if not re.fullmatch(METADATA_KEY, k) or len(k.rpartition("/")[0]) > 253]
+
+
+def _reserved_keys(keys: Any) -> list[str]:
+    return [k for k in keys or () if k.startswith(OPERATOR_LABEL_PREFIX) or k in OPERATOR_LABEL_KEYS]
+
+
+def _metadata_rules(field: str, what: str) -> tuple[Rule, Rule]:
+    keys_ok = (f"self.{field}.all(k, k.matches(r'^(?:{METADATA_KEY})$') && "
+               "(!k.contains('/') || k.indexOf('/') <= 253))")
+    reserved = ", ".join(f"'{k}'" for k in OPERATOR_LABEL_KEYS)
+    return (
+        Rule(
+            field=field,
+            cel=f"!has(self.{field}) || {keys_ok}",
+            message=f"has a key that is not a valid {what} key: an optional DNS subdomain prefix and "
+            "'/', then at most 63 letters, digits, '-', '_' and '.' (e.g. team or example.com/cost-centre)",
+            holds=lambda m: not _bad_keys(getattr(m, field)),
+            explain=lambda m: f"has a key that is not a valid {what} key: "
+            f"{', '.join(map(repr, _bad_keys(getattr(m, field))))}; use an optional DNS subdomain prefix and '/', "
+            "then at most 63 letters, digits, '-', '_' and '.'",
+        ),
+        Rule(
+            field=field,
+            cel=f"!has(self.{field}) || self.{field}.all(k, !k.startsWith('{OPERATOR_LABEL_PREFIX}') && "
+            f"!(k in [{reserved}]))",
+            message=f"may not name the operator's own keys ({OPERATOR_LABEL_PREFIX}..., "
+            f"{', '.join(OPERATOR_LABEL_KEYS)}); use another key",
+            holds=lambda m: not _reserved_keys(getattr(m, field)),
+            explain=lambda m: f"may not name the operator's own keys: {', '.join(map(repr, _reserved_keys(getattr(m, field))))}; "
+            "use another key",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+
+class PodMetadataSpec(ApiModel):
+    """Labels and annotations for every worker pod, beside the operator's own."""
+
+    labels: Annotated[dict[str, LabelValue], Field(max_length=64)] | None = Field(
+        default=None,
+        description="Labels of every worker pod, e.g. a cost centre or a team that cluster policies "
+        f"select on. The operator's own keys ({OPERATOR_LABEL_PREFIX}..., "
+        f"{', '.join(OPERATOR_LABEL_KEYS)}) are refused. Unset: only the operator's.",
+    )
+    annotations: Annotated[dict[str, Annotated[str, Field(max_length=16384)]], Field(max_length=64)] | None = Field(
+        default=None,
+        description="Annotations of every worker pod, e.g. for a service mesh or a log collector "
+        "(the operator sets none). Unset: none.",
+    )
+
+    RULES = (*_metadata_rules("labels", "label"), _metadata_rules("annotations", "annotation")[0])
+
+
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]

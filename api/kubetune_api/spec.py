@@ -24,7 +24,15 @@ from .evaluation import (
     Task,
     task_metrics,
 )
-from .kube import EnvFromSource, EnvVar, LocalObjectReference, PullPolicy, Volume, VolumeMount
+from .kube import (
+    EnvFromSource,
+    EnvVar,
+    LocalObjectReference,
+    PodMetadataSpec,
+    PullPolicy,
+    Volume,
+    VolumeMount,
+)
 from .locations import (
     AddressingStyle,
     CheckpointSpec,
@@ -239,6 +247,11 @@ class FineTuneJobSpec(ApiModel):
         default=None,
         description="Where the volumes appear in the trainer container, as in a container. "
         "Unset: none.",
+    )
+    pod_metadata: PodMetadataSpec | None = Field(
+        default=None,
+        description="Labels and annotations of every worker pod, beside the operator's own (which "
+        "they may not name). Unset: only the operator's.",
     )
     checkpoint: CheckpointSpec = defaulted(
         CheckpointSpec, "Where and how often training state is saved, so a job can resume."

@@ -181,7 +181,11 @@ def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int
         pod_spec["imagePullSecrets"] = [s.to_manifest() for s in spec.image_pull_secrets]
 
     meta = metadata(job, job.worker_name(rank), "worker")
-    meta["labels"] = meta_labels
+    extra = spec.pod_metadata
+    # The user's labels beside the operator's: admission refuses the operator's keys, and ours win anyway.
+    meta["labels"] = {**((extra and extra.labels) or {}), **meta_labels}
+    if extra and extra.annotations:
+        meta["annotations"] = dict(extra.annotations)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
 
 

@@ -40,11 +40,13 @@ def _rule_messages() -> set[str]:
 
 
 RULE_MESSAGES = _rule_messages()
+# A rule with an `explain` names the values in the parse step: its message begins the same way.
+RULE_STEMS = tuple(m.split(":")[0].split(" (")[0] for m in RULE_MESSAGES)
 
 
 def _is_rule_message(message: str) -> bool:
     text = message.removeprefix("is required: ")
-    return text in RULE_MESSAGES or text.startswith("must be a multiple of microBatchSize")
+    return text in RULE_MESSAGES or text.startswith(("must be a multiple of microBatchSize", *RULE_STEMS))
 
 
 def _check_errors_name_fields(error: SpecError) -> None:
@@ -132,6 +134,11 @@ def _obey_cross_field_rules(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             source.setdefault("secretRef", {"name": "s"})
     spec.pop("volumeMounts", None)
+    # Keys of pod labels and annotations: the rule's format, and none of the operator's label keys.
+    pod = spec.get("podMetadata", {})
+    for kind in ("labels", "annotations"):
+        if kind in pod:
+            pod[kind] = {f"k{i}": v for i, v in enumerate(pod[kind].values())}
     return spec
 
 

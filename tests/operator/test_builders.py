@@ -75,9 +75,12 @@ CASES = [
         output={"uri": "pvc://models/pvc-job/"},
         storage={"endpoint": "", "credentialsSecret": ""},
     )),
-    # Where the workers may run, on a gang restarted twice (attempt 3).
+    # Where the workers may run, on a gang restarted twice (attempt 3); the user's pod labels and
+    # annotations beside the operator's.
     Case("scheduling-attempt-3", ftj(
         "scheduled", nodes=3, gpus=4,
+        podMetadata={"labels": {"team": "nlp", "example.com/cost-centre": "cc-42"},
+                     "annotations": {"sidecar.istio.io/inject": "false"}},
         resources={
             "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -187,6 +190,7 @@ def test_the_table_covers_what_the_builders_branch_on() -> None:
                 "imagePullSecrets"):
         assert any(key in s for s in pod_specs), key
     assert any("envFrom" in c for c in containers)
+    assert any("annotations" in p["metadata"] and "team" in p["metadata"]["labels"] for p in pods)
     assert any("nvidia.com/gpu" in c["resources"].get("limits", {}) for c in containers)
     assert any("nvidia.com/gpu" not in c["resources"].get("limits", {}) for c in containers)
     assert any(v.get("persistentVolumeClaim") for s in pod_specs for v in s["volumes"])

@@ -37,7 +37,9 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def test_two_node_job_gets_its_children_and_runs(operator, jobs: Jobs, cluster) -> None:
-    jobs.apply(ftj("llama", nodes=2, gpus=8))
+    jobs.apply(ftj("llama", nodes=2, gpus=8, podMetadata={
+        "labels": {"team": "nlp", "example.com/cost-centre": "cc-42"},
+        "annotations": {"example.com/owner": "Ada Lovelace <ada@example.com>"}}))
     status = running(jobs, "llama")
     assert status["workers"] == {**status["workers"], "ready": 2, "total": 2}
     assert status["observedGeneration"] == 1
@@ -79,6 +81,11 @@ def test_two_node_job_gets_its_children_and_runs(operator, jobs: Jobs, cluster) 
         assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert pod["spec"]["hostname"] == f"llama-worker-{rank}" and pod["spec"]["subdomain"] == "llama"
+        assert pod["metadata"]["annotations"]["example.com/owner"] == "Ada Lovelace <ada@example.com>"
+    # The user's labels select the workers, as a cluster policy would; the operator's are all there too.
+    selected = cluster.kubectl("get", "pods", "-n", ns, "-l", "team=nlp,example.com/cost-centre=cc-42,"
+                               "kubetune.io/job-name=llama,app.kubernetes.io/component=worker", "-o", "name")
+    assert selected.stdout.split() == ["pod/llama-worker-0", "pod/llama-worker-1"]
 
     reasons = {e["reason"] for e in jobs.events("llama")}
     assert {"CreatingWorkers", "WorkersRunning"} <= reasons
