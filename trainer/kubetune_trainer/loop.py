@@ -11,7 +11,7 @@ decisions (best step, stop) from the same all-reduced metrics.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -99,9 +99,21 @@ def _train_step(engine: Any, data: LoopData, step_batches: list[list[int]]) -> t
     return loss_sum / len(step_batches), tokens, samples
 
 
+class StopRequested(Exception):
+    """Some rank was asked to stop (SIGTERM): every rank stopped after `state`, saved unless
+    `saved` is False (no checkpoints configured, or nothing trained yet)."""
+
+    def __init__(self, state: TrainState, saved: bool) -> None:
+        super().__init__(f"stop requested at step {state.step}")
+        self.state, self.saved = state, saved
+
+
 def train(engine: Any, data: LoopData, plan: LoopPlan, *, env: DistEnv, callbacks: Callback,
-          start: TrainState, tracker: MetricTracker, config: dict[str, Any] | None = None) -> TrainState:
-    """Train from `start` to plan.total_steps, or until early stopping; returns the final state."""
+          start: TrainState, tracker: MetricTracker, config: dict[str, Any] | None = None,
+          stop_requested: Callable[[], bool] = lambda: False) -> TrainState:
+    """Train from `start` to plan.total_steps, or until early stopping; returns the final state.
+    When `stop_requested()` turns true on any rank, every rank stops after the same step, saves it
+    and raises StopRequested."""
     layout = plan.layout
 
     def run_eval(step: int) -> bool:
@@ -138,7 +150,9 @@ def train(engine: Any, data: LoopData, plan: LoopPlan, *, env: DistEnv, callback
             step_started = time.monotonic()
             learning_rate = float(engine.get_lr()[0])
             local_loss, local_tokens, local_samples = _train_step(engine, data, step_batches)
-            loss_sum, all_tokens, all_samples = all_reduce_sum([local_loss, local_tokens, local_samples], env)
+            # One collective per step: the loss, the throughput and every rank's stop vote.
+            loss_sum, all_tokens, all_samples, stop_votes = all_reduce_sum(
+                [local_loss, local_tokens, local_samples, 1.0 if stop_requested() else 0.0], env)
             position = DataPosition(state.position.epoch, state.position.step_in_epoch + 1)
             state = TrainState(state.step + 1, position)
             steps_this_run += 1
@@ -173,6 +187,11 @@ def train(engine: Any, data: LoopData, plan: LoopPlan, *, env: DistEnv, callback
             if stopped:
                 callbacks.on_stopped_early(state.step, tracker.stop_message())
                 break
+            if stop_votes and not last:
+                saved = plan.checkpoint_dir is not None and plan.checkpoint_every_steps > 0
+                if saved and not (state.step % plan.checkpoint_every_steps == 0 or is_best):
+                    save(state, pinned=False)
+                raise StopRequested(state, saved)
             if last:
                 break
         else:  # the epoch's data is used up

@@ -38,7 +38,7 @@ from kubetune_trainer.export import export_model, gather_state_dict
 from kubetune_trainer.history import EvaluationHistory
 from kubetune_trainer.jobfile import job_record
 from kubetune_trainer.logs import log_event, quiet_libraries
-from kubetune_trainer.loop import LoopData, LoopPlan, train
+from kubetune_trainer.loop import LoopData, LoopPlan, StopRequested, train
 from kubetune_trainer.manifest import MANIFEST, CheckpointManifest, step_folder
 from kubetune_trainer.modeling import (
     check_task_head,
@@ -53,6 +53,7 @@ from kubetune_trainer.resume import download_checkpoint, newest_committed, remov
 from kubetune_trainer.selection import MetricTracker
 from kubetune_trainer.settings import Settings
 from kubetune_trainer.staging import UriFiles, path_slug
+from kubetune_trainer.stopping import STOPPED_PREFIX, Stopped, StopSignal
 from kubetune_trainer.storage import Store, open_store, retry
 from kubetune_trainer.streaming import CheckpointCommitter, CheckpointUploader
 from kubetune_trainer.watchdog import Stall, Watchdog
@@ -163,8 +164,13 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
         patience, min_delta = (early.patience, early.min_delta) if early else (None, 0.0)
         tracker = (MetricTracker.from_state(start.selection, patience=patience, min_delta=min_delta)
                    if start.selection else MetricTracker(spec.metric, patience, min_delta))
-        final = train(engine, LoopData(data.train, data.eval, data.collate, data.labels), plan, env=env,
-                      callbacks=CallbackList([*hooks, *callbacks]), start=start, tracker=tracker, config=record)
+        stop = StopSignal().install()  # from here on, SIGTERM stops at a step boundary with a commit
+        try:
+            final = train(engine, LoopData(data.train, data.eval, data.collate, data.labels), plan, env=env,
+                          callbacks=CallbackList([*hooks, *callbacks]), start=start, tracker=tracker,
+                          config=record, stop_requested=lambda: stop.requested)
+        except StopRequested as request:
+            raise _stopped(request, stop, uploader, committer, env, settings, watchdog, policy) from None
 
         if watchdog is not None:  # the export and the last uploads retry storage for up to the give-up time
             watchdog.arm("export", policy.progress_deadline_seconds + settings.upload_give_up_seconds)
@@ -252,6 +258,25 @@ def _resume(engine: Any, store: Store, env: DistEnv, into: Path, settings: Setti
         if reporter is not None:
             reporter.on_resume(step, uri, manifest.committed_at)
     return state
+
+
+def _stopped(request: StopRequested, stop: StopSignal, uploader: CheckpointUploader,
+             committer: CheckpointCommitter | None, env: DistEnv, settings: Settings, watchdog: Watchdog | None,
+             policy: Any) -> Stopped:
+    """Every rank stopped after the same step: upload and commit it, then say so."""
+    step = request.state.step
+    why = f"by {stop.signal_name}" if stop.requested else "by another rank's SIGTERM"
+    if watchdog is not None:  # uploads retry storage for up to the give-up time
+        watchdog.arm("stop", policy.progress_deadline_seconds + settings.upload_give_up_seconds)
+    if not request.saved:
+        return Stopped(f"{STOPPED_PREFIX} {step} {why}: no checkpoint (spec.checkpoint.everySteps is 0)")
+    _drain_everywhere(uploader, env)
+    if committer is not None:
+        committer.wait_committed(step, timeout=settings.upload_give_up_seconds, exactly=True)
+    barrier()
+    if env.is_main:
+        log_event("stopped", step=step, signal=stop.signal_name or None, checkpoint=step_folder(step))
+    return Stopped(f"{STOPPED_PREFIX} {step} {why}: checkpoint {step_folder(step)} committed")
 
 
 def _drain_everywhere(uploader: CheckpointUploader, env: DistEnv) -> None:
