@@ -11,7 +11,16 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from conftest import PYTHON, Launched, launch, torchrun_nodes, wait_for_event, write_config, write_jsonl
+from conftest import (
+    PYTHON,
+    Launched,
+    launch,
+    torchrun_nodes,
+    wait_for_event,
+    write_config,
+    write_jsonl,
+)
+
 SENTENCES = ["the cat sat on the mat.", "a dog ran in the park.", "my bird can sing a song."]
 STEPS, EVERY = 16, 10
 
