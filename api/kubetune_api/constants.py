@@ -90,3 +90,7 @@ REASON_HANG_LIMIT_EXCEEDED: Final = "HangLimitExceeded"
 REASON_WORKERS_NOT_STARTED: Final = "WorkersNotStarted"
 # The first word of a trainer's termination message when its watchdog found it hung.
 HANG_MESSAGE_PREFIX: Final = "Hang:"
+# The beginning of a trainer's termination message when it stopped on SIGTERM after committing a
+# checkpoint (a worker stopped on purpose: not the application's failure).
+STOPPED_MESSAGE_PREFIX: Final = "Stopped at step"
+REASON_WORKER_STOPPED: Final = "WorkerStopped"

@@ -131,6 +131,17 @@ class RunPolicySpec(ApiModel):
         "that are not running make the job Stalled (reason WorkersNotStarted, no budget spent); "
         "a process that has not finished its first step counts as hung.",
     )
+    termination_grace_period_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description="Seconds a worker has to stop when it is stopped on purpose (suspend, a "
+        "deleted or pre-empted pod, a drained node): on SIGTERM every training process finishes "
+        "its step, saves and commits a checkpoint and exits; after this many seconds Kubernetes "
+        "kills it, and the last committed checkpoint stands. The default fits a 7B model's full "
+        "training state (about 16 bytes a parameter over all ranks) on a store that takes a few "
+        "hundred MB/s per node. Applies to workers created after a change.",
+    )
     hang_restart_limit: int = Field(
         default=2,
         ge=0,

@@ -14,7 +14,12 @@ import enum
 from dataclasses import dataclass
 
 from kubetune_api import Manifest
-from kubetune_api.constants import HANG_MESSAGE_PREFIX, REASON_HANG
+from kubetune_api.constants import (
+    HANG_MESSAGE_PREFIX,
+    REASON_HANG,
+    REASON_WORKER_STOPPED,
+    STOPPED_MESSAGE_PREFIX,
+)
 
 from .workers import TRAINER_CONTAINER
 
@@ -87,6 +92,8 @@ def classify(pod: Manifest) -> WorkerFailure | None:
         last_line = text.splitlines()[-1] if text else (terminated.get("reason") or "")
         if last_line.startswith(HANG_MESSAGE_PREFIX):  # the trainer's watchdog: "Hang: no step for ..."
             return WorkerFailure(Cause.HANG, name, REASON_HANG, f"worker {name}: {last_line}")
+        if last_line.startswith(STOPPED_MESSAGE_PREFIX):  # SIGTERM, a step finished and committed
+            return WorkerFailure(Cause.INFRASTRUCTURE, name, REASON_WORKER_STOPPED, f"worker {name}: {last_line}")
         return WorkerFailure(Cause.APPLICATION, name, "TrainerFailed",
                              f"worker {name} exited with code {code}" + (f": {last_line}" if last_line else ""))
     return WorkerFailure(Cause.INFRASTRUCTURE, name, pod_reason or "PodFailed",

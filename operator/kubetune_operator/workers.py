@@ -1,4 +1,4 @@
-"""The worker pods of a FineTuneJob: one per node, each running torchrun.
+"""The worker pods of a FineTuneJob: one per node, each running torchrun under the launcher.
 
 A pure function of the job, its spec and the gang attempt. Every worker of an
 attempt is built the same way except for its rank; workers use static
@@ -131,8 +131,10 @@ def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int
     container: Manifest = {
         "name": TRAINER_CONTAINER,
         "image": spec.image or default_image,
-        "command": ["torchrun"],
-        "args": torchrun_args(job, spec, rank),
+        # The launcher runs torchrun and gives the training processes the pod's SIGTERM, so they
+        # commit a checkpoint within the grace period (torchrun alone kills them after 30 s).
+        "command": ["python", "-m", "kubetune_trainer.launch"],
+        "args": ["torchrun", *torchrun_args(job, spec, rank)],
         "env": worker_env(job, spec, attempt),
         "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
         "resources": _resources(spec),
@@ -153,6 +155,7 @@ def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int
     res = spec.resources
     pod_spec: Manifest = {
         "restartPolicy": "Never",  # a failed worker fails the gang; the operator restarts it
+        "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
         "hostname": job.worker_name(rank),
         "subdomain": job.service_name,
         "serviceAccountName": job.service_account_name,

@@ -67,7 +67,7 @@ def test_two_node_job_gets_its_children_and_runs(operator, jobs: Jobs, cluster) 
         assert f"node/{pod['spec']['nodeName']}" in gpu_nodes
         assert pod["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
         container = pod["spec"]["containers"][0]
-        assert container["command"] == ["torchrun"]
+        assert container["command"] == ["python", "-m", "kubetune_trainer.launch"] and container["args"][0] == "torchrun"
         assert f"--node-rank={rank}" in container["args"]
         assert "--nnodes=2" in container["args"] and "--nproc-per-node=8" in container["args"]
         assert f"--rdzv-endpoint=llama-worker-0.llama.{ns}.svc:29500" in container["args"]

@@ -290,3 +290,17 @@ class TestHang:
         assert late.status.restarts == RestartsStatus() and not late.delete_pods, "no budget spent, nothing deleted"
         later = plan(s, observed(late.status, pods, now=NOW + timedelta(seconds=900)))
         assert conditions(later)["Stalled"] == ("True", "WorkersNotStarted") and not later.events, "one Event"
+
+
+class TestStopped:
+    STOPPED = "Stopped at step 57 by SIGTERM: checkpoint step-00000057 committed"
+
+    def test_a_trainer_that_stopped_on_sigterm_is_an_infrastructure_restart_that_spends_no_budget(self) -> None:
+        failure = classify(pod(1, phase="Failed", exit_code=4, message=self.STOPPED))
+        assert failure is not None and failure.cause is Cause.INFRASTRUCTURE and failure.reason == "WorkerStopped"
+        assert failure.message == f"worker j-worker-1: {self.STOPPED}"
+        s = spec(runPolicy={"backoffLimit": 0})
+        p = plan(s, observed(launched(), [pod(0, phase="Failed", exit_code=4, message=self.STOPPED.replace(
+            "by SIGTERM", "by another rank's SIGTERM")), pod(1, phase="Failed", exit_code=4, message=self.STOPPED)]))
+        assert p.status.phase == "Restarting" and p.restart_cause is Cause.INFRASTRUCTURE
+        assert p.status.restarts == RestartsStatus(infrastructure=1, application=0, hang=0)

@@ -17,10 +17,11 @@ import signal
 import threading
 from types import FrameType
 
+from kubetune_api.constants import STOPPED_MESSAGE_PREFIX
 from kubetune_trainer.errors import TrainerError
 
 EXIT_STOPPED = 4
-STOPPED_PREFIX = "Stopped at step"
+STOPPED_PREFIX = STOPPED_MESSAGE_PREFIX  # the operator counts such an exit as infrastructure
 
 
 class Stopped(TrainerError):

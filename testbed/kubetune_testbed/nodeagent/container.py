@@ -44,6 +44,13 @@ def signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def signal_main(pid: int, sig: int) -> None:
+    """Signal a container's first process only, as the container runtime's stop does with SIGTERM
+    (its children hear of it from it, or not at all); SIGKILL goes to the whole group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
 @dataclass
 class ContainerRun:
     """One container of a pod, its runs so far and its current process."""

@@ -35,7 +35,7 @@ from kubetune_api import Manifest
 
 from . import network, podspec
 from .addresses import AddressPool
-from .container import ContainerRun, container_state, now_rfc3339, signal_group
+from .container import ContainerRun, container_state, now_rfc3339, signal_group, signal_main
 from .hosts import HostsFiles
 from .images import ImageUnknown, command_line
 from .node import ENVIRONMENT_PATHS, NodeIdentity
@@ -140,6 +140,10 @@ class PodRunner(threading.Thread):
             self._remove_sandbox()
         if self.shutting_down:
             return
+        if self.deleting and not self.gone and self.phase not in ("Succeeded", "Failed"):
+            # A deleted pod's last status before it goes, as a kubelet reports it: terminal, with each
+            # container's exit code and termination message.
+            self._end("Succeeded" if all(c.exit_code == 0 for c in self.mains) else "Failed")
         while not self.deleting and not self.shutting_down:
             self._sleep(60)
         if self.shutting_down:
@@ -323,7 +327,7 @@ class PodRunner(threading.Thread):
             log.info("pod %s: killing container %s: %s", self.key, c.name, why)
             self.api.event(self.pod, "Normal", "Killing", f"Container {c.name} failed its probe, will be restarted")
             c.probes.stop()
-            signal_group(c.proc.pid, signal.SIGTERM)
+            signal_main(c.proc.pid, signal.SIGTERM)
             c.kill_deadline = now + float(grace)
         elif c.kill_deadline is not None and now >= c.kill_deadline:
             signal_group(c.proc.pid, signal.SIGKILL)
@@ -350,22 +354,19 @@ class PodRunner(threading.Thread):
             c.next_start = float("inf")
 
     def _stop_containers(self) -> None:
-        """SIGTERM every running container's process group, SIGKILL what is left after the grace period."""
+        """SIGTERM every running container's first process (as the container runtime does), SIGKILL
+        all that is left of the container after the grace period."""
         running = [(c, c.proc) for c in self.inits + self.mains if c.proc is not None]
         if not running:
             return
         for _, proc in running:
-            signal_group(proc.pid, signal.SIGTERM)
+            signal_main(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + self._grace_seconds()
         while time.monotonic() < deadline and any(proc.poll() is None for _, proc in running):
             time.sleep(0.1)
         for c, proc in running:
             signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
-            c.proc = None
-            if c.probes is not None:
-                c.probes.stop()
-                c.probes = None
+            c.exited(proc.wait())  # its exit code and termination message, for the final status
 
     def _grace_seconds(self) -> float:
         if self.shutting_down:
