@@ -116,8 +116,10 @@ class Kube:
                 return False
             raise
 
-    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
-        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+    def delete_pod(self, namespace: str, name: str, uid: str, grace_seconds: int | None = None) -> None:
+        """Delete a pod (its own grace period unless `grace_seconds`)."""
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid),
+                                      grace_period_seconds=grace_seconds)
         try:
             self._call("delete_pod", self.core.delete_namespaced_pod, name, namespace, body=body)
         except ApiException as e:

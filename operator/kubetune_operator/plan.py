@@ -51,6 +51,9 @@ from .workers import ATTEMPT_LABEL, RANK_LABEL
 # operator anyway; this is the fallback should one be missed, kept long so that
 # polling never competes with real work for the API budget.
 POLL_SECONDS = 30.0
+# The grace period of workers stopped after a failure or a hang (1, not 0: 0 would remove the pod
+# object before its processes are gone, and a new worker of the same name could start beside them).
+QUICK_STOP_SECONDS = 1
 # How much longer than spec.runPolicy.progressDeadlineSeconds the operator waits for a progress
 # report before it treats the job as hung itself: the trainer's watchdog fires at the deadline and
 # takes up to a minute to store its report; this is the backstop for a watchdog that cannot fire
@@ -85,6 +88,8 @@ class Plan:
     ensure_children: bool = False
     create_ranks: list[int] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
+    # The grace period of those deletions; None: the pods' own (runPolicy.terminationGracePeriodSeconds).
+    delete_grace: int | None = None
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     delete_job: bool = False
@@ -355,6 +360,10 @@ def _after_failure(b: _Builder, spec: FineTuneJobSpec, failure: WorkerFailure, l
     limit = getattr(spec.run_policy, budget[0]) if budget else 0
     if failure.cause is Cause.HANG:
         b.event("Warning", REASON_HANG, failure.message)
+    if failure.cause is not Cause.INFRASTRUCTURE:
+        # A gang that failed or hung cannot agree on a step to commit: its survivors (waiting in a
+        # collective, or frozen) would only hold their GPUs for the grace period.
+        b.plan.delete_grace = QUICK_STOP_SECONDS
     if budget is not None and b.restarts[failure.cause.value] >= limit:
         # The end: stop the workers still running, keep the finished ones for `kubectl logs`.
         b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")

@@ -160,7 +160,7 @@ class Reconciler:
             kube.record_event(job, event.type, event.reason, event.message)
         uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
         for pod in decision.delete_pods:
-            kube.delete_pod(namespace, pod, uids[pod])
+            kube.delete_pod(namespace, pod, uids[pod], decision.delete_grace)
         if decision.restart_cause is not None:
             metrics.RESTARTS.labels(decision.restart_cause.value).inc()
         if decision.delete_job:

@@ -225,6 +225,7 @@ class TestHang:
         assert p.status.phase == "Restarting" and p.restart_cause is Cause.HANG
         assert p.status.restarts == RestartsStatus(infrastructure=0, application=0, hang=1)
         assert sorted(p.delete_pods) == ["j-worker-0", "j-worker-1"]
+        assert p.delete_grace == 1, "a hung gang cannot commit a step: no grace period to wait out"
         assert conditions(p)["Stalled"] == ("True", "Hang")
         hang_events = [e for e in p.events if e.reason == "Hang"]
         assert len(hang_events) == 1 and "rank 0" in hang_events[0].message
@@ -304,3 +305,9 @@ class TestStopped:
             "by SIGTERM", "by another rank's SIGTERM")), pod(1, phase="Failed", exit_code=4, message=self.STOPPED)]))
         assert p.status.phase == "Restarting" and p.restart_cause is Cause.INFRASTRUCTURE
         assert p.status.restarts == RestartsStatus(infrastructure=1, application=0, hang=0)
+        assert p.delete_grace is None, "the pods' own grace: they may still be committing their step"
+
+    def test_after_a_trainer_failure_the_survivors_are_stopped_at_once(self) -> None:
+        p = plan(spec(), observed(launched(), [pod(0, phase="Failed", exit_code=1, message="boom"), pod(1)]))
+        assert p.restart_cause is Cause.APPLICATION and sorted(p.delete_pods) == ["j-worker-0", "j-worker-1"]
+        assert p.delete_grace == 1
