@@ -53,7 +53,7 @@ from kubetune_trainer.resume import download_checkpoint, newest_committed, remov
 from kubetune_trainer.selection import MetricTracker
 from kubetune_trainer.settings import Settings
 from kubetune_trainer.staging import UriFiles, path_slug
-from kubetune_trainer.stopping import STOPPED_PREFIX, Stopped, StopSignal
+from kubetune_trainer.stopping import STOPPED_MESSAGE_PREFIX, Stopped, StopSignal
 from kubetune_trainer.storage import Store, open_store, retry
 from kubetune_trainer.streaming import CheckpointCommitter, CheckpointUploader
 from kubetune_trainer.watchdog import Stall, Watchdog
@@ -269,14 +269,14 @@ def _stopped(request: StopRequested, stop: StopSignal, uploader: CheckpointUploa
     if watchdog is not None:  # uploads retry storage for up to the give-up time
         watchdog.arm("stop", policy.progress_deadline_seconds + settings.upload_give_up_seconds)
     if not request.saved:
-        return Stopped(f"{STOPPED_PREFIX} {step} {why}: no checkpoint (spec.checkpoint.everySteps is 0)")
+        return Stopped(f"{STOPPED_MESSAGE_PREFIX} {step} {why}: no checkpoint (spec.checkpoint.everySteps is 0)")
     _drain_everywhere(uploader, env)
     if committer is not None:
         committer.wait_committed(step, timeout=settings.upload_give_up_seconds, exactly=True)
     barrier()
     if env.is_main:
         log_event("stopped", step=step, signal=stop.signal_name or None, checkpoint=step_folder(step))
-    return Stopped(f"{STOPPED_PREFIX} {step} {why}: checkpoint {step_folder(step)} committed")
+    return Stopped(f"{STOPPED_MESSAGE_PREFIX} {step} {why}: checkpoint {step_folder(step)} committed")
 
 
 def _drain_everywhere(uploader: CheckpointUploader, env: DistEnv) -> None:

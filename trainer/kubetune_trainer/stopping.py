@@ -21,7 +21,8 @@ from kubetune_api.constants import STOPPED_MESSAGE_PREFIX
 from kubetune_trainer.errors import TrainerError
 
 EXIT_STOPPED = 4
-STOPPED_PREFIX = STOPPED_MESSAGE_PREFIX  # the operator counts such an exit as infrastructure
+# Termination messages begin with STOPPED_MESSAGE_PREFIX: the operator counts such an exit as infrastructure.
+__all__ = ["EXIT_STOPPED", "STOPPED_MESSAGE_PREFIX", "StopSignal", "Stopped"]
 
 
 class Stopped(TrainerError):
@@ -50,8 +51,3 @@ class StopSignal:
     @property
     def requested(self) -> bool:
         return self._event.is_set()
-
-    def request(self, name: str = "request") -> None:
-        """Stop as a signal would (tests, and a future in-process caller)."""
-        self.signal_name = name
-        self._event.set()
