@@ -3,7 +3,7 @@
 # $KUBETUNE_CACHE/<component>-<version>/bin, only when missing.
 #
 # Usage: hack/build-binaries.sh [component ...]   (default: all)
-# Components: kubernetes etcd kwok helm minio
+# Components: kubernetes etcd kwok helm minio kueue
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -152,13 +152,24 @@ build_minio() {
     "github.com/minio/minio@$v"
 }
 
+build_kueue() {
+  local out="$cache/kueue-$KUEUE_VERSION"
+  [[ -x "$out/bin/kueue" && -d "$out/crd" && -f "$out/webhook-manifests.yaml" ]] && return
+  log "building kueue $KUEUE_VERSION"
+  [[ -x "$out/bin/kueue" ]] || go_install_to "$out" "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  # The manager installs none of its CRDs or webhook configurations: keep the module's files beside the binary.
+  local moddir; moddir="$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  rm -rf "$out/crd" && cp -r "$moddir/config/components/crd/bases" "$out/crd" && chmod -R u+w "$out/crd"
+  cp "$moddir/config/components/webhook/manifests.yaml" "$out/webhook-manifests.yaml" && chmod u+w "$out/webhook-manifests.yaml"
+}
+
 components=("$@")
-[[ ${#components[@]} -eq 0 ]] && components=(etcd kwok helm minio kubernetes)
+[[ ${#components[@]} -eq 0 ]] && components=(etcd kwok helm minio kubernetes kueue)
 check_sumdb
 for c in "${components[@]}"; do
   case "$c" in
-    kubernetes|etcd|kwok|helm|minio) "build_$c" ;;
-    *) die "unknown component '$c' (expected: kubernetes etcd kwok helm minio)" ;;
+    kubernetes|etcd|kwok|helm|minio|kueue) "build_$c" ;;
+    *) die "unknown component '$c' (expected: kubernetes etcd kwok helm minio kueue)" ;;
   esac
   log "$c ready"
 done

@@ -221,3 +221,60 @@ def diagnose(cluster: Any, jobs: Jobs, name: str) -> str:
     for pod in jobs.pods(name):
         text += f"\n--- {pod['metadata']['name']}:\n" + logs(cluster, jobs.ns, pod["metadata"]["name"])[-3000:]
     return text
+
+
+class Kueue:
+    """Kueue's objects for one test (a ResourceFlavor, a ClusterQueue for its namespace, a LocalQueue,
+    WorkloadPriorityClasses) made with kubectl as a platform team makes them; `delete` removes them."""
+
+    def __init__(self, cluster: Any, namespace: str) -> None:
+        self.cluster, self.ns = cluster, namespace
+        self.cluster_scoped: list[str] = []
+
+    def _apply(self, manifest: dict[str, Any]) -> None:
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+        if "namespace" not in manifest["metadata"]:
+            self.cluster_scoped.append(f"{manifest['kind'].lower()}.kueue.x-k8s.io/{manifest['metadata']['name']}")
+
+    def queue(self, name: str, gpus: int, node_labels: dict[str, str], tolerations: Sequence[dict[str, Any]] = (),
+              preempt_lower_priority: bool = False) -> str:
+        """A flavor, a ClusterQueue of `gpus` nvidia.com/gpu on it (for this namespace only) and a
+        LocalQueue `name` pointing at it; returns the LocalQueue's name."""
+        api = "kueue.x-k8s.io/v1beta2"
+        self._apply({"apiVersion": api, "kind": "ResourceFlavor", "metadata": {"name": name},
+                     "spec": {"nodeLabels": node_labels, "tolerations": list(tolerations)}})
+        cq: dict[str, Any] = {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.ns}},
+            "resourceGroups": [{"coveredResources": ["nvidia.com/gpu"], "flavors": [
+                {"name": name, "resources": [{"name": "nvidia.com/gpu", "nominalQuota": gpus}]}]}]}
+        if preempt_lower_priority:
+            cq["preemption"] = {"withinClusterQueue": "LowerPriority"}
+        self._apply({"apiVersion": api, "kind": "ClusterQueue", "metadata": {"name": name}, "spec": cq})
+        self._apply({"apiVersion": api, "kind": "LocalQueue", "metadata": {"name": name, "namespace": self.ns},
+                     "spec": {"clusterQueue": name}})
+        return name
+
+    def priority(self, name: str, value: int) -> str:
+        self._apply({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass",
+                     "metadata": {"name": name}, "value": value})
+        return name
+
+    def workload(self, job: str) -> dict[str, Any]:
+        out = self.cluster.kubectl("get", "workloads.kueue.x-k8s.io", "-n", self.ns, "-l",
+                                   f"kubetune.io/job-name={job}", "-o", "json")
+        (wl,) = json.loads(out.stdout)["items"]
+        return dict(wl)
+
+    def delete(self) -> None:
+        self.cluster.kubectl("delete", "localqueues.kueue.x-k8s.io", "--all", "-n", self.ns, "--wait=false",
+                             check=False)
+        for obj in reversed(self.cluster_scoped):
+            self.cluster.kubectl("delete", obj, "--ignore-not-found", "--wait=false", check=False)
+
+
+def queued_job(manifest: dict[str, Any], queue: str, priority: str | None = None) -> dict[str, Any]:
+    """The job with Kueue's labels: its LocalQueue and, optionally, its WorkloadPriorityClass."""
+    labels = {"kueue.x-k8s.io/queue-name": queue}
+    if priority:
+        labels["kueue.x-k8s.io/priority-class"] = priority
+    return deep_merge(manifest, {"metadata": {"labels": labels}})

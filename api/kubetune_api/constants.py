@@ -44,8 +44,12 @@ S3_ENDPOINT_URL_KEY: Final = "AWS_ENDPOINT_URL"  # optional key, used when spec.
 # status.phase: the one list of phases (the status model, the CRD's enum, the
 # operator's decisions and its metrics all read it from here).
 class Phase(StrEnum):
-    """Pending, Running, Restarting, Suspended, Succeeded or Failed; the last two are final."""
+    """Queued, Pending, Running, Restarting, Suspended, Succeeded or Failed; the last two are final.
 
+    Queued: the job waits for Kueue to admit it (it has the kueue.x-k8s.io/queue-name label); no
+    worker pod exists."""
+
+    QUEUED = "Queued"
     PENDING = "Pending"
     RUNNING = "Running"
     RESTARTING = "Restarting"
@@ -63,12 +67,15 @@ CONDITION_RECONCILING: Final = "Reconciling"
 CONDITION_STALLED: Final = "Stalled"
 CONDITION_SUCCEEDED: Final = "Succeeded"
 CONDITION_FAILED: Final = "Failed"
+# True while a job waits for Kueue's admission (phase Queued); False once admitted.
+CONDITION_QUEUED: Final = "Queued"
 CONDITION_TYPES: Final = (
     CONDITION_READY,
     CONDITION_RECONCILING,
     CONDITION_STALLED,
     CONDITION_SUCCEEDED,
     CONDITION_FAILED,
+    CONDITION_QUEUED,
 )
 
 # status.conditions[].reason (CamelCase, as metav1.Condition requires).
@@ -94,3 +101,12 @@ HANG_MESSAGE_PREFIX: Final = "Hang:"
 # checkpoint (a worker stopped on purpose: not the application's failure).
 STOPPED_MESSAGE_PREFIX: Final = "Stopped at step"
 REASON_WORKER_STOPPED: Final = "WorkerStopped"
+
+# Kueue: a job with this label is admitted by Kueue (through a Workload the operator owns) before
+# any worker pod exists; the optional priority label names a WorkloadPriorityClass.
+KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL: Final = "kueue.x-k8s.io/priority-class"
+REASON_QUEUED: Final = "Queued"
+REASON_KUEUE_MISSING: Final = "KueueNotInstalled"
+REASON_ADMITTED: Final = "Admitted"
+REASON_EVICTED: Final = "Evicted"

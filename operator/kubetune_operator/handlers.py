@@ -9,6 +9,7 @@ progress under them), so each has an explicit, stable `id=`.
 What wakes a reconcile of a job:
   - the job is created, its spec changes, or the operator (re)starts;
   - any of its worker pods changes (pods carry the job-name label);
+  - its Kueue Workload changes (admitted, evicted), when the Kueue integration is on;
   - the operator-wide resync loop (resync.py), for deadlines and TTLs and as
     a safety net. It is deliberately not a kopf timer: kopf keeps a finalizer
     on every object that has a timer, and a FineTuneJob should never be stuck
@@ -28,6 +29,7 @@ from kubernetes.client.rest import ApiException
 from kubetune_api.constants import GROUP, JOB_NAME_LABEL, PLURAL, VERSION
 from kubetune_api.sweep import SWEEP_LABEL, SWEEP_PLURAL
 
+from .kueue import KUEUE_GROUP, KUEUE_VERSION, WORKLOADS
 from .reconcile import Reconciler
 from .resync import ResyncLoop
 from .settings import Settings
@@ -62,7 +64,8 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     client = api_client(SETTINGS.workers + 2)
-    memo.reconciler = Reconciler(client, SETTINGS.trainer_image, SETTINGS.api_qps, SETTINGS.api_burst)
+    memo.reconciler = Reconciler(client, SETTINGS.trainer_image, SETTINGS.api_qps, SETTINGS.api_burst,
+                                 kueue=SETTINGS.kueue)
     memo.sweeps = SweepReconciler(client, SETTINGS.trainer_image, SETTINGS.api_qps, SETTINGS.api_burst)
     memo.resync = ResyncLoop(memo.reconciler, SETTINGS)
     memo.resync.start()
@@ -98,12 +101,25 @@ def on_job(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
 
 @kopf.on.event("v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT}, id="worker-changed")
 def on_worker(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-    assert namespace, "pods are namespaced"
+    _wake(memo, namespace, labels[JOB_NAME_LABEL], "a worker change")
+
+
+def _wake(memo: Any, namespace: str | None, job: str, what: str) -> None:
+    assert namespace, "pods and Workloads are namespaced"
     try:
-        memo.reconciler.reconcile(namespace, labels[JOB_NAME_LABEL])
+        memo.reconciler.reconcile(namespace, job)
     except ApiException as e:
-        log.warning("reconcile of %s/%s after a worker change failed: %s; the resync will retry",
-                    namespace, labels[JOB_NAME_LABEL], e.reason)
+        log.warning("reconcile of %s/%s after %s failed: %s; the resync will retry", namespace, job, what, e.reason)
+
+
+def on_workload(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    """Kueue admitted, evicted or requeued a job's Workload (it carries the job-name label)."""
+    _wake(memo, namespace, labels[JOB_NAME_LABEL], "a Workload change")
+
+
+if SETTINGS.kueue:
+    kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, WORKLOADS, labels={JOB_NAME_LABEL: kopf.PRESENT},
+                  id="workload-changed")(on_workload)
 
 
 def _sweep(memo: Any, namespace: str | None, name: str) -> None:

@@ -24,6 +24,17 @@ from kubetune_api.constants import GROUP, JOB_NAME_LABEL, KIND, PLURAL, VERSION
 from kubetune_api.sweep import SWEEP_LABEL, SWEEP_PLURAL
 
 from . import metrics
+from .kueue import KUEUE_GROUP, KUEUE_VERSION, WORKLOADS
+
+
+def _object_missing(e: ApiException) -> bool:
+    """A 404 for an object of a served resource (a Status naming it), not for a resource the API
+    server does not know (its plain "404 page not found")."""
+    try:
+        body = json.loads(e.body or "")
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("kind") == "Status" and bool((body.get("details") or {}).get("name"))
 
 
 class RateLimiter:
@@ -141,6 +152,50 @@ class Kube:
         except ApiException as e:
             if e.status not in (404, 409):
                 raise
+
+    # ---------------------------------------------------------------- Kueue (kueue.py)
+    def get_workload(self, namespace: str, name: str) -> tuple[Manifest | None, bool]:
+        """(the Workload or None, whether the API server serves Workloads at all: Kueue is installed)."""
+        try:
+            wl: Manifest = self._call("get_workload", self.custom.get_namespaced_custom_object,
+                                      KUEUE_GROUP, KUEUE_VERSION, namespace, WORKLOADS, name)
+            return wl, True
+        except ApiException as e:
+            if e.status == 404:
+                return None, _object_missing(e)
+            raise
+
+    def create_workload(self, manifest: Manifest) -> None:
+        try:
+            self._call("create_workload", self.custom.create_namespaced_custom_object, KUEUE_GROUP, KUEUE_VERSION,
+                       manifest["metadata"]["namespace"], WORKLOADS, manifest)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
+    def patch_workload(self, namespace: str, name: str, patch: Manifest, status: bool = False) -> bool:
+        """A merge patch of a Workload (or of its status); False when it conflicted with a newer
+        version (a patch carrying resourceVersion) or the Workload is gone: the next pass retries."""
+        method = (self.custom.patch_namespaced_custom_object_status if status
+                  else self.custom.patch_namespaced_custom_object)
+        try:
+            self._call("patch_workload", method, KUEUE_GROUP, KUEUE_VERSION, namespace, WORKLOADS, name, patch)
+            return True
+        except ApiException as e:
+            if e.status in (404, 409):
+                return False
+            raise
+
+    def get_kueue_object(self, plural: str, name: str) -> Manifest | None:
+        """A cluster-scoped Kueue object (a ResourceFlavor, a WorkloadPriorityClass), or None."""
+        try:
+            found: Manifest = self._call(f"get_{plural}", self.custom.get_cluster_custom_object,
+                                         KUEUE_GROUP, KUEUE_VERSION, plural, name)
+            return found
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
 
     # ---------------------------------------------------------------- sweeps and their trials
     def get_sweep(self, namespace: str, name: str) -> Manifest | None:

@@ -25,13 +25,17 @@ from kubetune_api.constants import (
     CONDITION_READY,
     CONDITION_RECONCILING,
     CONDITION_STALLED,
+    REASON_ADMITTED,
     REASON_BACKOFF_LIMIT_EXCEEDED,
     REASON_CREATING_WORKERS,
     REASON_DEADLINE_EXCEEDED,
     REASON_EARLY_STOPPED,
+    REASON_EVICTED,
     REASON_HANG,
     REASON_HANG_LIMIT_EXCEEDED,
     REASON_INVALID_SPEC,
+    REASON_KUEUE_MISSING,
+    REASON_QUEUED,
     REASON_RESTARTING,
     REASON_RESUMED,
     REASON_SUSPENDED,
@@ -44,6 +48,7 @@ from kubetune_api.constants import (
 )
 
 from .failures import Cause, WorkerFailure, classify, gang_failure
+from .kueue import KUEUE_GROUP, KUEUE_VERSION, QueueState
 from .status import conditions_for
 from .workers import ATTEMPT_LABEL, RANK_LABEL
 
@@ -77,6 +82,7 @@ class Observed:
     status: FineTuneJobStatus  # the job's .status as stored (read leniently; may be empty)
     pods: list[Manifest]  # the job's worker pods, any attempt
     now: datetime  # aware, UTC, to the second
+    queue: QueueState | None = None  # admission by Kueue; None: the job is not queued (kueue.py)
 
 
 @dataclass
@@ -94,6 +100,12 @@ class Plan:
     requeue_after: float | None = None
     delete_job: bool = False
     restart_cause: Cause | None = None
+    # Kueue (a queued job only): create its Workload; set its spec.active; give its quota back
+    # after an eviction, (reason, message); mark it Finished, (succeeded, message).
+    ensure_workload: bool = False
+    workload_active: bool | None = None
+    release_quota: tuple[str, str] | None = None
+    finish_workload: tuple[bool, str] | None = None
 
 
 def _rank(pod: Manifest) -> int:
@@ -156,7 +168,8 @@ class _Builder:
             observed_generation=obs.generation,
             phase=phase,
             conditions=conditions_for(phase, reason, message, obs.status, obs.now, obs.generation, stalled),
-            start_time=self.start_time,
+            # A job waiting for Kueue has not started: its active deadline counts from admission.
+            start_time=None if phase == Phase.QUEUED else self.start_time,
             completion_time=completion,
             workers=WorkersStatus(ready=ready, total=self.nodes, launched=self.launched, attempt=self.attempt),
             restarts=RestartsStatus(**self.restarts),
@@ -203,6 +216,11 @@ def _last_reason(status: FineTuneJobStatus, phase: Phase) -> str:
 def plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
     """What to do about a job whose spec parsed: its status, workers, Events and next look."""
     decided = _plan(spec, obs)
+    phase = decided.status.phase
+    wl = obs.queue.workload if obs.queue is not None else None
+    if phase in TERMINAL_PHASES and wl is not None and not wl.finished:
+        # Finished releases the job's quota at once (and Kueue never admits it again).
+        decided.finish_workload = (phase == Phase.SUCCEEDED, decided.status.message or str(phase))
     ttl = spec.run_policy.ttl_seconds_after_finished
     if decided.status.phase in TERMINAL_PHASES and ttl is not None and not decided.delete_job:
         # Also on the pass that finishes the job: its next look is when the TTL runs out.
@@ -226,11 +244,23 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
         b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")]
         if b.old_phase != Phase.SUSPENDED:
             b.event("Normal", REASON_SUSPENDED, "suspended: worker pods deleted; resume continues from the last checkpoint")
+        if obs.queue is not None and obs.queue.workload is not None:
+            # Deactivated, Kueue evicts the Workload; its quota goes back once the workers are gone.
+            wl = obs.queue.workload
+            if wl.active:
+                b.plan.workload_active = False
+            if wl.quota_reserved and wl.evicted is not None and not _holding(obs.pods):
+                b.plan.release_quota = wl.evicted
         return b.finish(Phase.SUSPENDED, REASON_SUSPENDED, "suspended (spec.runPolicy.suspend)")
 
     if b.old_phase == Phase.SUSPENDED:
         b.start_time = obs.now  # like a Job: the active deadline restarts on resume
         b.event("Normal", REASON_RESUMED, "resumed: recreating worker pods")
+
+    if obs.queue is not None:
+        queued = _admission(b, obs.queue, live)
+        if queued is not None:
+            return queued
 
     deadline = spec.run_policy.active_deadline_seconds
     if deadline is not None:
@@ -308,6 +338,68 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
         return b.finish(phase, REASON_WORKERS_NOT_STARTED, message, ready, stalled=True)
     b.plan.requeue_after = _sooner(b.plan.requeue_after, -late)
     return b.finish(phase, reason, message, ready)
+
+
+def _holding(pods: list[Manifest]) -> bool:
+    """Whether any of these pods may still hold its node's resources (it has not finished)."""
+    return any(p.get("status", {}).get("phase") not in ("Succeeded", "Failed") for p in pods)
+
+
+def _admission(b: _Builder, queue: QueueState, live: list[Manifest]) -> Plan | None:
+    """Kueue's say over a job with a queue: a Plan that keeps it Queued (creating its Workload,
+    stopping the workers of an admission that was taken back, returning its quota), or None
+    when it is admitted and runs as any other job."""
+    obs, wl = b.obs, queue.workload
+    if wl is None:
+        if queue.kueue_missing:
+            b.plan.requeue_after = POLL_SECONDS
+            return _queued(b, REASON_KUEUE_MISSING,
+                           f"waiting for Kueue, which is not installed: the job has the label "
+                           f"kueue.x-k8s.io/queue-name={queue.queue} but the API server does not serve "
+                           f"{KUEUE_GROUP}/{KUEUE_VERSION} Workloads; install Kueue or remove the label")
+        if queue.problem:
+            b.plan.requeue_after = POLL_SECONDS
+            return _queued(b, REASON_QUEUED, f"cannot queue the job: {queue.problem}")
+        b.plan.ensure_workload = True
+        return _queued(b, REASON_QUEUED, f"queued in LocalQueue {queue.queue}: waiting for Kueue to admit its Workload")
+    if not wl.active:
+        b.plan.workload_active = True
+    if wl.admitted and wl.evicted is None:
+        if b.old_phase == Phase.QUEUED:
+            flavors = f" (flavors: {', '.join(wl.flavors)})" if wl.flavors else ""
+            b.event("Normal", REASON_ADMITTED, f"admitted by Kueue to ClusterQueue {wl.cluster_queue}{flavors}")
+        return None
+    running = [p for p in live if not p["metadata"].get("deletionTimestamp")]
+    why = f"{wl.evicted[0]}: {wl.evicted[1]}" if wl.evicted else "admission withdrawn"
+    if b.launched or running:
+        # Pre-empted, or its quota reclaimed: the workers stop with their grace period, in which
+        # they commit a checkpoint at the step they were running; the job resumes from it on
+        # readmission. Counted as an infrastructure restart.
+        b.plan.delete_pods += [p["metadata"]["name"] for p in running]
+        if b.launched:
+            b.restarts[Cause.INFRASTRUCTURE.value] += 1
+            b.plan.restart_cause = Cause.INFRASTRUCTURE
+            b.launched = False
+        message = (f"evicted by Kueue ({why}); stopping {len(running)} worker(s) gracefully: they commit "
+                   f"a checkpoint at their current step, and the job resumes from it when admitted again")
+        b.event("Warning", REASON_EVICTED, message)
+        b.plan.requeue_after = POLL_SECONDS
+        return _queued(b, REASON_EVICTED, message)
+    if _holding(obs.pods):
+        b.plan.requeue_after = POLL_SECONDS
+        return _queued(b, REASON_EVICTED, f"evicted by Kueue ({why}); waiting for the workers to stop")
+    if wl.quota_reserved and wl.evicted is not None:
+        b.plan.release_quota = wl.evicted
+    waiting = wl.waiting or "waiting for admission"
+    return _queued(b, REASON_QUEUED, f"queued in LocalQueue {queue.queue}: {waiting}")
+
+
+def _queued(b: _Builder, reason: str, message: str) -> Plan:
+    """Phase Queued: an Event when the job becomes Queued or Kueue's reason changes."""
+    old = b.obs.status
+    if reason != REASON_EVICTED and (b.old_phase != Phase.QUEUED or old.message != message):
+        b.event("Normal", reason, message)
+    return b.finish(Phase.QUEUED, reason, message)
 
 
 def _stalled_by_hang(status: FineTuneJobStatus) -> bool:

@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kubetune_api import SpecError, parse_spec, utc_now
-from kubetune_api.constants import TERMINAL_PHASES
+from kubetune_api import Manifest, SpecError, parse_spec, utc_now
+from kubetune_api.constants import KUEUE_PRIORITY_LABEL, TERMINAL_PHASES
 
-from . import metrics
+from . import kueue, metrics
 from .children import JobRef, build_children
 from .kube import Kube
 from .plan import Observed, Plan, plan, plan_invalid
@@ -86,9 +86,10 @@ class Reconciler:
     """Reconciles FineTuneJobs through one API client, one pass per job at a time."""
 
     def __init__(self, api_client: ApiClient, trainer_image: str = DEFAULT_TRAINER_IMAGE,
-                 qps: float = 50.0, burst: int = 100) -> None:
+                 qps: float = 50.0, burst: int = 100, kueue: bool = False) -> None:
         self._kube = Kube(api_client, qps, burst)
         self.trainer_image = trainer_image
+        self.kueue = kueue  # jobs labelled kueue.x-k8s.io/queue-name wait for Kueue's admission
         self._slots: defaultdict[JobKey, _Slot] = defaultdict(_Slot)
         self._slots_guard = threading.Lock()
 
@@ -140,18 +141,32 @@ class Reconciler:
         ref = JobRef(name=name, namespace=namespace, uid=meta["uid"])
         pods = kube.list_workers(namespace, name)
         stored = read_status(job.get("status"))
-        observed = Observed(name=name, generation=int(meta.get("generation", 1)), status=stored, pods=pods, now=now)
+        queue_name = kueue.queue_name(job) if self.kueue else None
+        workload: Manifest | None = None
+        queue = None
+        if queue_name is not None:
+            workload, served = kube.get_workload(namespace, kueue.workload_name(ref))
+            priority, problem = self._priority(job) if workload is None and served else (None, "")
+            queue = kueue.QueueState(queue_name, kueue.WorkloadState.read(workload) if workload else None,
+                                     kueue_missing=not served, priority=priority, problem=problem)
+        observed = Observed(name=name, generation=int(meta.get("generation", 1)), status=stored, pods=pods, now=now,
+                            queue=queue)
         try:
             spec = parse_spec(job.get("spec"))
         except SpecError as e:
             decision = plan_invalid(observed, str(e))
         else:
             decision = plan(spec, observed)
+            if decision.ensure_workload and queue is not None:
+                template = build_worker_pod(ref, spec, 0, 1, self.trainer_image)
+                kube.create_workload(kueue.build_workload(ref, spec, queue.queue, template, queue.priority))
             if decision.ensure_children:
                 for child in build_children(ref, spec):
                     kube.create_if_absent(child)
+            where = self._placement(queue) if decision.create_ranks else None
             for rank in decision.create_ranks:
-                kube.create_if_absent(build_worker_pod(ref, spec, rank, decision.attempt, self.trainer_image))
+                worker = build_worker_pod(ref, spec, rank, decision.attempt, self.trainer_image)
+                kube.create_if_absent(kueue.place(worker, where) if where else worker)
 
         if needs_write(stored, decision.status):
             kube.patch_status(namespace, name, status_patch(decision.status))
@@ -161,6 +176,8 @@ class Reconciler:
         uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
         for pod in decision.delete_pods:
             kube.delete_pod(namespace, pod, uids[pod], decision.delete_grace)
+        if workload is not None:
+            self._update_workload(workload, decision, now)
         if decision.restart_cause is not None:
             metrics.RESTARTS.labels(decision.restart_cause.value).inc()
         if decision.delete_job:
@@ -169,3 +186,33 @@ class Reconciler:
         else:
             metrics.observe_phase(namespace, name, decision.status.phase)
         return decision
+
+    # ---------------------------------------------------------------- Kueue (kueue.py)
+    def _priority(self, job: Manifest) -> tuple[tuple[str, int] | None, str]:
+        """The job's WorkloadPriorityClass (name, value) and, when the label names none, the problem."""
+        wpc = kueue.priority_class(job)
+        if wpc is None:
+            return None, ""
+        found = self._kube.get_kueue_object(kueue.PRIORITY_CLASSES, wpc)
+        if found is None:
+            return None, (f"the label {KUEUE_PRIORITY_LABEL}={wpc} names no WorkloadPriorityClass; "
+                          "create it, or correct or remove the label")
+        return (wpc, int(found.get("value", 0))), ""
+
+    def _placement(self, queue: kueue.QueueState | None) -> kueue.Placement | None:
+        wl = queue.workload if queue is not None else None
+        if wl is None or not wl.flavors:
+            return None
+        flavors = [f for name in wl.flavors if (f := self._kube.get_kueue_object(kueue.RESOURCE_FLAVORS, name))]
+        return kueue.placement(flavors)
+
+    def _update_workload(self, wl: Manifest, decision: Plan, now: datetime) -> None:
+        ns, name = wl["metadata"]["namespace"], wl["metadata"]["name"]
+        if decision.workload_active is not None:
+            self._kube.patch_workload(ns, name, {"spec": {"active": decision.workload_active}})
+        if decision.release_quota is not None:
+            reason, message = decision.release_quota
+            self._kube.patch_workload(ns, name, kueue.release_patch(wl, reason, message, now), status=True)
+        if decision.finish_workload is not None:
+            succeeded, message = decision.finish_workload
+            self._kube.patch_workload(ns, name, kueue.finish_patch(wl, succeeded, message, now), status=True)

@@ -23,6 +23,9 @@ The Helm chart sets these; `python -m kubetune_operator --help` prints this list
   KUBETUNE_LOG_LEVEL       DEBUG, INFO, WARNING or ERROR (default INFO)
   KUBETUNE_TRAINER_IMAGE   trainer image for jobs that leave spec.image unset
                            (default ghcr.io/kubetune/trainer:0.1.0)
+  KUBETUNE_KUEUE           true: jobs labelled kueue.x-k8s.io/queue-name wait for Kueue's
+                           admission through a Workload (kueue.py); false (default): the
+                           label is ignored
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"KUBETUNE_{name}", default)
+
+
+def _flag(name: str) -> bool:
+    value = _env(name, "false").strip().lower()
+    if value not in ("true", "false"):
+        raise SystemExit(f"KUBETUNE_{name} must be true or false (got {value!r})")
+    return value == "true"
 
 
 def _default_lease_namespace() -> str:
@@ -78,6 +88,8 @@ class Settings:
     """KUBETUNE_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR. Default INFO."""
     trainer_image: str
     """KUBETUNE_TRAINER_IMAGE: the image of jobs that leave spec.image unset."""
+    kueue: bool = False
+    """KUBETUNE_KUEUE: true: the Kueue integration (kueue.py) is on. Default false."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -100,6 +112,7 @@ class Settings:
                 resync_seconds=float(_env("RESYNC_SECONDS", "5")),
                 log_level=level,
                 trainer_image=_env("TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
+                kueue=_flag("KUEUE"),
             )
         except ValueError as e:
             raise SystemExit(f"invalid KUBETUNE_* setting: {e}") from e

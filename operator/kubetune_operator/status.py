@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from kubetune_api import Condition, FineTuneJobStatus, Manifest, Phase
 from kubetune_api.constants import (
     CONDITION_FAILED,
+    CONDITION_QUEUED,
     CONDITION_READY,
     CONDITION_RECONCILING,
     CONDITION_STALLED,
@@ -90,7 +91,8 @@ def condition(previous: FineTuneJobStatus, type_: str, status: ConditionStatus, 
 
 def conditions_for(phase: Phase, reason: str, message: str, previous: FineTuneJobStatus,
                    now: datetime, generation: int, stalled: bool = False) -> list[Condition]:
-    """kstatus conditions (Ready, Reconciling, Stalled) plus the terminal Succeeded/Failed;
+    """kstatus conditions (Ready, Reconciling, Stalled) plus the terminal Succeeded/Failed and, for a
+    job under Kueue, Queued;
     `stalled`: not failed, but stuck (a hang, workers that do not start)."""
 
     def cond(type_: str, true: bool) -> Condition:
@@ -101,6 +103,9 @@ def conditions_for(phase: Phase, reason: str, message: str, previous: FineTuneJo
         cond(CONDITION_RECONCILING, phase in (Phase.PENDING, Phase.RESTARTING)),
         cond(CONDITION_STALLED, phase == Phase.FAILED or stalled),
     ]
+    if phase == Phase.QUEUED or previous.condition(CONDITION_QUEUED) is not None:
+        # A job under Kueue: True while it waits for admission; it stays, False, once admitted.
+        out.append(cond(CONDITION_QUEUED, phase == Phase.QUEUED))
     if phase == Phase.SUCCEEDED:
         out.append(cond(CONDITION_SUCCEEDED, True))
     if phase == Phase.FAILED:

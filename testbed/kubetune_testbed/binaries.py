@@ -1,6 +1,6 @@
 """The local cluster's binaries: their pinned versions and where the build put them.
 
-hack/build-binaries.sh builds etcd, Kubernetes, kwok, helm and MinIO from their
+hack/build-binaries.sh builds etcd, Kubernetes, kwok, helm, MinIO and Kueue from their
 Go modules, at the versions pinned in hack/versions.env, into
 ~/.cache/kubetune/<component>-<version>/ (KUBETUNE_CACHE moves it). This module
 reads the same pins and names the same paths, so the cluster, the chart's lint
@@ -70,9 +70,23 @@ class Binaries:
     def minio(self) -> Path:
         return self._bin("minio", "MINIO_VERSION", "minio")
 
+    @property
+    def kueue(self) -> Path:
+        return self._bin("kueue", "KUEUE_VERSION", "kueue")
+
+    @property
+    def kueue_crds(self) -> Path:
+        """Kueue's CRDs, copied from its module (config/components/crd/bases) beside the binary."""
+        return self.root / f"kueue-{self.v['KUEUE_VERSION']}" / "crd"
+
+    @property
+    def kueue_webhooks(self) -> Path:
+        """Kueue's webhook configurations, copied from its module (config/components/webhook)."""
+        return self.root / f"kueue-{self.v['KUEUE_VERSION']}" / "webhook-manifests.yaml"
+
     def all(self) -> list[Path]:
         kube = [self.kube(n) for n in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")]
-        return [self.etcd, *kube, self.kwok, self.helm, self.minio]
+        return [self.etcd, *kube, self.kwok, self.helm, self.minio, self.kueue, self.kueue_crds, self.kueue_webhooks]
 
 
 def ensure_binaries(b: Binaries) -> None:

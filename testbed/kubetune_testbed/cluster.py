@@ -5,6 +5,7 @@ the previous one is really ready:
 
     etcd -> kube-apiserver -> kube-controller-manager -> kube-scheduler
          -> kwok (fake GPU nodes) -> node agent (a node whose pods really run) -> MinIO (S3)
+         -> Kueue (job admission and quotas; kueue.py)
 
 The node agent (kubetune_testbed.nodeagent) gives each pod a network namespace
 on a bridge of this cluster's own (10.244.N.0/24); the API server and MinIO
@@ -34,6 +35,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from . import kueue
 from .binaries import Binaries, ensure_binaries
 from .nodeagent import network as podnet
 from .nodes import FAKE_NODE_ANNOTATION, NODE_AGENT_NODE, fake_gpu_node
@@ -47,7 +49,7 @@ READY_TIMEOUT = 120.0
 # The components `restart` can stop and start again in place (same ports, certificates, data).
 RESTARTABLE = ("kube-apiserver", "node-agent", "minio")
 # Components `revive` starts again when they exited by themselves.
-REVIVABLE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent", "minio")
+REVIVABLE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent", "minio", "kueue")
 
 
 class ClusterError(RuntimeError):
@@ -121,7 +123,8 @@ class LocalCluster:
             shutil.rmtree(self.run)
         self.logs.mkdir(parents=True)
         ensure_binaries(self.bins)
-        names = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok", "minio", "minio-console")
+        names = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok", "minio", "minio-console",
+                 "kueue-webhook", "kueue-health")
         self.state = State(
             ports={name: free_port() for name in names},
             s3_access_key="kubetune-" + secrets.token_hex(4),
@@ -144,6 +147,7 @@ class LocalCluster:
             if self.node_agent:
                 self._start_node_agent()
             self._start_minio()
+            self._start_kueue()
         except BaseException:
             self.down(quiet=True)
             raise
@@ -202,7 +206,7 @@ class LocalCluster:
             self.state.processes.remove(proc)
         {"kube-apiserver": self._start_apiserver, "node-agent": self._start_node_agent,
          "minio": self._start_minio, "kube-controller-manager": self._start_controller_manager,
-         "kube-scheduler": self._start_scheduler}[name]()
+         "kube-scheduler": self._start_scheduler, "kueue": self._start_kueue}[name]()
 
     def revive(self) -> list[tuple[str, str]]:
         """Start again every component that exited by itself, as a kubelet restarts a crashed
@@ -415,6 +419,36 @@ class LocalCluster:
                 "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"})
         self._wait("minio", proc, lambda: self._get(self.s3_url + "/minio/health/ready") == 200)
         self._wait("minio", proc, self._bucket_round_trip, timeout=30)
+
+    def _start_kueue(self) -> None:
+        """Kueue's CRDs, then its manager, then (once it serves them) its webhooks."""
+        p = self.state.ports
+        crds = self.kubectl("apply", "--server-side", "-f", str(self.bins.kueue_crds))
+        if crds.returncode != 0:
+            raise ClusterError(f"installing Kueue's CRDs failed: {crds.stderr.strip()}")
+        waited = self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(self.bins.kueue_crds))
+        if waited.returncode != 0:
+            raise ClusterError(f"Kueue's CRDs not established: {waited.stderr.strip()}")
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": kueue.NAMESPACE}}
+        self.kubectl("apply", "-f", "-", input=json.dumps(namespace))
+        cert_dir = self.run / "kueue-certs"
+        kueue.write_serving_cert(self.pki, cert_dir)
+        try:
+            kueue.ensure_metrics_cert(self.pki)
+        except PermissionError as e:
+            raise ClusterError(f"Kueue needs a certificate at {kueue.METRICS_CERT_DIR} and this user cannot "
+                               f"write it ({e}); run `make up` as root once") from e
+        config = self.run / "kueue-config.yaml"
+        config.write_text(kueue.configuration(p["kueue-webhook"], p["kueue-health"], cert_dir))
+        proc = self._spawn("kueue", self.bins.kueue, [
+            f"--config={config}", "--feature-gates=VisibilityOnDemand=false", "--zap-log-level=info",
+        ], env={"KUBECONFIG": str(self.run / "kueue.kubeconfig")})
+        self._wait("kueue", proc, lambda: self._get(f"http://127.0.0.1:{p['kueue-health']}/readyz") == 200)
+        hooks = kueue.webhook_configurations(self.bins.kueue_webhooks, p["kueue-webhook"],
+                                             (self.pki / "ca.crt").read_bytes())
+        result = self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": hooks}))
+        if result.returncode != 0:
+            raise ClusterError(f"registering Kueue's webhooks failed: {result.stderr.strip()}")
 
     def _bucket_round_trip(self) -> bool:
         import boto3

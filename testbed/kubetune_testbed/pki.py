@@ -41,8 +41,12 @@ CLIENTS = (
     # kwok impersonates many nodes at once; it needs more than system:node.
     ClientIdentity("kwok", "kubetune-kwok", ("system:masters",)),
     ClientIdentity("node-agent", "kubetune-node-agent", ("system:masters",)),
+    # Kueue's manager: cluster-wide admission of every kind of job.
+    ClientIdentity("kueue", "kubetune-kueue", ("system:masters",)),
 )
 NODE_AGENT_SERVING = "node-agent-serving"
+# Kueue's webhook server: the API server calls it at https://127.0.0.1:<port>.
+KUEUE_WEBHOOK_SERVING = "kueue-webhook"
 APISERVER_KUBELET_CLIENT = "apiserver-kubelet-client"
 
 
@@ -124,6 +128,8 @@ def make_pki(pki: Path, service_ip: str = "10.96.0.1", host_ips: tuple[str, ...]
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in client.groups]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, client.user))
         issue(client.file_stem, x509.Name(attrs), ExtendedKeyUsageOID.CLIENT_AUTH)
+    issue(KUEUE_WEBHOOK_SERVING, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kueue-webhook")]),
+          ExtendedKeyUsageOID.SERVER_AUTH, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     if host_ips:
         # The API server proxies `kubectl logs` to the node agent's kubelet endpoint over TLS, both ways.
         issue(NODE_AGENT_SERVING, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetune-node-agent")]),

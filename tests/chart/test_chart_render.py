@@ -195,6 +195,7 @@ def test_the_operator_runs_as_two_hardened_replicas_that_roll(default) -> None:
         "KUBETUNE_METRICS_PORT": "8080", "KUBETUNE_HEALTH_PORT": "8081", "KUBETUNE_LOG_LEVEL": "INFO",
         "KUBETUNE_WORKERS": "8", "KUBETUNE_API_QPS": "50", "KUBETUNE_API_BURST": "100",
         "KUBETUNE_RESYNC_SECONDS": "5", "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:0.1.0",
+        "KUBETUNE_KUEUE": "false",
     }
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
@@ -314,3 +315,16 @@ def test_service_monitor_scrapes_the_metrics_service() -> None:
 
 def test_render_is_deterministic() -> None:
     assert render_text() == render_text()
+
+
+def test_kueue_rbac_only_when_the_integration_is_on(default) -> None:
+    def kueue_rules(rendered: Any) -> list[Any]:
+        role = one(rendered, "ClusterRole")
+        return [r for r in role["rules"] if "kueue.x-k8s.io" in r["apiGroups"]]
+
+    assert kueue_rules(default) == []
+    on = render(values={"kueue": {"enabled": True}})
+    rules = {tuple(r["resources"]): set(r["verbs"]) for r in kueue_rules(on)}
+    assert rules[("workloads",)] >= {"create", "get", "list", "watch", "patch", "delete"}
+    assert rules[("workloads/status",)] >= {"patch"}
+    assert container_env(one(on, "Deployment"))["KUBETUNE_KUEUE"] == "true"

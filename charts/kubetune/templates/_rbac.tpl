@@ -55,6 +55,22 @@ running the operator with this ServiceAccount's token through a job's life.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.kueue.enabled }}
+# Kueue (kueue.enabled): a queued job's Workload is created, read and watched
+# (get, list, watch), activated or deactivated on suspend (patch), its admission
+# cleared after an eviction and marked Finished (status: patch), deleted with
+# its job by the garbage collector (delete, for completeness of ownership).
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [create, get, list, watch, patch, delete]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [get, patch]
+# Where an admitted job's workers go, and the priority its label names.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [resourceflavors, workloadpriorityclasses]
+  verbs: [get]
+{{- end }}
 {{- end }}
 
 {{/*
