@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Jobs, OperatorProcess
+from harness import Jobs, Kueue, OperatorProcess
 
 from kubetune_testbed import REPO, LocalCluster, attach, default_run_dir
 from kubetune_testbed.chart import installed_operators_paused
@@ -142,6 +142,14 @@ def operator(cluster: ClusterHandle, crd: None, tmp_path_factory: pytest.TempPat
     yield op
     op.kill(signal.SIGTERM)
     print(f"operator log: {log}")
+
+
+@pytest.fixture
+def kueue(cluster: ClusterHandle, namespace: str) -> Iterator[Kueue]:
+    """Kueue's objects for one test (queues, flavors, priority classes), deleted afterwards."""
+    k = Kueue(cluster, namespace)
+    yield k
+    k.delete()
 
 
 @pytest.fixture

@@ -17,10 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
+import yaml
+
 from kubetune_api import format_timestamp, utc_now
 from kubetune_testbed import REPO
 from kubetune_testbed.nodes import FAKE_NODE_TOLERATION
 from kubetune_testbed.ports import free_port
+from kubetune_testbed.quickstart import QUICKSTART
 
 # kwok's fake nodes: pods placed there are marked Running and run nothing. Pods that do not
 # tolerate their taint (FAKE_NODE_TOLERATION) go to the node agent's node and really run.
@@ -278,3 +281,18 @@ def queued_job(manifest: dict[str, Any], queue: str, priority: str | None = None
     if priority:
         labels["kueue.x-k8s.io/priority-class"] = priority
     return deep_merge(manifest, {"metadata": {"labels": labels}})
+
+
+def quickstart(name: str, bucket: str, **spec: Any) -> dict[str, Any]:
+    """examples/quickstart.yaml with the tiny model, this test's bucket and `spec` merged in."""
+    job = yaml.safe_load(QUICKSTART.read_text())
+    job["metadata"]["name"] = name
+    s = job["spec"]
+    s["model"]["uri"] = f"s3://{bucket}/models/tiny/"
+    s["dataset"].update(train=f"s3://{bucket}/data/train.jsonl", eval=f"s3://{bucket}/data/eval.jsonl")
+    s["output"]["uri"] = f"s3://{bucket}/output/{name}/"
+    s["storage"]["credentialsSecret"] = S3_SECRET
+    # Progress patches every second instead of every 10 (the trainer's default), for the waits below.
+    s["env"] = [{"name": "KUBETUNE_STATUS_INTERVAL_SECONDS", "value": "1"}]
+    job["spec"] = deep_merge(s, spec)
+    return dict(job)

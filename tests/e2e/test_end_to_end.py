@@ -14,25 +14,21 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from harness import (
-    S3_SECRET,
     Jobs,
     Recorder,
     committed_steps,
-    deep_merge,
     diagnose,
     kubectl_wait,
     logs,
+    quickstart,
     wait_for,
 )
 
@@ -44,42 +40,12 @@ from kubetune_api.constants import (
 from kubetune_api.timestamps import parse_timestamp, utc_now
 from kubetune_testbed.chaos.processes import trainer_pids
 from kubetune_testbed.chart import OperatorRelease
-from kubetune_testbed.datasets import write_chat_dataset
-from kubetune_testbed.quickstart import QUICKSTART
-from kubetune_testbed.s3folders import delete_prefix, download_prefix, upload_folder
+from kubetune_testbed.s3folders import download_prefix
 from kubetune_trainer.logs import parse_log_lines
 
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def store(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A bucket holding the tiny model and the chat data set; its name."""
-    from kubetune_testbed.models import ensure_tiny
-
-    s3 = cluster.s3_client()
-    bucket = f"e2e-{secrets.token_hex(4)}"
-    s3.create_bucket(Bucket=bucket)
-    upload_folder(s3, Path(ensure_tiny()), bucket, "models/tiny/")
-    upload_folder(s3, write_chat_dataset(tmp_path_factory.mktemp("data"))[0].parent, bucket, "data/")
-    yield bucket
-    delete_prefix(s3, bucket)
-    s3.delete_bucket(Bucket=bucket)
-
-
-def quickstart(name: str, bucket: str, **spec: Any) -> dict[str, Any]:
-    """examples/quickstart.yaml with the tiny model, this test's bucket and `spec` merged in."""
-    job = yaml.safe_load(QUICKSTART.read_text())
-    job["metadata"]["name"] = name
-    s = job["spec"]
-    s["model"]["uri"] = f"s3://{bucket}/models/tiny/"
-    s["dataset"].update(train=f"s3://{bucket}/data/train.jsonl", eval=f"s3://{bucket}/data/eval.jsonl")
-    s["output"]["uri"] = f"s3://{bucket}/output/{name}/"
-    s["storage"]["credentialsSecret"] = S3_SECRET
-    # Progress patches every second instead of every 10 (the trainer's default), for the waits below.
-    s["env"] = [{"name": "KUBETUNE_STATUS_INTERVAL_SECONDS", "value": "1"}]
-    job["spec"] = deep_merge(s, spec)
-    return dict(job)
 
 
 def test_the_chart_installs_two_ready_operator_pods_one_leading(release: OperatorRelease) -> None:

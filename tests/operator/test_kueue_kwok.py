@@ -44,13 +44,6 @@ def operator(cluster: Any, crd: None, tmp_path_factory: pytest.TempPathFactory) 
     print(f"operator log: {log}")
 
 
-@pytest.fixture
-def kueue(cluster: Any, namespace: str) -> Iterator[Kueue]:
-    k = Kueue(cluster, namespace)
-    yield k
-    k.delete()
-
-
 def phase(jobs: Jobs, name: str) -> str:
     return str(jobs.status(name).get("phase", ""))
 
