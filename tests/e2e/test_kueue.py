@@ -19,6 +19,8 @@ from harness import (
     Jobs,
     Kueue,
     Recorder,
+    committed_steps,
+    deep_merge,
     diagnose,
     kubectl_wait,
     logs,
@@ -28,6 +30,7 @@ from harness import (
 )
 
 from kubetune_api.timestamps import parse_timestamp
+from kubetune_testbed.chaos.processes import trainer_pids
 from kubetune_testbed.chart import OperatorRelease
 from kubetune_testbed.nodes import NODE_AGENT_NODE
 from kubetune_trainer.logs import parse_log_lines
@@ -118,3 +121,48 @@ def test_a_preempted_job_commits_its_step_waits_and_resumes_from_it(
     reference = losses(logs(cluster, e2e.ns, "reference-worker-0"))
     for s in sorted(after):
         assert after[s] == pytest.approx(reference[s], rel=1e-4), s
+
+
+@pytest.mark.parametrize("grace", [
+    pytest.param(300, id="graceful"),
+    # No time to save: SIGKILL at once. The step reached is lost, the previous commit stands.
+    pytest.param(0, id="no-grace", marks=pytest.mark.long),
+])
+def test_suspend_commits_the_current_step_unless_the_grace_is_too_short(
+        cluster: Any, e2e: Jobs, store: str, release: OperatorRelease, tmp_path: Path, grace: int) -> None:
+    s3 = cluster.s3_client()
+    every = 1000 if grace else 5
+    job = deep_merge(one_node("pause", store, 60), {"spec": {
+        "checkpoint": {"everySteps": every}, "runPolicy": {"terminationGracePeriodSeconds": grace}}})
+    pods = Recorder(cluster, e2e.ns, tmp_path / "pods.json", kind="pods")
+    e2e.apply(job)
+    prefix = "output/pause/checkpoints/"
+    if grace:
+        wait_for(lambda: ((e2e.status("pause").get("progress") or {}).get("step") or 0) >= 5, timeout=300,
+                 what="the job training", interval=0.5)
+    else:
+        wait_for(lambda: committed_steps(s3, store, prefix), timeout=300, what="a periodic commit", interval=0.5)
+    e2e.patch_spec("pause", {"runPolicy": {"suspend": True}})
+    wait_for(lambda: e2e.status("pause").get("phase") == "Suspended" and not e2e.pods("pause"), timeout=120,
+             what="pause Suspended with its worker gone")
+    # With a grace of 0 the pod object goes at once, before its processes: wait for them too.
+    wait_for(lambda: not trainer_pids(e2e.ns, "pause"), timeout=60, what="the trainer processes gone")
+    before = committed_steps(s3, store, prefix)
+    e2e.patch_spec("pause", {"runPolicy": {"suspend": False}})
+    done = kubectl_wait(cluster, e2e.ns, "pause", "Succeeded", timeout=400)
+    seen = pods.stop()
+    assert done.returncode == 0, diagnose(cluster, e2e, "pause")
+
+    # Suspend keeps the attempt (it is no restart): the stopped pod and its successor are both attempt 1.
+    messages = [c["state"]["terminated"].get("message", "") for p in seen
+                for c in p.get("status", {}).get("containerStatuses") or () if "terminated" in (c.get("state") or {})]
+    stopped = next((m for m in messages if m.startswith("Stopped at step")), "")
+    resumed = e2e.status("pause")["checkpoints"]["resumedFrom"]["step"]
+    if grace:
+        match = re.match(r"Stopped at step (\d+) by SIGTERM: checkpoint step-\d+ committed", stopped)
+        assert match, messages
+        assert before == [int(match[1])] == [resumed]  # the only commit: the one the stop made
+    else:
+        assert not stopped, messages
+        assert before and resumed == before[-1]  # the last periodic commit, intact
+    assert min(losses(logs(cluster, e2e.ns, "pause-worker-0"))) == resumed + 1
