@@ -67,7 +67,7 @@ def test_up_is_idempotent_heals_a_stale_run_and_down_leaves_no_process(tmp_path:
         make("up", run)
         first = started_pids(run)
         assert set(first) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-                              "node-agent", "minio"}
+                              "node-agent", "minio", "kueue"}
         env_text = (run / "env").read_text()
         for var in ("KUBECONFIG", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "PATH"):
             assert f"export {var}=" in env_text
