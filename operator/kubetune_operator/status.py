@@ -100,7 +100,7 @@ def conditions_for(phase: Phase, reason: str, message: str, previous: FineTuneJo
 
     out = [
         cond(CONDITION_READY, phase == Phase.RUNNING),
-        cond(CONDITION_RECONCILING, phase in (Phase.PENDING, Phase.RESTARTING)),
+        cond(CONDITION_RECONCILING, phase in (Phase.QUEUED, Phase.PENDING, Phase.RESTARTING)),
         cond(CONDITION_STALLED, phase == Phase.FAILED or stalled),
     ]
     if phase == Phase.QUEUED or previous.condition(CONDITION_QUEUED) is not None:

@@ -92,6 +92,7 @@ def kstatus_health(obj: Manifest) -> str:
 
 # What each phase means to Argo CD and Flux (the table in docs/gitops.md).
 EXPECTED_HEALTH = {
+    "Queued": ("Progressing", "InProgress"),
     "Pending": ("Progressing", "InProgress"),
     "Restarting": ("Progressing", "InProgress"),
     "Running": ("Healthy", "Current"),
