@@ -1,20 +1,33 @@
 """Benchmark: how fast the operator turns many FineTuneJobs into running workers.
 
 Creates N jobs of M workers each at once on kwok GPU nodes and prints: time
-until every job is Running, pods per second, Kubernetes API calls the
-operator's reconciles made per job, and the operator's peak RSS.
+until every worker pod is Running (and every job), pods per second, the API
+requests per job counted at the API server, the operator's own count of its
+calls, and the operator's peak RSS.
 
 Baseline, measured in the same run on the same cluster: the same number of
 plain pods created directly (no operator) until kwok marks them all Running,
 i.e. what the control plane itself allows.
 
+With `--peer kubeflow`, the Kubeflow training operator (built from its Go module
+by `hack/build-binaries.sh training-operator`) runs the same way in the same run,
+after kubetune and a cleanup: N PyTorchJobs of one Master and M-1 Workers, one
+nvidia.com/gpu each, on the same kwok nodes; kubetune runs twice, at its
+defaults (50 QPS / 100 burst) and at the peer's (controller-runtime's 20 / 30).
+
+Each operator talks to the API server as its own ServiceAccount, which a
+FlowSchema of its own (priority level `exempt`: never queued) matches, so the
+API server's `apiserver_flowcontrol_dispatched_requests_total{flow_schema}`
+counts every request it made: reads, writes, watches, kopf's annotation patches.
+
 Usage (the local cluster must be up: `make up`):
-    .venv/bin/python hack/bench_operator.py [--jobs 200] [--nodes-per-job 2]
+    .venv/bin/python hack/bench_operator.py [--jobs 200] [--nodes-per-job 2] [--peer kubeflow]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import os
@@ -117,10 +130,200 @@ def metric_sum(text: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
 
 
+IDENTITY_NAMESPACE = "kubetune-bench-identities"
+
+
+def api_identity(bench: Bench, name: str, directory: Path) -> Path:
+    """A ServiceAccount bound to cluster-admin, matched by a FlowSchema `name` of its own; its kubeconfig."""
+    bench.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": IDENTITY_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": IDENTITY_NAMESPACE}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": IDENTITY_NAMESPACE}]},
+        {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema", "metadata": {"name": name},
+         "spec": {"matchingPrecedence": 100, "priorityLevelConfiguration": {"name": "exempt"},
+                  "rules": [{"subjects": [{"kind": "ServiceAccount",
+                                           "serviceAccount": {"name": name, "namespace": IDENTITY_NAMESPACE}}],
+                             "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                                                "clusterScope": True, "namespaces": ["*"]}],
+                             "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}]}]}},
+    ]}))
+    token = bench.kubectl("create", "token", name, "-n", IDENTITY_NAMESPACE, "--duration=4h").strip()
+    path = directory / f"{name}.kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "bench",
+        "clusters": [{"name": "local", "cluster": {"server": bench.cluster.api_url,
+                                                   "certificate-authority": str(bench.cluster.pki / "ca.crt")}}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "bench", "context": {"cluster": "local", "user": name}}]}))
+    path.chmod(0o600)
+    return path
+
+
+def dispatched(bench: Bench, flow_schema: str) -> float:
+    """Requests the API server dispatched for a FlowSchema so far."""
+    text = bench.kubectl("get", "--raw", "/metrics")
+    return sum(float(m.group(1)) for m in re.finditer(
+        rf'^apiserver_flowcontrol_dispatched_requests_total{{[^}}]*flow_schema="{flow_schema}"[^}}]*}} ([0-9.e+]+)$',
+        text, re.M))
+
+
+def peak_rss_mib(pid: int) -> float:
+    return int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def new_namespace(bench: Bench, prefix: str) -> str:
+    ns = f"{prefix}-{int(time.time())}"
+    bench.kubectl("create", "namespace", ns)
+    wait_until(lambda: subprocess.run([bench.kubectl_bin, "get", "sa", "default", "-n", ns], env=bench.env,
+                                      capture_output=True).returncode == 0, 30, "default ServiceAccount")
+    return ns
+
+
+def cleanup(bench: Bench, ns: str) -> None:
+    """Delete the namespace and wait until its pods are gone, so the next run starts from empty nodes."""
+    bench.kubectl("delete", "namespace", ns, "--wait=false")
+    wait_until(lambda: not bench.kubectl("get", "pods", "-n", ns, "-o", "name").strip(), 600, f"{ns} emptied")
+
+
+def run_kubetune(bench: Bench, jobs: int, nodes: int, qps: int, burst: int, directory: Path) -> dict[str, Any]:
+    kubeconfig = api_identity(bench, "bench-kubetune", directory)
+    ns = new_namespace(bench, "bench-kubetune")
+    metrics_port = 18080
+    log = directory / f"kubetune-{qps}.log"
+    env = {**bench.env, "KUBECONFIG": str(kubeconfig), "KUBETUNE_METRICS_PORT": str(metrics_port),
+           "KUBETUNE_HEALTH_PORT": "0", "KUBETUNE_LOG_LEVEL": "WARNING",
+           "KUBETUNE_API_QPS": str(qps), "KUBETUNE_API_BURST": str(burst)}
+    before = dispatched(bench, "bench-kubetune")
+    with open(log, "wb") as out:
+        op = subprocess.Popen([sys.executable, "-m", "kubetune_operator", "--standalone"], env=env, stdout=out,
+                              stderr=subprocess.STDOUT)
+    try:
+        time.sleep(3)  # let the operator list and watch before the burst
+        print(f"kubetune ({qps} QPS / {burst} burst): {jobs} FineTuneJobs x {nodes} workers ...", flush=True)
+        start = time.monotonic()
+        bench.apply_many([job(i, nodes) for i in range(jobs)], ns)
+        pods_at = wait_until(lambda: bench.count_running_pods(ns) >= jobs * nodes, 900, "every worker Running")
+        jobs_at = wait_until(lambda: bench.count_running_jobs(ns) >= jobs, 900, "every job Running")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        rss = peak_rss_mib(op.pid)
+        requests = dispatched(bench, "bench-kubetune") - before
+    finally:
+        stop(op)
+        cleanup(bench, ns)
+    by_op = {m.group(1): float(m.group(2)) for m in
+             re.finditer(r'^kubetune_api_requests_total{operation="([a-z_]+)"} ([0-9.e+]+)$', text, re.M)}
+    return {"name": f"kubetune {qps}/{burst}", "pods_running": pods_at - start, "jobs_running": jobs_at - start,
+            "requests": requests / jobs, "own_calls": metric_sum(text, "kubetune_api_requests_total") / jobs,
+            "reconciles": metric_sum(text, "kubetune_reconcile_duration_seconds_count") / jobs, "rss": rss,
+            "by_op": {k: v / jobs for k, v in by_op.items()}, "log": log}
+
+
+def pytorchjob(i: int, nodes: int) -> dict[str, Any]:
+    def replicas(count: int) -> dict[str, Any]:
+        return {"replicas": count, "restartPolicy": "OnFailure", "template": {"spec": {
+            "containers": [{"name": "pytorch", "image": "registry.example.com/kubetune/trainer:bench",
+                            "resources": {"limits": {"nvidia.com/gpu": "1"}}}], **KWOK_ONLY}}}
+
+    specs = {"Master": replicas(1)}
+    if nodes > 1:
+        specs["Worker"] = replicas(nodes - 1)
+    return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": f"bench-{i:04d}"},
+            "spec": {"pytorchReplicaSpecs": specs}}
+
+
+def run_kubeflow(bench: Bench, jobs: int, nodes: int, directory: Path) -> dict[str, Any]:
+    """The Kubeflow training operator v1 as its own deployment runs it (only the PyTorchJob scheme; its
+    cert rotator, which it waits for, fills a Secret and a ValidatingWebhookConfiguration)."""
+    root = bench.cluster.bins.root / f"training-operator-{bench.cluster.bins.v['TRAINING_OPERATOR_VERSION']}"
+    if not (root / "bin" / "training-operator").exists():
+        subprocess.run([str(REPO / "hack" / "build-binaries.sh"), "training-operator"], check=True)
+    bench.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(root / "crd" / "kubeflow.org_pytorchjobs.yaml"))
+    bench.kubectl("wait", "--for=condition=Established", "crd/pytorchjobs.kubeflow.org", "--timeout=60s")
+    kubeconfig = api_identity(bench, "bench-kubeflow", directory)
+    home = "kubetune-bench-kubeflow"
+    bench.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": home}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "training-operator-webhook-cert", "namespace": home}},
+        # The rotator is ready once its CA is in every webhook of this configuration. Its one webhook
+        # matches only TFJobs, which the benchmark never creates: PyTorchJobs are not sent to a
+        # webhook (kubetune's FineTuneJobs have none either; their CRD validates them).
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+         "metadata": {"name": "validator.training-operator.kubeflow.org"}, "webhooks": [{
+             "name": "validator.tfjob.training-operator.kubeflow.org", "admissionReviewVersions": ["v1"],
+             "sideEffects": "None", "failurePolicy": "Ignore",
+             "clientConfig": {"service": {"name": "training-operator", "namespace": home,
+                                          "path": "/validate-kubeflow-org-v1-tfjob"}},
+             "rules": [{"apiGroups": ["kubeflow.org"], "apiVersions": ["v1"], "operations": ["CREATE"],
+                        "resources": ["tfjobs"]}]}]},
+    ]}))
+    ns = new_namespace(bench, "bench-kubeflow")
+    health = 18081
+    log = directory / "kubeflow.log"
+    env = {**bench.env, "KUBECONFIG": str(kubeconfig), "MY_POD_NAMESPACE": home}
+    before = dispatched(bench, "bench-kubeflow")
+    with open(log, "wb") as out:
+        op = subprocess.Popen([str(root / "bin" / "training-operator"), "--enable-scheme=pytorchjob",
+                               "--metrics-bind-address=0", f"--health-probe-bind-address=127.0.0.1:{health}",
+                               "--webhook-server-port=18443"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        certs = Path("/tmp/k8s-webhook-server/serving-certs")  # the operator's fixed cert directory
+
+        def ready() -> bool:
+            if op.poll() is not None:
+                raise SystemExit(f"the training operator exited with {op.returncode}; see {log}")
+            # What a kubelet does for its pod: the Secret the rotator filled, mounted at the cert directory.
+            data = json.loads(bench.kubectl("get", "secret", "training-operator-webhook-cert", "-n", home,
+                                            "-o", "json")).get("data") or {}
+            if {"tls.crt", "tls.key", "ca.crt"} <= data.keys():
+                certs.mkdir(parents=True, exist_ok=True)
+                for key in ("tls.crt", "tls.key", "ca.crt"):
+                    if not (certs / key).exists() or (certs / key).read_bytes() != base64.b64decode(data[key]):
+                        (certs / key).write_bytes(base64.b64decode(data[key]))
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_until(ready, 120, "the training operator ready")
+        time.sleep(3)
+        print(f"kubeflow training operator: {jobs} PyTorchJobs x {nodes} replicas ...", flush=True)
+        start = time.monotonic()
+        bench.apply_many([pytorchjob(i, nodes) for i in range(jobs)], ns)
+        pods_at = wait_until(lambda: bench.count_running_pods(ns) >= jobs * nodes, 900, "every replica Running")
+
+        def jobs_running() -> bool:
+            out = json.loads(bench.kubectl("get", "pytorchjobs.kubeflow.org", "-n", ns, "-o", "json"))
+            return sum(any(c["type"] == "Running" and c["status"] == "True"
+                           for c in (j.get("status") or {}).get("conditions") or ()) for j in out["items"]) >= jobs
+
+        jobs_at = wait_until(jobs_running, 900, "every PyTorchJob Running")
+        rss = peak_rss_mib(op.pid)
+        requests = dispatched(bench, "bench-kubeflow") - before
+    finally:
+        stop(op)
+        cleanup(bench, ns)
+    return {"name": "kubeflow 20/30", "pods_running": pods_at - start, "jobs_running": jobs_at - start,
+            "requests": requests / jobs, "rss": rss, "log": log}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--nodes-per-job", type=int, default=2)
+    parser.add_argument("--peer", choices=["kubeflow"], help="also run this operator on the same jobs")
     parser.add_argument("--run-dir", type=Path, default=default_run_dir())
     args = parser.parse_args()
     cluster = attach(args.run_dir)
@@ -132,56 +335,39 @@ def main() -> int:
     for path in sorted((REPO / "crds").glob("*.yaml")):
         bench.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
     ensure_nodes(bench, pods)
+    directory = Path(tempfile.mkdtemp(prefix="bench-operator-"))
 
     print(f"baseline: {pods} plain pods created directly ...", flush=True)
     base = baseline(bench, pods)
+    runs = [run_kubetune(bench, args.jobs, args.nodes_per_job, 50, 100, directory)]
+    if args.peer == "kubeflow":
+        runs.append(run_kubetune(bench, args.jobs, args.nodes_per_job, 20, 30, directory))
+        runs.append(run_kubeflow(bench, args.jobs, args.nodes_per_job, directory))
+    bench.kubectl("delete", "nodes", "-l", "kubetune.io/bench=true", "--wait=false")
 
-    ns = f"bench-operator-{int(time.time())}"
-    bench.kubectl("create", "namespace", ns)
-    metrics_port = 18080
-    log = Path(tempfile.mkdtemp()) / "operator.log"
-    env = {**bench.env, "KUBETUNE_METRICS_PORT": str(metrics_port),
-           "KUBETUNE_HEALTH_PORT": "0", "KUBETUNE_LOG_LEVEL": "WARNING"}
-    with open(log, "wb") as out:
-        op = subprocess.Popen([sys.executable, "-m", "kubetune_operator", "--standalone"], env=env, stdout=out,
-                              stderr=subprocess.STDOUT)
-    try:
-        time.sleep(3)  # let the operator list and watch before the burst
-        print(f"operator: {args.jobs} FineTuneJobs x {args.nodes_per_job} workers ...", flush=True)
-        start = time.monotonic()
-        bench.apply_many([job(i, args.nodes_per_job) for i in range(args.jobs)], ns)
-        end = wait_until(lambda: bench.count_running_jobs(ns) >= args.jobs, 900, "every job Running")
-        elapsed = end - start
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        rss_kib = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{op.pid}/status").read_text()).group(1))  # type: ignore[union-attr]
-    finally:
-        op.terminate()
-        try:
-            op.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            op.kill()
-            op.wait()
-        bench.kubectl("delete", "namespace", ns, "--wait=false")
-        bench.kubectl("delete", "nodes", "-l", "kubetune.io/bench=true", "--wait=false")
+    width = 16
+    print(f"\n{args.jobs} jobs x {args.nodes_per_job} workers ({pods} pods, 1 nvidia.com/gpu each) on kwok nodes\n")
+    print(f"{'':34}" + "".join(f"{r['name']:>{width}}" for r in runs) + f"{'baseline':>{width}}")
 
-    requests = metric_sum(text, "kubetune_api_requests_total")
-    reconciles = metric_sum(text, "kubetune_reconcile_duration_seconds_count")
-    print()
-    print(f"{'':32}{'operator':>12}{'baseline':>12}")
-    print(f"{'jobs x workers':32}{f'{args.jobs}x{args.nodes_per_job}':>12}{'-':>12}")
-    print(f"{'pods Running':32}{pods:>12}{pods:>12}")
-    print(f"{'time until all Running (s)':32}{elapsed:>12.1f}{base:>12.1f}")
-    print(f"{'pods/s':32}{pods / elapsed:>12.1f}{pods / base:>12.1f}")
-    print(f"{'API calls per job (reconciles)':32}{requests / args.jobs:>12.1f}{'-':>12}")
-    print(f"{'reconciles per job':32}{reconciles / args.jobs:>12.1f}{'-':>12}")
-    print(f"{'operator peak RSS (MiB)':32}{rss_kib / 1024:>12.0f}{'-':>12}")
-    by_op = {m.group(1): float(m.group(2)) for m in
-             re.finditer(r'^kubetune_api_requests_total{operation="([a-z_]+)"} ([0-9.e+]+)$', text, re.M)}
-    print("API calls per job by operation: " + ", ".join(
-        f"{op} {n / args.jobs:.1f}" for op, n in sorted(by_op.items(), key=lambda kv: -kv[1])))
-    print(f"\n(API calls count the operator's own reads and writes; kopf's watch streams and its\n"
-          f" annotation patches are not included.) operator log: {log}")
+    def row(label: str, values: list[str], base_value: str = "-") -> None:
+        print(f"{label:34}" + "".join(f"{v:>{width}}" for v in values) + f"{base_value:>{width}}")
+
+    row("time until all pods Running (s)", [f"{r['pods_running']:.1f}" for r in runs], f"{base:.1f}")
+    row("time until all jobs Running (s)", [f"{r['jobs_running']:.1f}" for r in runs])
+    row("pods/s", [f"{pods / r['pods_running']:.1f}" for r in runs], f"{pods / base:.1f}")
+    row("API requests per job (server)", [f"{r['requests']:.1f}" for r in runs])
+    row("own API calls per job", [f"{r['own_calls']:.1f}" if "own_calls" in r else "-" for r in runs])
+    row("reconciles per job", [f"{r['reconciles']:.1f}" if "reconciles" in r else "-" for r in runs])
+    row("peak RSS (MiB)", [f"{r['rss']:.0f}" for r in runs])
+    if args.peer:
+        peer = runs[-1]
+        print("\nkubetune / kubeflow: " + "; ".join(
+            f"{r['name']}: time {r['pods_running'] / peer['pods_running']:.2f}x, requests "
+            f"{r['requests'] / peer['requests']:.2f}x, RSS {r['rss'] / peer['rss']:.2f}x" for r in runs[:-1]))
+    print("kubetune's own calls per job by operation: " + ", ".join(
+        f"{op} {n:.1f}" for op, n in sorted(runs[0]["by_op"].items(), key=lambda kv: -kv[1])))
+    print(f"\n(API requests at the server: every request of the operator's ServiceAccount, watches and\n"
+          f" kopf's annotation patches included.) logs: {directory}")
     return 0
 
 

@@ -3,7 +3,8 @@
 # $KUBETUNE_CACHE/<component>-<version>/bin, only when missing.
 #
 # Usage: hack/build-binaries.sh [component ...]   (default: all)
-# Components: kubernetes etcd kwok helm minio kueue
+# Components: kubernetes etcd kwok helm minio kueue (the default set), and training-operator
+# (the Kubeflow training operator, only for `hack/bench_operator.py --peer kubeflow`)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -163,13 +164,30 @@ build_kueue() {
   cp "$moddir/config/components/webhook/manifests.yaml" "$out/webhook-manifests.yaml" && chmod u+w "$out/webhook-manifests.yaml"
 }
 
+build_training_operator() {
+  local out="$cache/training-operator-$TRAINING_OPERATOR_VERSION"
+  [[ -x "$out/bin/training-operator" && -d "$out/crd" ]] && return
+  log "building the Kubeflow training operator $TRAINING_OPERATOR_VERSION"
+  local w="$cache/.wrap-training-operator"
+  new_wrapper "$w"
+  cd "$w"
+  go get "github.com/kubeflow/training-operator/cmd/training-operator.v1@$TRAINING_OPERATOR_VERSION" >/dev/null
+  mkdir -p "$out/bin.tmp"
+  go build -ldflags "-s -w" -o "$out/bin.tmp/training-operator" github.com/kubeflow/training-operator/cmd/training-operator.v1
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  local moddir; moddir="$(go list -m -json "github.com/kubeflow/training-operator" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  rm -rf "$out/crd" && cp -r "$moddir/manifests/base/crds" "$out/crd" && chmod -R u+w "$out/crd"
+  cd - >/dev/null
+}
+
 components=("$@")
 [[ ${#components[@]} -eq 0 ]] && components=(etcd kwok helm minio kubernetes kueue)
 check_sumdb
 for c in "${components[@]}"; do
   case "$c" in
     kubernetes|etcd|kwok|helm|minio|kueue) "build_$c" ;;
-    *) die "unknown component '$c' (expected: kubernetes etcd kwok helm minio kueue)" ;;
+    training-operator) build_training_operator ;;
+    *) die "unknown component '$c' (expected: kubernetes etcd kwok helm minio kueue training-operator)" ;;
   esac
   log "$c ready"
 done
