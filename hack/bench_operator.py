@@ -250,7 +250,10 @@ def run_kubeflow(bench: Bench, jobs: int, nodes: int, directory: Path) -> dict[s
     if not (root / "bin" / "training-operator").exists():
         subprocess.run([str(REPO / "hack" / "build-binaries.sh"), "training-operator"], check=True)
     bench.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(root / "crd" / "kubeflow.org_pytorchjobs.yaml"))
-    bench.kubectl("wait", "--for=condition=Established", "crd/pytorchjobs.kubeflow.org", "--timeout=60s")
+    wait_until(lambda: "True" in subprocess.run(
+        [bench.kubectl_bin, "get", "crd", "pytorchjobs.kubeflow.org", "-o",
+         'jsonpath={.status.conditions[?(@.type=="Established")].status}'],
+        env=bench.env, capture_output=True, text=True).stdout, 60, "the PyTorchJob CRD Established")
     kubeconfig = api_identity(bench, "bench-kubeflow", directory)
     home = "kubetune-bench-kubeflow"
     bench.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
