@@ -46,15 +46,18 @@ REQUEUED = "Requeued"
 _REQUEUE_REASONS = ("Preempted", "NodeFailures")
 
 
+def _label(job: Manifest, key: str) -> str | None:
+    return (job["metadata"].get("labels") or {}).get(key) or None
+
+
 def queue_name(job: Manifest) -> str | None:
     """The LocalQueue a job asks for (its kueue.x-k8s.io/queue-name label), or None."""
-    value = (job["metadata"].get("labels") or {}).get(KUEUE_QUEUE_LABEL)
-    return value or None
+    return _label(job, KUEUE_QUEUE_LABEL)
 
 
 def priority_class(job: Manifest) -> str | None:
-    value = (job["metadata"].get("labels") or {}).get(KUEUE_PRIORITY_LABEL)
-    return value or None
+    """The WorkloadPriorityClass a job names (its kueue.x-k8s.io/priority-class label), or None."""
+    return _label(job, KUEUE_PRIORITY_LABEL)
 
 
 def workload_name(job: JobRef) -> str:
@@ -184,28 +187,30 @@ def _set_condition(conditions: list[Manifest], type_: str, status: str, reason: 
                        "lastTransitionTime": format_timestamp(now), "observedGeneration": generation})
 
 
-def release_patch(wl: Manifest, reason: str, message: str, now: datetime) -> Manifest:
-    """The status patch that gives an evicted Workload's quota back once its workers are gone, as
-    Kueue's job integrations do: admission cleared, QuotaReserved and Admitted False, Requeued set.
+def _conditions_patch(wl: Manifest, changes: list[tuple[str, str, str, str]], now: datetime,
+                      **status: Any) -> Manifest:
+    """A status merge patch setting each (type, status, reason, message) condition, plus `status`.
 
     A merge patch replaces the whole conditions list, so it carries the resourceVersion it was
     built from: a concurrent change by Kueue makes it fail (409) rather than be overwritten."""
     generation = int(wl["metadata"].get("generation", 1))
     conditions = [dict(c) for c in (wl.get("status") or {}).get("conditions") or ()]
-    _set_condition(conditions, REQUEUED, "True" if reason in _REQUEUE_REASONS else "False", reason, message,
-                   now, generation)
-    _set_condition(conditions, QUOTA_RESERVED, "False", "Pending", message, now, generation)
-    if any(c.get("type") == ADMITTED for c in conditions):
-        _set_condition(conditions, ADMITTED, "False", "NoReservation", "The workload has no reservation",
-                       now, generation)
+    for type_, value, reason, message in changes:
+        _set_condition(conditions, type_, value, reason, message, now, generation)
     return {"metadata": {"resourceVersion": wl["metadata"]["resourceVersion"]},
-            "status": {"admission": None, "conditions": conditions}}
+            "status": {**status, "conditions": conditions}}
+
+
+def release_patch(wl: Manifest, reason: str, message: str, now: datetime) -> Manifest:
+    """The status patch that gives an evicted Workload's quota back once its workers are gone, as
+    Kueue's job integrations do: admission cleared, QuotaReserved and Admitted False, Requeued set."""
+    changes = [(REQUEUED, "True" if reason in _REQUEUE_REASONS else "False", reason, message),
+               (QUOTA_RESERVED, "False", "Pending", message)]
+    if _condition(wl, ADMITTED) is not None:
+        changes.append((ADMITTED, "False", "NoReservation", "The workload has no reservation"))
+    return _conditions_patch(wl, changes, now, admission=None)
 
 
 def finish_patch(wl: Manifest, succeeded: bool, message: str, now: datetime) -> Manifest:
     """Finished=True (reason Succeeded or Failed): Kueue releases the quota at once."""
-    generation = int(wl["metadata"].get("generation", 1))
-    conditions = [dict(c) for c in (wl.get("status") or {}).get("conditions") or ()]
-    _set_condition(conditions, FINISHED, "True", "Succeeded" if succeeded else "Failed", message, now, generation)
-    return {"metadata": {"resourceVersion": wl["metadata"]["resourceVersion"]},
-            "status": {"conditions": conditions}}
+    return _conditions_patch(wl, [(FINISHED, "True", "Succeeded" if succeeded else "Failed", message)], now)

@@ -25,6 +25,7 @@ from kubetune_api.constants import (
     CONDITION_READY,
     CONDITION_RECONCILING,
     CONDITION_STALLED,
+    KUEUE_QUEUE_LABEL,
     REASON_ADMITTED,
     REASON_BACKOFF_LIMIT_EXCEEDED,
     REASON_CREATING_WORKERS,
@@ -116,6 +117,10 @@ def _attempt(pod: Manifest) -> int:
     return int(pod["metadata"].get("labels", {}).get(ATTEMPT_LABEL, "0"))
 
 
+def _finished(pod: Manifest) -> bool:
+    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
 def _is_ready(pod: Manifest) -> bool:
     status = pod.get("status", {})
     if status.get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
@@ -193,7 +198,7 @@ def _terminal(b: _Builder, spec: FineTuneJobSpec, phase: Phase) -> Plan:
     obs = b.obs
     # Completed workers stay (their logs are useful); running ones go.
     b.plan.delete_pods = [p["metadata"]["name"] for p in obs.pods
-                          if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+                          if not _finished(p)
                           and not p["metadata"].get("deletionTimestamp")]
     plan = b.finish(phase, _last_reason(obs.status, phase), obs.status.message or "")
     ttl = spec.run_policy.ttl_seconds_after_finished
@@ -342,7 +347,7 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
 
 def _holding(pods: list[Manifest]) -> bool:
     """Whether any of these pods may still hold its node's resources (it has not finished)."""
-    return any(p.get("status", {}).get("phase") not in ("Succeeded", "Failed") for p in pods)
+    return not all(map(_finished, pods))
 
 
 def _admission(b: _Builder, queue: QueueState, live: list[Manifest]) -> Plan | None:
@@ -355,7 +360,7 @@ def _admission(b: _Builder, queue: QueueState, live: list[Manifest]) -> Plan | N
             b.plan.requeue_after = POLL_SECONDS
             return _queued(b, REASON_KUEUE_MISSING,
                            f"waiting for Kueue, which is not installed: the job has the label "
-                           f"kueue.x-k8s.io/queue-name={queue.queue} but the API server does not serve "
+                           f"{KUEUE_QUEUE_LABEL}={queue.queue} but the API server does not serve "
                            f"{KUEUE_GROUP}/{KUEUE_VERSION} Workloads; install Kueue or remove the label")
         if queue.problem:
             b.plan.requeue_after = POLL_SECONDS
@@ -459,7 +464,7 @@ def _after_failure(b: _Builder, spec: FineTuneJobSpec, failure: WorkerFailure, l
     if budget is not None and b.restarts[failure.cause.value] >= limit:
         # The end: stop the workers still running, keep the finished ones for `kubectl logs`.
         b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")
-                               and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+                               and not _finished(p)]
         _, reason, name, after = budget
         message = f"{name} reached ({limit} restart(s) after {after}); last: {failure.message}"
         b.event("Warning", reason, message)

@@ -58,8 +58,9 @@ running the operator with this ServiceAccount's token through a job's life.
 {{- if .Values.kueue.enabled }}
 # Kueue (kueue.enabled): a queued job's Workload is created, read and watched
 # (get, list, watch), activated or deactivated on suspend (patch), its admission
-# cleared after an eviction and marked Finished (status: patch), deleted with
-# its job by the garbage collector (delete, for completeness of ownership).
+# cleared after an eviction and marked Finished (status: patch). The garbage
+# collector deletes it with its job; delete is held as Kueue's own job
+# integrations hold it, though the operator makes no such call today.
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
   verbs: [create, get, list, watch, patch, delete]
