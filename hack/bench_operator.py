@@ -130,6 +130,24 @@ def metric_sum(text: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
 
 
+def histogram_quantile(text: str, name: str, q: float) -> float:
+    """The q-quantile of a Prometheus histogram, interpolated within its bucket (as PromQL's
+    histogram_quantile does)."""
+    buckets = sorted((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2)))
+                     for m in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} ([0-9.e+]+)$', text, re.M))
+    total = buckets[-1][1] if buckets else 0.0
+    if total == 0:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = bound, count
+    return lower
+
+
 IDENTITY_NAMESPACE = "kubetune-bench-identities"
 
 
@@ -227,6 +245,8 @@ def run_kubetune(bench: Bench, jobs: int, nodes: int, qps: int, burst: int, dire
     return {"name": f"kubetune {qps}/{burst}", "pods_running": pods_at - start, "jobs_running": jobs_at - start,
             "requests": requests / jobs, "own_calls": metric_sum(text, "kubetune_api_requests_total") / jobs,
             "reconciles": metric_sum(text, "kubetune_reconcile_duration_seconds_count") / jobs, "rss": rss,
+            "p50": histogram_quantile(text, "kubetune_reconcile_duration_seconds", 0.5),
+            "p99": histogram_quantile(text, "kubetune_reconcile_duration_seconds", 0.99),
             "by_op": {k: v / jobs for k, v in by_op.items()}, "log": log}
 
 
@@ -361,6 +381,8 @@ def main() -> int:
     row("API requests per job (server)", [f"{r['requests']:.1f}" for r in runs])
     row("own API calls per job", [f"{r['own_calls']:.1f}" if "own_calls" in r else "-" for r in runs])
     row("reconciles per job", [f"{r['reconciles']:.1f}" if "reconciles" in r else "-" for r in runs])
+    row("reconcile p50 / p99 (ms)", [f"{r['p50'] * 1000:.0f} / {r['p99'] * 1000:.0f}" if "p50" in r else "-"
+                                     for r in runs])
     row("peak RSS (MiB)", [f"{r['rss']:.0f}" for r in runs])
     if args.peer:
         peer = runs[-1]

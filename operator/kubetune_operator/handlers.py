@@ -1,25 +1,33 @@
 """Every kopf handler of the operator, registered in this one module.
 
-Handlers are glue: they unpack kopf's arguments and call the `Reconciler`
-(reconcile.py), which reads the job fresh and is safe to run any number of
-times. They make no API calls themselves; they only configure the API client
-once, at startup. Handler ids are part of the operator's API (kopf tracks
-progress under them), so each has an explicit, stable `id=`.
+FineTuneJobs and their worker pods are not kopf's: two informers (informer.py)
+keep the operator's view of them, server-side filtered to worker pods, and
+queue a reconcile of the job for every change they see. A pass (reconcile.py)
+decides from that view and only writes, so a steadily running job costs no API
+request. kopf runs what is left: the startup and cleanup hooks, the
+FineTuneSweeps, and the wake-ups from Kueue's Workloads. kopf's own watches are
+filtered on the server by label too (sweep trials, sweep pods, Workloads of
+jobs). Handler ids are part of the operator's API (kopf tracks progress under
+them), so each has an explicit, stable `id=`.
 
-What wakes a reconcile of a job:
-  - the job is created, its spec changes, or the operator (re)starts;
+What queues a reconcile of a job:
+  - the job is created, changes (its spec, its status, its labels) or is deleted,
+    and every job once when the operator starts (the informer's first LIST);
   - any of its worker pods changes (pods carry the job-name label);
   - its Kueue Workload changes (admitted, evicted), when the Kueue integration is on;
+  - a pass that failed on an API error, RETRY_SECONDS later;
   - the operator-wide resync loop (resync.py), for deadlines and TTLs and as
     a safety net. It is deliberately not a kopf timer: kopf keeps a finalizer
     on every object that has a timer, and a FineTuneJob should never be stuck
-    in deletion because its operator is down. It starts with kopf (`configure`),
-    so, like the handlers, it runs only in the replica that holds the Lease.
+    in deletion because its operator is down.
+All of it starts with kopf (`configure`), so, like the handlers, it runs only in
+the replica that holds the Lease.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +37,7 @@ from kubernetes.client.rest import ApiException
 from kubetune_api.constants import GROUP, JOB_NAME_LABEL, PLURAL, VERSION
 from kubetune_api.sweep import SWEEP_LABEL, SWEEP_PLURAL
 
+from .informer import Informer, Store, View, WorkQueue
 from .kueue import KUEUE_GROUP, KUEUE_VERSION, WORKLOADS
 from .reconcile import Reconciler
 from .resync import ResyncLoop
@@ -37,6 +46,8 @@ from .sweeps import SweepReconciler
 
 log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
+RETRY_SECONDS = 5.0
+STARTUP_WAIT_SECONDS = 60.0
 
 
 def api_client(pool_size: int) -> Any:
@@ -54,6 +65,10 @@ def api_client(pool_size: int) -> Any:
 
 @kopf.on.startup(id="configure")
 def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    # kopf watches only what its handlers below are for, filtered on the server.
+    settings.watching.label_selectors[GROUP, PLURAL] = SWEEP_LABEL
+    settings.watching.label_selectors["v1", "pods"] = SWEEP_LABEL
+    settings.watching.label_selectors[KUEUE_GROUP, WORKLOADS] = JOB_NAME_LABEL
     # The operator records its own Events; kopf's per-handler ones would be noise.
     settings.posting.enabled = False
     settings.execution.max_workers = SETTINGS.workers
@@ -63,11 +78,24 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
-    client = api_client(SETTINGS.workers + 2)
-    memo.reconciler = Reconciler(client, SETTINGS.trainer_image, SETTINGS.api_qps, SETTINGS.api_burst,
-                                 kueue=SETTINGS.kueue)
+    client = api_client(2 * SETTINGS.workers + 4)  # passes from the queue and the resync loop, two watches
+    view = View(jobs=Store(), pods=Store(index=lambda pod: (pod["metadata"].get("labels") or {}).get(JOB_NAME_LABEL)))
+    reconciler = Reconciler(client, SETTINGS.trainer_image, SETTINGS.api_qps, SETTINGS.api_burst,
+                            kueue=SETTINGS.kueue, view=view)
+    memo.reconciler = reconciler
+    memo.queue = queue = WorkQueue(lambda key: _reconcile_queued(memo, key), SETTINGS.workers)
+    memo.informers = [
+        Informer("pods", reconciler.kube.list_calls("pods", SETTINGS.namespaces), view.pods,
+                 lambda pod: queue.add((pod["metadata"]["namespace"], pod["metadata"]["labels"][JOB_NAME_LABEL])),
+                 label_selector=JOB_NAME_LABEL),
+        Informer("jobs", reconciler.kube.list_calls("jobs", SETTINGS.namespaces), view.jobs,
+                 lambda job: queue.add((job["metadata"]["namespace"], job["metadata"]["name"]))),
+    ]
     memo.sweeps = SweepReconciler(client, SETTINGS.trainer_image, SETTINGS.api_qps, SETTINGS.api_burst)
-    memo.resync = ResyncLoop(memo.reconciler, SETTINGS)
+    memo.resync = ResyncLoop(reconciler, SETTINGS)
+    queue.start()
+    for informer in memo.informers:
+        informer.start()
     memo.resync.start()
 
 
@@ -77,44 +105,37 @@ def stop_resync(memo: Any, **_: Any) -> None:
 
 
 def stop_resync_loop(memo: Any) -> None:
-    """Stop the resync loop, if `configure` got as far as starting it (idempotent)."""
+    """Stop the resync loop, the informers and the queue, if `configure` got as far as starting them
+    (idempotent)."""
     resync = getattr(memo, "resync", None)
     if resync is not None:
         resync.stop()
+    for informer in getattr(memo, "informers", ()):
+        informer.stop()
+    queue = getattr(memo, "queue", None)
+    if queue is not None:
+        queue.stop()
 
 
-def _run(memo: Any, namespace: str | None, name: str) -> None:
-    assert namespace, "FineTuneJobs are namespaced"
+def _reconcile_queued(memo: Any, key: tuple[str, str]) -> None:
+    """One queued reconcile; an API error (a conflict, a timeout, the API server restarting) queues it again
+    RETRY_SECONDS later."""
+    # At start-up the first passes wait for the worker pods to be listed rather than each reading its own.
+    memo.reconciler.view.pods.synced.wait(STARTUP_WAIT_SECONDS)
     try:
-        memo.reconciler.reconcile(namespace, name)
+        memo.reconciler.reconcile(*key)
     except ApiException as e:
-        # Transient (a conflict, a timeout, the API server restarting): try again soon.
-        raise kopf.TemporaryError(f"reconcile of {namespace}/{name}: API error {e.status} {e.reason}", delay=5) from e
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")
-@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create")
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-spec-change")
-def on_job(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    _run(memo, namespace, name)
-
-
-@kopf.on.event("v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT}, id="worker-changed")
-def on_worker(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-    _wake(memo, namespace, labels[JOB_NAME_LABEL], "a worker change")
-
-
-def _wake(memo: Any, namespace: str | None, job: str, what: str) -> None:
-    assert namespace, "pods and Workloads are namespaced"
-    try:
-        memo.reconciler.reconcile(namespace, job)
-    except ApiException as e:
-        log.warning("reconcile of %s/%s after %s failed: %s; the resync will retry", namespace, job, what, e.reason)
+        log.warning("reconcile of %s/%s failed: API error %s %s; again in %.0f s", *key, e.status, e.reason,
+                    RETRY_SECONDS)
+        timer = threading.Timer(RETRY_SECONDS, memo.queue.add, (key,))
+        timer.daemon = True
+        timer.start()
 
 
 def on_workload(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
     """Kueue admitted, evicted or requeued a job's Workload (it carries the job-name label)."""
-    _wake(memo, namespace, labels[JOB_NAME_LABEL], "a Workload change")
+    assert namespace, "Workloads are namespaced"
+    memo.queue.add((namespace, labels[JOB_NAME_LABEL]))
 
 
 if SETTINGS.kueue:

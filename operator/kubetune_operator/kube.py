@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from kubernetes import client
@@ -35,6 +36,12 @@ def _object_missing(e: ApiException) -> bool:
     except ValueError:
         return False
     return isinstance(body, dict) and body.get("kind") == "Status" and bool((body.get("details") or {}).get("name"))
+
+
+def _manifest(response: Any) -> Manifest:
+    """The JSON body of a call made with `_preload_content=False`."""
+    found: Manifest = json.loads(response.data)
+    return found
 
 
 class RateLimiter:
@@ -100,15 +107,31 @@ class Kube:
             jobs += found["items"]
         return jobs
 
+    def list_calls(self, resource: str, namespaces: tuple[str, ...] = ()) -> dict[str | None, Callable[..., Any]]:
+        """LIST (and, with watch=True, WATCH) calls of FineTuneJobs ("jobs") or pods ("pods") for an informer:
+        one per watched namespace, or one for the whole cluster (key None) when none are given."""
+        def counted(fn: Callable[..., Any]) -> Callable[..., Any]:
+            return lambda **kw: self._call(f"{'watch' if kw.get('watch') else 'list'}_{resource}", fn, **kw)
+
+        if resource == "jobs":
+            if not namespaces:
+                return {None: counted(partial(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL))}
+            return {ns: counted(partial(self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL))
+                    for ns in namespaces}
+        if not namespaces:
+            return {None: counted(self.core.list_pod_for_all_namespaces)}
+        return {ns: counted(partial(self.core.list_namespaced_pod, ns)) for ns in namespaces}
+
     def list_workers(self, namespace: str, job: str) -> list[Manifest]:
         # Raw JSON: the pods are handled as plain manifests, like everything else in the operator.
         pods: Any = self._call("list_pods", self.core.list_namespaced_pod, namespace,
                                label_selector=f"{JOB_NAME_LABEL}={job}", _preload_content=False)
-        return list(json.loads(pods.data)["items"])
+        return list(_manifest(pods)["items"])
 
     # ---------------------------------------------------------------- writes
-    def create_if_absent(self, manifest: Manifest) -> bool:
-        """Create the object; False (and no error) when one of that name exists."""
+    def create_if_absent(self, manifest: Manifest) -> Manifest | None:
+        """Create the object and return it as the API server stored it; None (and no error) when one of that
+        name exists."""
         kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
         creators: dict[str, Callable[..., Any]] = {
             "Pod": self.core.create_namespaced_pod,
@@ -120,28 +143,34 @@ class Kube:
         }
         create = creators[kind]
         try:
-            self._call(f"create_{kind.lower()}", create, ns, manifest)
-            return True
+            created: Any = self._call(f"create_{kind.lower()}", create, ns, manifest, _preload_content=False)
+            return _manifest(created)
         except ApiException as e:
             if e.status == 409:
-                return False
+                return None
             raise
 
-    def delete_pod(self, namespace: str, name: str, uid: str, grace_seconds: int | None = None) -> None:
-        """Delete a pod (its own grace period unless `grace_seconds`)."""
+    def delete_pod(self, namespace: str, name: str, uid: str, grace_seconds: int | None = None) -> Manifest | None:
+        """Delete a pod (its own grace period unless `grace_seconds`); the pod as the deletion left it
+        (terminating), or None when it is gone already."""
         body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid),
                                       grace_period_seconds=grace_seconds)
         try:
-            self._call("delete_pod", self.core.delete_namespaced_pod, name, namespace, body=body)
+            deleted: Any = self._call("delete_pod", self.core.delete_namespaced_pod, name, namespace, body=body,
+                                      _preload_content=False)
         except ApiException as e:
             # Gone already, or a different pod now has that name: nothing to do.
             if e.status not in (404, 409):
                 raise
+            return None
+        pod = _manifest(deleted)
+        return pod if pod.get("kind") == "Pod" else None
 
-    def patch_status(self, namespace: str, name: str, status: Manifest) -> None:
-        """A JSON merge patch of the job's .status: keys not in `status` keep their values."""
-        self._call("patch_status", self.custom.patch_namespaced_custom_object_status,
-                   GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+    def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
+        """A JSON merge patch of the job's .status: keys not in `status` keep their values. Returns the job."""
+        job: Manifest = self._call("patch_status", self.custom.patch_namespaced_custom_object_status,
+                                   GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        return job
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
         body = client.V1DeleteOptions(propagation_policy="Background",
@@ -216,7 +245,7 @@ class Kube:
     def list_sweep_pods(self, namespace: str, sweep: str) -> list[Manifest]:
         pods: Any = self._call("list_pods", self.core.list_namespaced_pod, namespace,
                                label_selector=f"{SWEEP_LABEL}={sweep}", _preload_content=False)
-        return list(json.loads(pods.data)["items"])
+        return list(_manifest(pods)["items"])
 
     def create_job(self, manifest: Manifest) -> bool:
         """Create a FineTuneJob; False (and no error) when one of that name exists."""

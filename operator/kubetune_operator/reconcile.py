@@ -5,11 +5,14 @@ module that uses the API client (`kube.py`), so everything below it (plan,
 status, children, workers, failures) stays pure and everything above it never
 touches the API itself.
 
-The job is read fresh from the API server (never from a possibly stale watch
-event), so the restart counters a decision builds on are the ones last written.
-Its status is read as the typed model and written once per pass, as a merge
-patch of the operator's own fields, and only when they differ from what is
-stored. Passes over the same job never overlap within the process (a slot per
+The job and its pods are read from the operator's informers (informer.py), so a
+pass reads nothing from the API server; until they have listed (at start-up),
+and where no informers run (tests), they are read from the API server. What a
+pass writes goes into the view as soon as the API server answers, so the next
+pass builds on the restart counters and pods last written even before the watch
+delivers them. The status is read as the typed model and written once per pass,
+as a merge patch of the operator's own fields, and only when they differ from
+what is stored. Passes over the same job never overlap within the process (a slot per
 job); leader election (leadership.py) keeps a second replica from acting at the same time.
 """
 
@@ -28,6 +31,7 @@ from kubetune_api.constants import KUEUE_PRIORITY_LABEL, TERMINAL_PHASES
 
 from . import kueue, metrics
 from .children import JobRef, build_children
+from .informer import View
 from .kube import Kube
 from .plan import Observed, Plan, plan, plan_invalid
 from .status import needs_write, read_status, status_patch
@@ -86,8 +90,9 @@ class Reconciler:
     """Reconciles FineTuneJobs through one API client, one pass per job at a time."""
 
     def __init__(self, api_client: ApiClient, trainer_image: str = DEFAULT_TRAINER_IMAGE,
-                 qps: float = 50.0, burst: int = 100, kueue: bool = False) -> None:
+                 qps: float = 50.0, burst: int = 100, kueue: bool = False, view: View | None = None) -> None:
         self._kube = Kube(api_client, qps, burst)
+        self.view = view  # the informers' view; None: every pass reads from the API server
         self.trainer_image = trainer_image
         self.kueue = kueue  # jobs labelled kueue.x-k8s.io/queue-name wait for Kueue's admission
         self._slots: defaultdict[JobKey, _Slot] = defaultdict(_Slot)
@@ -118,7 +123,8 @@ class Reconciler:
         One LIST of every job in `namespaces` (all when empty); jobs that no
         longer exist are forgotten on the way (their deletion wakes no pass).
         """
-        jobs = self._kube.list_jobs(namespaces)
+        view = self._ready_view()
+        jobs = view.jobs.items() if view is not None else self._kube.list_jobs(namespaces)
         keys = [(j["metadata"]["namespace"], j["metadata"]["name"]) for j in jobs]
         present = set(keys)
         metrics.keep_only(present)
@@ -131,15 +137,27 @@ class Reconciler:
         return [key for key, job in zip(keys, jobs, strict=True)
                 if needs_resync(job) and now >= due_at.get(key, 0.0)]
 
+    @property
+    def kube(self) -> Kube:
+        return self._kube
+
+    def _ready_view(self) -> View | None:
+        return self.view if self.view is not None and self.view.ready() else None
+
+    def _remember(self, pod: Manifest | None) -> None:
+        """A pod as the API server answered a create or delete: in the view before its watch event."""
+        if pod is not None and self.view is not None:
+            self.view.pods.write(pod)
+
     def _pass(self, namespace: str, name: str, now: datetime) -> Plan | None:
-        kube = self._kube
-        job = kube.get_job(namespace, name)
+        kube, view = self._kube, self._ready_view()
+        job = view.jobs.get(namespace, name) if view is not None else kube.get_job(namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
             metrics.observe_phase(namespace, name, None)
             return None
         meta = job["metadata"]
         ref = JobRef(name=name, namespace=namespace, uid=meta["uid"])
-        pods = kube.list_workers(namespace, name)
+        pods = view.pods.by_index(namespace, name) if view is not None else kube.list_workers(namespace, name)
         stored = read_status(job.get("status"))
         queue_name = kueue.queue_name(job) if self.kueue else None
         workload: Manifest | None = None
@@ -166,16 +184,18 @@ class Reconciler:
             where = self._placement(queue) if decision.create_ranks else None
             for rank in decision.create_ranks:
                 worker = build_worker_pod(ref, spec, rank, decision.attempt, self.trainer_image)
-                kube.create_if_absent(kueue.place(worker, where) if where else worker)
+                self._remember(kube.create_if_absent(kueue.place(worker, where) if where else worker))
 
         if needs_write(stored, decision.status):
-            kube.patch_status(namespace, name, status_patch(decision.status))
+            written = kube.patch_status(namespace, name, status_patch(decision.status))
+            if self.view is not None:
+                self.view.jobs.write(written)
         for event in decision.events:
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)  # `kubectl logs` tells it too
             kube.record_event(job, event.type, event.reason, event.message)
         uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
         for pod in decision.delete_pods:
-            kube.delete_pod(namespace, pod, uids[pod], decision.delete_grace)
+            self._remember(kube.delete_pod(namespace, pod, uids[pod], decision.delete_grace))
         if workload is not None:
             self._update_workload(workload, decision, now)
         if decision.restart_cause is not None:
