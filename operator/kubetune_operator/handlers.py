@@ -13,7 +13,8 @@ them), so each has an explicit, stable `id=`.
 What queues a reconcile of a job:
   - the job is created, changes (its spec, its status, its labels) or is deleted,
     and every job once when the operator starts (the informer's first LIST);
-  - any of its worker pods changes (pods carry the job-name label);
+  - any of its worker pods changes (pods carry the job-name label), batched:
+    the changes of POD_BATCH_SECONDS make one pass;
   - its Kueue Workload changes (admitted, evicted), when the Kueue integration is on;
   - a pass that failed on an API error, RETRY_SECONDS later;
   - the operator-wide resync loop (resync.py), for deadlines and TTLs and as
@@ -47,6 +48,7 @@ from .sweeps import SweepReconciler
 log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
 RETRY_SECONDS = 5.0
+POD_BATCH_SECONDS = 1.0  # pod changes of a job within this long make one pass (the Job controller's batch period)
 STARTUP_WAIT_SECONDS = 60.0
 
 
@@ -86,7 +88,8 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     memo.queue = queue = WorkQueue(lambda key: _reconcile_queued(memo, key), SETTINGS.workers)
     memo.informers = [
         Informer("pods", reconciler.kube.list_calls("pods", SETTINGS.namespaces), view.pods,
-                 lambda pod: queue.add((pod["metadata"]["namespace"], pod["metadata"]["labels"][JOB_NAME_LABEL])),
+                 lambda pod: queue.add_after((pod["metadata"]["namespace"], pod["metadata"]["labels"][JOB_NAME_LABEL]),
+                                             POD_BATCH_SECONDS),
                  label_selector=JOB_NAME_LABEL),
         Informer("jobs", reconciler.kube.list_calls("jobs", SETTINGS.namespaces), view.jobs,
                  lambda job: queue.add((job["metadata"]["namespace"], job["metadata"]["name"]))),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -270,15 +271,21 @@ class Informer:
 
 
 class WorkQueue:
-    """Keys to process by a pool of threads; a key added again while it waits is queued once."""
+    """Keys to process by a pool of threads; a key added again while it waits is queued once.
+
+    `add_after` holds a key back for a moment first, so that a burst of changes (the pods of one job
+    turning Running one after the other) costs one pass, as the Job controller batches pod events.
+    """
 
     def __init__(self, work: Callable[[Key], None], workers: int, name: str = "reconcile") -> None:
         self.work = work
         self._waiting: dict[Key, None] = {}  # insertion-ordered set
+        self._later: dict[Key, float] = {}  # held back until this time.monotonic()
         self._cond = threading.Condition()
         self._stopped = False
         self._threads = [threading.Thread(target=self._run, name=f"kubetune-{name}-{i}", daemon=True)
                          for i in range(workers)]
+        self._threads.append(threading.Thread(target=self._release, name=f"kubetune-{name}-later", daemon=True))
 
     def start(self) -> None:
         for t in self._threads:
@@ -286,17 +293,36 @@ class WorkQueue:
 
     def add(self, key: Key) -> None:
         with self._cond:
+            self._later.pop(key, None)
             if key not in self._waiting:
                 self._waiting[key] = None
-                self._cond.notify()
+                self._cond.notify_all()
+
+    def add_after(self, key: Key, seconds: float) -> None:
+        with self._cond:
+            if key in self._waiting or key in self._later:
+                return  # it runs no later than already planned, and sees this change too
+            self._later[key] = time.monotonic() + seconds
+            self._cond.notify_all()
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._later)
 
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+
+    def _release(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                for key, due in list(self._later.items()):
+                    if due <= now:
+                        del self._later[key]
+                        self._waiting.setdefault(key, None)
+                        self._cond.notify_all()
+                self._cond.wait(min(self._later.values(), default=now + 60) - now)
 
     def _run(self) -> None:
         while True:

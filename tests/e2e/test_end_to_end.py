@@ -34,6 +34,7 @@ from harness import (
 
 from kubetune_api.constants import (
     REASON_BACKOFF_LIMIT_EXCEEDED,
+    REASON_CREATING_WORKERS,
     REASON_RESTARTING,
     REASON_TRAINING_COMPLETE,
 )
@@ -100,7 +101,7 @@ def test_quickstart_runs_two_nodes_to_success(cluster: Any, e2e: Jobs, store: st
 
     # `kubectl logs` of the operator's leader shows what it did for the job.
     log = release.logs(release.leader())
-    assert f"[{e2e.ns}/qs] Handler 'reconcile-on-create' succeeded" in log
+    assert f"{e2e.ns}/qs: {REASON_CREATING_WORKERS}" in log
     assert f"{e2e.ns}/qs: {REASON_TRAINING_COMPLETE}" in log
 
 

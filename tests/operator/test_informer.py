@@ -103,6 +103,23 @@ def test_the_queue_runs_a_key_once_however_often_it_was_added_while_waiting() ->
     assert seen == [("ns", "first"), ("ns", "a"), ("ns", "b")]
 
 
+def test_changes_held_back_for_a_moment_make_one_pass() -> None:
+    runs: list[tuple[tuple[str, str], float]] = []
+    queue = WorkQueue(lambda key: runs.append((key, time.monotonic())), workers=2)
+    queue.start()
+    start = time.monotonic()
+    for _ in range(3):  # the pods of one job turning Running one after the other
+        queue.add_after(("ns", "j"), 0.5)
+        time.sleep(0.05)
+    queue.add_after(("ns", "k"), 0.5)
+    queue.add(("ns", "k"))  # a change that must not wait (the job itself changed) overtakes the delay
+    wait_for(lambda: len(runs) == 2 or None, timeout=5, what="two passes")
+    time.sleep(0.7)
+    queue.stop()
+    assert [key for key, _ in runs] == [("ns", "k"), ("ns", "j")]
+    assert runs[0][1] - start < 0.3 and runs[1][1] - start >= 0.5
+
+
 # ---------------------------------------------------------------- against the real API server
 def _informer(cluster: Any, namespace: str, resource: str, store: Store, on_change: Any,
               label_selector: str = "") -> Informer:

@@ -5,9 +5,10 @@ empty) or into a Role in each watched namespace. tests/chart proves them by
 running the operator with this ServiceAccount's token through a job's life.
 */}}
 {{- define "kubetune.operatorRules" -}}
-# FineTuneJobs: kopf lists and watches them and keeps its bookkeeping in
-# kubetune.io/* annotations (patch); every reconcile reads the job fresh (get);
-# ttlSecondsAfterFinished deletes a finished job (delete).
+# FineTuneJobs: the operator's informer lists and watches them (and kopf those
+# of sweeps); a reconcile before the informers have listed reads the job (get);
+# a sweep changes its trials' runPolicy (patch); ttlSecondsAfterFinished deletes
+# a finished job (delete).
 - apiGroups: [kubetune.io]
   resources: [finetunejobs]
   verbs: [get, list, watch, patch, delete]
