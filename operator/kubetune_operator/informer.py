@@ -39,6 +39,7 @@ Key = tuple[str, str]  # (namespace, name)
 WATCH_SECONDS = 300  # the server ends each watch after this long; the next one resumes from the last version
 PAGE_SIZE = 500
 RETRY_SECONDS = 2.0
+GONE_SECONDS = 600.0  # how long the uid of a deleted object is remembered
 
 
 def _version(obj: Manifest) -> int | None:
@@ -71,6 +72,8 @@ class Store:
         self._objects: dict[Key, Manifest] = {}
         self._index_of = index
         self._index: defaultdict[Key, set[str]] = defaultdict(set)
+        # uids of objects known gone, for a while: a late answer to the operator's own write never brings one back
+        self._gone: dict[str, float] = {}
         self._lock = threading.Lock()
         self.synced = threading.Event()  # set once the first LIST is in
 
@@ -95,6 +98,8 @@ class Store:
         """A version of an object (an event's, or the API server's answer to the operator's own write): kept
         unless the store has it or a newer one already."""
         with self._lock:
+            if obj["metadata"].get("uid") in self._gone:
+                return False
             old = self._objects.get(_key(obj))
             if old is not None and (_older(obj, old) or _same_version(obj, old)):
                 return False
@@ -102,13 +107,23 @@ class Store:
             return True
 
     def remove(self, obj: Manifest) -> bool:
-        """The object is gone (a DELETED event): removed unless the store holds a newer object of its name."""
+        """The object is gone (a DELETED event, or the answer to a deletion that took effect at once): removed
+        unless the store holds a newer object of its name."""
         with self._lock:
+            self._bury(obj["metadata"].get("uid"))
             old = self._objects.get(_key(obj))
             if old is None or old["metadata"].get("uid") != obj["metadata"].get("uid") or _older(obj, old):
                 return False
             self._drop(_key(obj))
             return True
+
+    def _bury(self, uid: str | None) -> None:
+        if not uid:
+            return
+        now = time.monotonic()
+        self._gone[uid] = now
+        if len(self._gone) > 1000:
+            self._gone = {u: t for u, t in self._gone.items() if now - t < GONE_SECONDS}
 
     def replace(self, objs: list[Manifest], version: int | None, namespace: str | None = None) -> list[Manifest]:
         """A fresh LIST at `version` (of one namespace, or of all when None): the store becomes exactly that,

@@ -145,7 +145,8 @@ class Reconciler:
         return self.view if self.view is not None and self.view.ready() else None
 
     def _remember(self, pod: Manifest | None) -> None:
-        """A pod as the API server answered a create or delete: in the view before its watch event."""
+        """A pod as the API server answered its create or deletion (with deletionTimestamp): in the view
+        before its watch event. A pod whose DELETED event came first stays gone (Store.write)."""
         if pod is not None and self.view is not None:
             self.view.pods.write(pod)
 

@@ -56,6 +56,16 @@ def test_a_deleted_event_of_the_old_pod_leaves_the_new_pod_of_that_name() -> Non
     assert store.by_index("ns", "j") == [] and store.get("ns", "j-worker-0") is None
 
 
+def test_an_answer_that_comes_after_the_deleted_event_does_not_bring_the_pod_back() -> None:
+    store = Store(by_job)
+    store.write(pod("j-worker-1", 10, uid="failed"))
+    # A finished pod is deleted at once; the watch's DELETED event can beat the delete call's answer.
+    assert store.remove(pod("j-worker-1", 12, uid="failed"))
+    assert not store.write(pod("j-worker-1", 12, uid="failed"))
+    assert store.by_index("ns", "j") == []
+    assert store.write(pod("j-worker-1", 14, uid="next")), "the next pod of that name is a new object"
+
+
 def test_the_index_follows_a_label_change_and_namespaces_stay_apart() -> None:
     store = Store(by_job)
     store.write(pod("a", 1, job="j"))
@@ -169,11 +179,12 @@ def test_a_reconcile_from_the_view_reads_nothing_and_sees_its_own_writes_at_once
         wait_for(lambda: view.jobs.get(jobs.ns, "j"), timeout=30, what="the job in the view")
         reads = _reads()
         first = reconciler.reconcile(jobs.ns, "j")
-        # At once, before any watch event: the pass sees the workers and the status it wrote itself.
+        # At once, before any watch event: the view holds the status the pass wrote, and the next pass
+        # sees the workers it created.
+        assert view.jobs.get(jobs.ns, "j")["status"]["phase"] == "Pending"
         second = reconciler.reconcile(jobs.ns, "j")
         assert first is not None and first.create_ranks == [0, 1]
         assert second is not None and second.create_ranks == [], "the second pass knows the pods exist"
-        assert view.jobs.get(jobs.ns, "j")["status"]["phase"] == "Pending"
         wait_for(lambda: (reconciler.reconcile(jobs.ns, "j"), jobs.status("j").get("phase") == "Running")[1] or None,
                  timeout=60, what="the job Running")
         assert _reads() == reads, "no pass read the job or its pods from the API server"
