@@ -23,6 +23,7 @@ from kubernetes.client.rest import ApiException
 from kubetune_api import Manifest, utc_now
 from kubetune_api.constants import GROUP, JOB_NAME_LABEL, KIND, PLURAL, VERSION
 from kubetune_api.sweep import SWEEP_LABEL, SWEEP_PLURAL
+from kubetune_api.timestamps import format_timestamp
 
 from . import metrics
 from .kueue import KUEUE_GROUP, KUEUE_VERSION, WORKLOADS
@@ -66,10 +67,49 @@ class RateLimiter:
             time.sleep(wait)
 
 
+# The query parameters of LIST and WATCH calls, by the kubernetes client's keyword names.
+QUERY_NAMES = {"label_selector": "labelSelector", "limit": "limit", "_continue": "continue", "watch": "watch",
+               "resource_version": "resourceVersion", "allow_watch_bookmarks": "allowWatchBookmarks",
+               "timeout_seconds": "timeoutSeconds"}
+# Where a kind is created; the only kinds the operator creates through `Rest` (FineTuneJobs go through the
+# custom objects API).
+COLLECTIONS = {"Pod": "/api/v1/namespaces/{ns}/pods", "Service": "/api/v1/namespaces/{ns}/services",
+               "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+               "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+               "Event": "/api/v1/namespaces/{ns}/events",
+               "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+               "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"}
+
+
+class Rest:
+    """Plain JSON calls by path, for the built-in kinds. The kubernetes client's CoreV1Api would do, but its
+    module alone holds some 80 MiB of memory once imported: more than the rest of the operator."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api = api_client
+
+    def __call__(self, method: str, path: str, body: Any = None, _request_timeout: Any = None,
+                 _preload_content: bool = False, **query: Any) -> Any:
+        """The urllib3 response of a call (a stream, for a WATCH); ApiException for a status outside 2xx."""
+        params = [(QUERY_NAMES[k], str(v).lower() if isinstance(v, bool) else v)
+                  for k, v in query.items() if v is not None]
+        request = self.api.param_serialize(
+            method=method, resource_path=path, query_params=params, body=body, auth_settings=["BearerToken"],
+            header_params={"Accept": "application/json", "Content-Type": "application/json"})
+        response = self.api.call_api(*request, _request_timeout=_request_timeout)
+        if not 200 <= response.status <= 299:
+            response.read()
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return response.response
+
+    def lister(self, path: str) -> Callable[..., Any]:
+        """A LIST (or, with watch=True, WATCH) of one collection, taking the kubernetes client's keywords."""
+        return partial(self, "GET", path)
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient, qps: float = 50.0, burst: int = 100) -> None:
-        self.core = client.CoreV1Api(api_client)
-        self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self.rest = Rest(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.limiter = RateLimiter(qps, burst)
         self.requests = 0  # API calls made, for the benchmark and metrics
@@ -119,31 +159,26 @@ class Kube:
             return {ns: counted(partial(self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL))
                     for ns in namespaces}
         if not namespaces:
-            return {None: counted(self.core.list_pod_for_all_namespaces)}
-        return {ns: counted(partial(self.core.list_namespaced_pod, ns)) for ns in namespaces}
+            return {None: counted(self.rest.lister("/api/v1/pods"))}
+        return {ns: counted(self.rest.lister(f"/api/v1/namespaces/{ns}/pods")) for ns in namespaces}
+
+    def _list_pods(self, namespace: str, selector: str) -> list[Manifest]:
+        # Raw JSON: the pods are handled as plain manifests, like everything else in the operator.
+        pods: Any = self._call("list_pods", self.rest, "GET", f"/api/v1/namespaces/{namespace}/pods",
+                               label_selector=selector)
+        return list(_manifest(pods)["items"])
 
     def list_workers(self, namespace: str, job: str) -> list[Manifest]:
-        # Raw JSON: the pods are handled as plain manifests, like everything else in the operator.
-        pods: Any = self._call("list_pods", self.core.list_namespaced_pod, namespace,
-                               label_selector=f"{JOB_NAME_LABEL}={job}", _preload_content=False)
-        return list(_manifest(pods)["items"])
+        return self._list_pods(namespace, f"{JOB_NAME_LABEL}={job}")
 
     # ---------------------------------------------------------------- writes
     def create_if_absent(self, manifest: Manifest) -> Manifest | None:
         """Create the object and return it as the API server stored it; None (and no error) when one of that
         name exists."""
         kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
-        creators: dict[str, Callable[..., Any]] = {
-            "Pod": self.core.create_namespaced_pod,
-            "Service": self.core.create_namespaced_service,
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "ServiceAccount": self.core.create_namespaced_service_account,
-            "Role": self.rbac.create_namespaced_role,
-            "RoleBinding": self.rbac.create_namespaced_role_binding,
-        }
-        create = creators[kind]
         try:
-            created: Any = self._call(f"create_{kind.lower()}", create, ns, manifest, _preload_content=False)
+            created: Any = self._call(f"create_{kind.lower()}", self.rest, "POST", COLLECTIONS[kind].format(ns=ns),
+                                      body=manifest)
             return _manifest(created)
         except ApiException as e:
             if e.status == 409:
@@ -153,11 +188,12 @@ class Kube:
     def delete_pod(self, namespace: str, name: str, uid: str, grace_seconds: int | None = None) -> Manifest | None:
         """Delete a pod (its own grace period unless `grace_seconds`); the pod as the deletion left it
         (terminating), or None when it is gone already."""
-        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid),
-                                      grace_period_seconds=grace_seconds)
+        body: Manifest = {"preconditions": {"uid": uid}}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
         try:
-            deleted: Any = self._call("delete_pod", self.core.delete_namespaced_pod, name, namespace, body=body,
-                                      _preload_content=False)
+            deleted: Any = self._call("delete_pod", self.rest, "DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}",
+                                      body=body)
         except ApiException as e:
             # Gone already, or a different pod now has that name: nothing to do.
             if e.status not in (404, 409):
@@ -243,9 +279,7 @@ class Kube:
         return list(found["items"])
 
     def list_sweep_pods(self, namespace: str, sweep: str) -> list[Manifest]:
-        pods: Any = self._call("list_pods", self.core.list_namespaced_pod, namespace,
-                               label_selector=f"{SWEEP_LABEL}={sweep}", _preload_content=False)
-        return list(_manifest(pods)["items"])
+        return self._list_pods(namespace, f"{SWEEP_LABEL}={sweep}")
 
     def create_job(self, manifest: Manifest) -> bool:
         """Create a FineTuneJob; False (and no error) when one of that name exists."""
@@ -274,19 +308,21 @@ class Kube:
     def record_event(self, job: Manifest, type_: str, reason: str, message: str) -> None:
         """An Event on the FineTuneJob or FineTuneSweep (core/v1, as `kubectl describe` shows them)."""
         meta = job["metadata"]
-        now = utc_now()
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind=job.get("kind") or KIND, name=meta["name"],
-                namespace=meta["namespace"], uid=meta["uid"],
-                resource_version=meta.get("resourceVersion"),
-            ),
-            type=type_, reason=reason, message=message[:1024],
-            first_timestamp=now, last_timestamp=now, count=1,
-            source=client.V1EventSource(component="kubetune-operator"),
-            reporting_component="kubetune.io/operator", reporting_instance="kubetune-operator",
-        )
+        now = format_timestamp(utc_now())
+        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": job.get("kind") or KIND, "name": meta["name"],
+                    "namespace": meta["namespace"], "uid": meta["uid"]}
+        if meta.get("resourceVersion"):
+            involved["resourceVersion"] = meta["resourceVersion"]
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": involved,
+            "type": type_, "reason": reason, "message": message[:1024],
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "kubetune-operator"},
+            "reportingComponent": "kubetune.io/operator", "reportingInstance": "kubetune-operator",
+        }
         # An Event is best effort: never fail a reconcile over one.
         with contextlib.suppress(ApiException):
-            self._call("create_event", self.core.create_namespaced_event, meta["namespace"], event)
+            self._call("create_event", self.rest, "POST", COLLECTIONS["Event"].format(ns=meta["namespace"]),
+                       body=event)
