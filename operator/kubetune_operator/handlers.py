@@ -118,6 +118,9 @@ def stop_resync_loop(memo: Any) -> None:
     queue = getattr(memo, "queue", None)
     if queue is not None:
         queue.stop()
+    reconciler = getattr(memo, "reconciler", None)
+    if reconciler is not None:
+        reconciler.kube.events.flush(timeout=5)  # the last Events of a stopping operator still go out
 
 
 def _reconcile_queued(memo: Any, key: tuple[str, str]) -> None:

@@ -3,14 +3,15 @@
 Only reconcile.py uses it; everything below reconcile is pure. It reads jobs
 and pods, creates children if absent, deletes pods (guarded by their uid, so a
 newer pod of the same name is never hit), patches status and records Events. Calls are
-rate limited on the client side (QPS with a burst), and every API error is
-counted by operation for the metrics.
+rate limited on the client side (QPS with a burst), Events in the background
+through a bucket of their own (EventSink), and every API error is counted by
+operation for the metrics.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -112,6 +113,7 @@ class Kube:
         self.rest = Rest(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.limiter = RateLimiter(qps, burst)
+        self.events = EventSink(self.rest, RateLimiter(qps, burst))
         self.requests = 0  # API calls made, for the benchmark and metrics
 
     def _call(self, operation: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -306,14 +308,15 @@ class Kube:
                    GROUP, VERSION, namespace, SWEEP_PLURAL, name, {"status": status})
 
     def record_event(self, job: Manifest, type_: str, reason: str, message: str) -> None:
-        """An Event on the FineTuneJob or FineTuneSweep (core/v1, as `kubectl describe` shows them)."""
+        """An Event on the FineTuneJob or FineTuneSweep (core/v1, as `kubectl describe` shows them), sent in
+        the background (EventSink)."""
         meta = job["metadata"]
         now = format_timestamp(utc_now())
         involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": job.get("kind") or KIND, "name": meta["name"],
                     "namespace": meta["namespace"], "uid": meta["uid"]}
         if meta.get("resourceVersion"):
             involved["resourceVersion"] = meta["resourceVersion"]
-        event = {
+        self.events.send({
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": involved,
@@ -321,8 +324,46 @@ class Kube:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
             "source": {"component": "kubetune-operator"},
             "reportingComponent": "kubetune.io/operator", "reportingInstance": "kubetune-operator",
-        }
-        # An Event is best effort: never fail a reconcile over one.
-        with contextlib.suppress(ApiException):
-            self._call("create_event", self.rest, "POST", COLLECTIONS["Event"].format(ns=meta["namespace"]),
-                       body=event)
+        })
+
+
+class EventSink:
+    """Events go out from a thread of their own, in order, through a token bucket of their own, as client-go's
+    event recorder sends them: a reconcile never waits for one, nor spends its API budget on one. They are
+    best effort: a failed one is not retried, and while MAX_PENDING wait, new ones are dropped (counted in
+    kubetune_api_errors_total{operation="create_event",status="dropped"})."""
+
+    MAX_PENDING = 10_000
+
+    def __init__(self, rest: Rest, limiter: RateLimiter) -> None:
+        self.rest, self.limiter = rest, limiter
+        self.pending: queue.Queue[Manifest] = queue.Queue(self.MAX_PENDING)
+        self.thread = threading.Thread(target=self._run, name="kubetune-events", daemon=True)
+        self.thread.start()
+
+    def send(self, event: Manifest) -> None:
+        try:
+            self.pending.put_nowait(event)
+        except queue.Full:
+            metrics.API_ERRORS.labels("create_event", "dropped").inc()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every Event sent so far went out (or failed); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.pending.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self.pending.unfinished_tasks
+
+    def _run(self) -> None:
+        while True:
+            event = self.pending.get()
+            try:
+                self.limiter.acquire()
+                metrics.API_REQUESTS.labels("create_event").inc()
+                self.rest("POST", COLLECTIONS["Event"].format(ns=event["metadata"]["namespace"]), body=event)
+            except ApiException as e:
+                metrics.API_ERRORS.labels("create_event", str(e.status)).inc()
+            except Exception:  # the connection, the API server restarting: the Event is lost, the sink goes on
+                metrics.API_ERRORS.labels("create_event", "0").inc()
+            finally:
+                self.pending.task_done()
