@@ -23,6 +23,10 @@ CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 # Every child object of a job carries this label with the job's name.
 JOB_NAME_LABEL: Final = f"{GROUP}/job-name"
 
+# Every worker pod carries the trainer's config (the job's identity and parsed spec, as one
+# FineTuneJob manifest in JSON) in this annotation; a downward-API volume makes it a file.
+CONFIG_ANNOTATION: Final = f"{GROUP}/config"
+
 # A FineTuneJob's name becomes part of pod host names and of a Service name
 # (a DNS-1035 label of at most 63 characters); the rest is left for suffixes
 # such as "-worker-12".

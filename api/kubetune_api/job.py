@@ -1,7 +1,8 @@
 """A whole FineTuneJob as the trainer receives it: the job's identity and its spec.
 
-The operator writes one (name, namespace, uid and the parsed spec) as
-config.json into the job's ConfigMap; the trainer reads it back with
+The operator writes one (name, namespace, uid and the parsed spec) into each
+worker pod's kubetune.io/config annotation, which the pod sees as the file
+config.json (a downward-API volume); the trainer reads it back with
 `parse_job`. It is an ordinary FineTuneJob manifest, so a developer running
 the trainer by hand gives it any FineTuneJob manifest (examples/*.yaml) in the
 same place: there is one format, and the operator and the trainer cannot

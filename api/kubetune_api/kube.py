@@ -17,6 +17,7 @@ from pydantic.json_schema import GetJsonSchemaHandler, JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from .base import FORMAT_ERROR_TYPE, ApiModel, Matches, Rule
+from .constants import CONFIG_ANNOTATION
 
 # RFC 1123 names, as Kubernetes validates object names.
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -290,11 +291,23 @@ class PodMetadataSpec(ApiModel):
     )
     annotations: Annotated[dict[str, Annotated[str, Field(max_length=16384)]], Field(max_length=64)] | None = Field(
         default=None,
-        description="Annotations of every worker pod, e.g. for a service mesh or a log collector "
-        "(the operator sets none). Unset: none.",
+        description="Annotations of every worker pod, e.g. for a service mesh or a log collector, "
+        f"beside the operator's one ({CONFIG_ANNOTATION}: the trainer's config), which they may not "
+        "name. Unset: none.",
     )
 
-    RULES = (*_metadata_rules("labels", "label"), _metadata_rules("annotations", "annotation")[0])
+    RULES = (
+        *_metadata_rules("labels", "label"),
+        _metadata_rules("annotations", "annotation")[0],
+        Rule(
+            field="annotations",
+            cel=f"!has(self.annotations) || !('{CONFIG_ANNOTATION}' in self.annotations)",
+            message=f"may not name {CONFIG_ANNOTATION}: the operator puts the trainer's config there; "
+            "use another key",
+            holds=lambda m: CONFIG_ANNOTATION not in (m.annotations or {}),
+            reason="FieldValueForbidden",
+        ),
+    )
 
 
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]

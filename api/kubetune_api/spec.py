@@ -120,7 +120,9 @@ class RunPolicySpec(ApiModel):
         description="Seconds a training process may go without completing an optimizer step "
         "(an evaluation or a checkpoint counts as progress) before it is considered hung: it writes "
         "the stacks of its threads to diagnostics/attempt-N/rank-R.txt under the checkpoint URI "
-        "and exits, and the job restarts (reason Hang). Must exceed the longest evaluation.",
+        "and exits, and the job restarts (reason Hang). Must exceed the longest evaluation. A change "
+        "reaches the training processes of workers created after it (a restart or a resume); the "
+        "operator's own check uses it at once.",
     )
     startup_deadline_seconds: int = Field(
         default=1800,
@@ -129,7 +131,9 @@ class RunPolicySpec(ApiModel):
         description="Seconds the workers may take to all be Running, and a training process to "
         "stage the model and data, join the others and finish its first step. Past it, workers "
         "that are not running make the job Stalled (reason WorkersNotStarted, no budget spent); "
-        "a process that has not finished its first step counts as hung.",
+        "a process that has not finished its first step counts as hung. A change reaches the "
+        "training processes of workers created after it (a restart or a resume); the operator's "
+        "checks use it at once.",
     )
     termination_grace_period_seconds: int = Field(
         default=300,

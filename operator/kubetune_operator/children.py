@@ -15,6 +15,7 @@ from kubetune_api import FineTuneJob, FineTuneJobSpec, JobMetadata, Manifest
 from kubetune_api.constants import API_VERSION, GROUP, JOB_NAME_LABEL, KIND, PLURAL
 
 RENDEZVOUS_PORT = 29500
+# Where the trainer finds its config (trainer_config) in a worker pod.
 CONFIG_FILE = "config.json"
 CONFIG_MOUNT = "/etc/kubetune"
 
@@ -30,10 +31,6 @@ class JobRef:
     @property
     def service_name(self) -> str:
         return self.name
-
-    @property
-    def config_map_name(self) -> str:
-        return f"{self.name}-config"
 
     @property
     def service_account_name(self) -> str:
@@ -88,14 +85,11 @@ def trainer_job(job: JobRef, spec: FineTuneJobSpec) -> FineTuneJob:
     return FineTuneJob(metadata=JobMetadata(name=job.name, namespace=job.namespace, uid=job.uid), spec=spec)
 
 
-def build_config_map(job: JobRef, spec: FineTuneJobSpec) -> Manifest:
-    """The trainer's configuration. It holds names of Secrets, never their contents."""
-    body = json.dumps(trainer_job(job, spec).to_manifest(), indent=2, sort_keys=True)
-    return {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": metadata(job, job.config_map_name, "config"),
-        "data": {CONFIG_FILE: body},
-    }
+def trainer_config(job: JobRef, spec: FineTuneJobSpec) -> str:
+    """The trainer's config.json, as every worker pod carries it: compact (it is stored in each pod,
+    and sent with each of the pod's changes), keys sorted. It holds names of Secrets, never their
+    contents."""
+    return json.dumps(trainer_job(job, spec).to_manifest(), sort_keys=True, separators=(",", ":"))
 
 
 def build_service_account(job: JobRef) -> Manifest:
@@ -128,12 +122,12 @@ def build_role_binding(job: JobRef) -> Manifest:
     }
 
 
-def build_children(job: JobRef, spec: FineTuneJobSpec) -> list[Manifest]:
-    """Everything a job owns besides its workers, in the order it is created."""
+def build_children(job: JobRef) -> list[Manifest]:
+    """Everything a job owns besides its workers, in the order it is created. (The trainer's config
+    travels in each worker pod: workers.py.)"""
     return [
         build_service_account(job),
         build_role(job),
         build_role_binding(job),
         build_service(job),
-        build_config_map(job, spec),
     ]

@@ -32,6 +32,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from kubetune_api import Manifest
+from kubetune_api.constants import CONFIG_ANNOTATION
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,10 @@ class Store:
             return changed
 
     def _put(self, obj: Manifest) -> None:
-        # Nothing of the operator reads managedFields; they are often half of an object's size.
+        # Nothing of the operator reads managedFields (often half of an object's size), nor the trainer's
+        # config that each worker pod carries (workers.py): the job's spec is in the job.
         obj["metadata"].pop("managedFields", None)
+        (obj["metadata"].get("annotations") or {}).pop(CONFIG_ANNOTATION, None)
         key = _key(obj)
         if key in self._objects:
             self._unindex(key)

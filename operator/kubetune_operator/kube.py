@@ -75,7 +75,6 @@ QUERY_NAMES = {"label_selector": "labelSelector", "limit": "limit", "_continue":
 # Where a kind is created; the only kinds the operator creates through `Rest` (FineTuneJobs go through the
 # custom objects API).
 COLLECTIONS = {"Pod": "/api/v1/namespaces/{ns}/pods", "Service": "/api/v1/namespaces/{ns}/services",
-               "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
                "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
                "Event": "/api/v1/namespaces/{ns}/events",
                "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",

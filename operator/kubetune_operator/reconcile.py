@@ -180,7 +180,7 @@ class Reconciler:
                 template = build_worker_pod(ref, spec, 0, 1, self.trainer_image)
                 kube.create_workload(kueue.build_workload(ref, spec, queue.queue, template, queue.priority))
             if decision.ensure_children:
-                for child in build_children(ref, spec):
+                for child in build_children(ref):
                     kube.create_if_absent(child)
             where = self._placement(queue) if decision.create_ranks else None
             for rank in decision.create_ranks:

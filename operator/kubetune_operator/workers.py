@@ -12,6 +12,7 @@ from typing import Any
 
 from kubetune_api import FineTuneJobSpec, Manifest
 from kubetune_api.constants import (
+    CONFIG_ANNOTATION,
     GPU_RESOURCE,
     PVC_MOUNT_ROOT,
     S3_ACCESS_KEY_ID_KEY,
@@ -20,7 +21,15 @@ from kubetune_api.constants import (
     S3_SESSION_TOKEN_KEY,
 )
 
-from .children import CONFIG_FILE, CONFIG_MOUNT, RENDEZVOUS_PORT, JobRef, labels, metadata
+from .children import (
+    CONFIG_FILE,
+    CONFIG_MOUNT,
+    RENDEZVOUS_PORT,
+    JobRef,
+    labels,
+    metadata,
+    trainer_config,
+)
 
 RANK_LABEL = "kubetune.io/rank"
 ATTEMPT_LABEL = "kubetune.io/attempt"
@@ -86,9 +95,11 @@ def torchrun_args(job: JobRef, spec: FineTuneJobSpec, rank: int) -> list[str]:
     ]
 
 
-def _volumes(job: JobRef, spec: FineTuneJobSpec) -> tuple[list[Manifest], list[Manifest]]:
+def _volumes(spec: FineTuneJobSpec) -> tuple[list[Manifest], list[Manifest]]:
     volumes: list[Manifest] = [
-        {"name": "config", "configMap": {"name": job.config_map_name}},
+        # The trainer's config, from the pod's own annotation (no object of its own to create and read).
+        {"name": "config", "downwardAPI": {"items": [
+            {"path": CONFIG_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"}}]}},
         # NCCL and the data loaders need far more shared memory than a container's 64 MiB default.
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         # Local staging of checkpoint shards before they stream to S3.
@@ -126,7 +137,7 @@ def _resources(spec: FineTuneJobSpec) -> Manifest:
 def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int,
                      default_image: str = DEFAULT_TRAINER_IMAGE) -> Manifest:
     """Worker `rank` of gang attempt `attempt`; `default_image` runs it when spec.image is unset."""
-    volumes, mounts = _volumes(job, spec)
+    volumes, mounts = _volumes(spec)
     meta_labels = {**labels(job, "worker"), RANK_LABEL: str(rank), ATTEMPT_LABEL: str(attempt)}
     container: Manifest = {
         "name": TRAINER_CONTAINER,
@@ -185,10 +196,10 @@ def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int
 
     meta = metadata(job, job.worker_name(rank), "worker")
     extra = spec.pod_metadata
-    # The user's labels beside the operator's: admission refuses the operator's keys, and ours win anyway.
+    # The user's labels and annotations beside the operator's: admission refuses the operator's keys,
+    # and ours win anyway.
     meta["labels"] = {**((extra and extra.labels) or {}), **meta_labels}
-    if extra and extra.annotations:
-        meta["annotations"] = dict(extra.annotations)
+    meta["annotations"] = {**((extra and extra.annotations) or {}), CONFIG_ANNOTATION: trainer_config(job, spec)}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
 
 

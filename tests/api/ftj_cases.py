@@ -543,6 +543,13 @@ INVALID: list[Invalid] = [
         "has a key that is not a valid annotation key",
     ),
     Invalid(
+        "pod-annotation-of-the-operator",
+        put("spec.podMetadata", {"annotations": {"example.com/owner": "ada", "kubetune.io/config": "{}"}}),
+        "spec.podMetadata.annotations",
+        "may not name kubetune.io/config",
+        "may not name kubetune.io/config",
+    ),
+    Invalid(
         "secret-name-with-capitals",
         put("spec.storage.credentialsSecret", "S3_Credentials"),
         "spec.storage.credentialsSecret",

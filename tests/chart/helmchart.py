@@ -34,7 +34,6 @@ OPERATOR_PERMISSIONS: set[Permission] = {
     ("kubetune.io", "finetunejobs/finalizers", "", "update"),
     *{("", "pods", "", v) for v in ("create", "list", "watch", "delete")},
     ("", "services", "", "create"),
-    ("", "configmaps", "", "create"),
     ("", "serviceaccounts", "", "create"),
     ("rbac.authorization.k8s.io", "roles", "", "create"),
     ("rbac.authorization.k8s.io", "rolebindings", "", "create"),

@@ -210,7 +210,7 @@ def test_the_operator_as_its_service_account_runs_jobs_through_their_lives(
         assert status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 0}
         assert_untouched(applied, jobs.get("tuned"))
         for kind, name in [("serviceaccount", "tuned-worker"), ("role", "tuned-worker"),
-                           ("rolebinding", "tuned-worker"), ("service", "tuned"), ("configmap", "tuned-config")]:
+                           ("rolebinding", "tuned-worker"), ("service", "tuned")]:
             cluster.kubectl("get", kind, name, "-n", namespace)
         # The job's pods may patch their own job's status and nothing else.
         rows = release.rows(tmp_path, "tuned-worker", namespace, sa_namespace=namespace)

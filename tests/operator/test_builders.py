@@ -20,6 +20,7 @@ does.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,17 @@ import yaml
 from harness import ftj
 
 from kubetune_api import Manifest, parse_job
-from kubetune_operator.children import JobRef, build_children
+from kubetune_api.constants import CONFIG_ANNOTATION
+from kubetune_operator.children import (
+    CONFIG_FILE,
+    CONFIG_MOUNT,
+    JobRef,
+    build_children,
+    trainer_job,
+)
 from kubetune_operator.workers import build_worker_pod
 from kubetune_testbed import REPO
+from kubetune_testbed.nodeagent.podspec import PodContext, volume_files
 
 TESTDATA = Path(__file__).parent / "testdata"
 UPDATE = os.environ.get("KUBETUNE_UPDATE_GOLDEN") == "1"
@@ -119,7 +128,7 @@ CASES = [
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block style for text of several lines (the trainer's config.json), so diffs show lines."""
+    """Block style for text of several lines, so diffs show lines."""
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -136,7 +145,7 @@ def build(case: Case) -> list[Manifest]:
     assert job.metadata.name
     ref = JobRef(name=job.metadata.name, namespace=NAMESPACE, uid=UID)
     workers = [build_worker_pod(ref, job.spec, rank, case.attempt) for rank in range(job.spec.resources.nodes)]
-    return [*build_children(ref, job.spec), *workers]
+    return [*build_children(ref), *workers]
 
 
 def render(case: Case, manifests: list[Manifest]) -> str:
@@ -197,3 +206,41 @@ def test_the_table_covers_what_the_builders_branch_on() -> None:
     env_names = [{e["name"] for e in c["env"]} for c in containers]
     assert any("AWS_ACCESS_KEY_ID" in names and "AWS_ENDPOINT_URL" in names for names in env_names)
     assert any("AWS_ACCESS_KEY_ID" not in names for names in env_names)
+
+
+def test_every_worker_carries_the_trainer_config_that_its_config_volume_makes_a_file() -> None:
+    """The trainer's config.json is the pod's own annotation, through a downward-API volume: no object
+    of its own (a ConfigMap would cost one more create per job)."""
+    case = next(c for c in CASES if c.name == "scheduling-attempt-3")  # 3 ranks; the user's annotations too
+    job = parse_job(case.job)
+    ref = JobRef(name="scheduled", namespace=NAMESPACE, uid=UID)
+    built = build(case)
+    assert [m["kind"] for m in built if m["kind"] != "Pod"] == ["ServiceAccount", "Role", "RoleBinding", "Service"]
+    pods = [m for m in built if m["kind"] == "Pod"]
+    for pod in pods:
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["sidecar.istio.io/inject"] == "false"  # the user's, beside the operator's
+        text = annotations[CONFIG_ANNOTATION]
+        # Compact, keys sorted: the same bytes for the same spec.
+        assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+        # What the trainer reads back (its jobfile parses with parse_job): this job and its spec.
+        config = json.loads(text)
+        assert config == trainer_job(ref, job.spec).to_manifest()
+        read = parse_job(config)
+        assert (read.metadata.name, read.metadata.namespace, read.metadata.uid) == ("scheduled", NAMESPACE, UID)
+        assert read.spec == job.spec
+
+        # The file a kubelet writes from the "config" volume (the test bed's node agent does as a kubelet),
+        # at the path the trainer is told.
+        pod_ctx = PodContext(pod, pod_ip="10.244.0.2", host_ip="10.244.0.1", node_name="gpu-0")
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")
+        assert set(volume) == {"name", "downwardAPI"}
+        files = volume_files(pod_ctx, volume, configmaps=lambda ns, name: None, secrets=lambda ns, name: None,
+                             token=lambda audience, seconds: "")
+        assert files == {CONFIG_FILE: (text.encode(), 0o644)}
+        container = pod["spec"]["containers"][0]
+        assert {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True} in container["volumeMounts"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["KUBETUNE_CONFIG"] == f"{CONFIG_MOUNT}/{CONFIG_FILE}"
+    # One gang, one config: every rank carries the same bytes.
+    assert len({p["metadata"]["annotations"][CONFIG_ANNOTATION] for p in pods}) == 1 and len(pods) == 3

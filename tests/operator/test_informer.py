@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from harness import Jobs, ftj, wait_for
 
-from kubetune_api.constants import JOB_NAME_LABEL
+from kubetune_api.constants import CONFIG_ANNOTATION, JOB_NAME_LABEL
 from kubetune_operator import metrics
 from kubetune_operator.informer import Informer, Store, View, WorkQueue
 from kubetune_operator.reconcile import Reconciler
@@ -89,6 +89,16 @@ def test_a_relist_drops_what_vanished_and_keeps_newer_own_writes() -> None:
     assert sorted(names(changed)) == ["gone", "new", "stays"]
     assert sorted(names(store.by_index("ns", "j"))) == ["mine", "new", "stays"]
     assert store.get("other", "elsewhere") is not None, "a namespace's relist leaves the others"
+
+
+def test_the_store_keeps_no_copy_of_what_the_operator_never_reads() -> None:
+    store = Store(by_job)
+    worker = pod("w", 1)
+    worker["metadata"] |= {"managedFields": [{"manager": "kubetune"}],
+                           "annotations": {CONFIG_ANNOTATION: "{...the job's spec...}", "team": "nlp"}}
+    store.write(worker)
+    kept = store.get("ns", "w")["metadata"]
+    assert "managedFields" not in kept and kept["annotations"] == {"team": "nlp"}
 
 
 def test_the_queue_runs_a_key_once_however_often_it_was_added_while_waiting() -> None:

@@ -2,7 +2,7 @@
 
 Each test does what a user (or a kubelet, or a cluster failure) does to a job
 and checks what the user would look at: the job's status and Events, and the
-pods, Service, ConfigMap and RBAC objects that exist.
+pods, Service and RBAC objects that exist.
 """
 
 from __future__ import annotations
@@ -51,14 +51,11 @@ def test_two_node_job_gets_its_children_and_runs(operator, jobs: Jobs, cluster) 
     svc = json.loads(cluster.kubectl("get", "service", "llama", "-n", ns, "-o", "json").stdout)
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"] == {"kubetune.io/job-name": "llama"}
-    config = json.loads(cluster.kubectl("get", "configmap", "llama-config", "-n", ns, "-o", "json").stdout)
-    trainer_config = json.loads(config["data"]["config.json"])
-    assert trainer_config["spec"]["resources"]["nodes"] == 2
-    # What the trainer reads back: the job's identity and a spec of 2 x 8 processes.
-    trainer_job = parse_job(trainer_config)
-    assert trainer_job.metadata.name == "llama" and trainer_job.spec.world_size == 16
     for kind in ("serviceaccount", "role", "rolebinding"):
         cluster.kubectl("get", kind, "llama-worker", "-n", ns)
+    # No ConfigMap: each worker carries the trainer's config.
+    assert cluster.kubectl("get", "configmaps", "-n", ns, "-l", "kubetune.io/job-name=llama",
+                           "-o", "name").stdout.strip() == ""
 
     pods = jobs.pods("llama")
     assert [p["metadata"]["name"] for p in pods] == ["llama-worker-0", "llama-worker-1"]
@@ -78,6 +75,12 @@ def test_two_node_job_gets_its_children_and_runs(operator, jobs: Jobs, cluster) 
         assert env["AWS_ENDPOINT_URL"] == {"name": "AWS_ENDPOINT_URL", "value": "http://minio.example:9000"}
         assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["spec"]["volumes"]
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        # What the trainer reads back (the pod's annotation, through its downward-API volume "config"): the
+        # job's identity and a spec of 2 x 8 processes.
+        trainer_job = parse_job(json.loads(pod["metadata"]["annotations"]["kubetune.io/config"]))
+        job_uid = pod["metadata"]["ownerReferences"][0]["uid"]
+        assert (trainer_job.metadata.name, trainer_job.metadata.uid) == ("llama", job_uid)
+        assert trainer_job.spec.world_size == 16
         assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert pod["spec"]["hostname"] == f"llama-worker-{rank}" and pod["spec"]["subdomain"] == "llama"
@@ -181,7 +184,7 @@ def test_success_then_ttl_deletes_the_job_and_its_children(operator, jobs: Jobs,
     ns = jobs.ns
     wait_for(lambda: cluster.kubectl("get", "ftj", "done", "-n", ns, check=False).returncode != 0,
              timeout=30, what="the TTL to delete the job")
-    wait_for(lambda: cluster.kubectl("get", "configmap,service,pods", "-n", ns, "-l", "kubetune.io/job-name=done",
+    wait_for(lambda: cluster.kubectl("get", "service,serviceaccount,pods", "-n", ns, "-l", "kubetune.io/job-name=done",
                                      "-o", "name").stdout.strip() == "", timeout=30,
              what="the garbage collector to delete the children")
 

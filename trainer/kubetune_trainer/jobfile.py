@@ -1,11 +1,11 @@
 """The file the trainer is started with: a FineTuneJob manifest, parsed once.
 
-The operator writes one (kubetune_api.FineTuneJob: the job's identity and its
-spec) into the job's ConfigMap and mounts it as config.json. A developer runs
-the trainer by hand on any FineTuneJob manifest, e.g. one of examples/*.yaml
-with pvc:// locations, which KUBETUNE_PVC_ROOT maps to local folders. Both are
-parsed by the shared model, so the trainer and the operator never disagree
-about a field.
+The operator puts one (kubetune_api.FineTuneJob: the job's identity and its
+spec) in each worker pod's kubetune.io/config annotation, which a downward-API
+volume mounts as config.json. A developer runs the trainer by hand on any
+FineTuneJob manifest, e.g. one of examples/*.yaml with pvc:// locations, which
+KUBETUNE_PVC_ROOT maps to local folders. Both are parsed by the shared model,
+so the trainer and the operator never disagree about a field.
 """
 
 from __future__ import annotations

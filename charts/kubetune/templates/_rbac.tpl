@@ -31,8 +31,9 @@ running the operator with this ServiceAccount's token through a job's life.
   verbs: [create, list, watch, delete]
 # A job's other children are only ever created (if absent): never read,
 # changed or deleted; the garbage collector deletes them with their job.
+# (No ConfigMaps: each worker pod carries the trainer's config itself.)
 - apiGroups: [""]
-  resources: [services, configmaps, serviceaccounts]
+  resources: [services, serviceaccounts]
   verbs: [create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]

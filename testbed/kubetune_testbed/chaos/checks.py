@@ -3,8 +3,8 @@
     checkpoints  every file of every committed checkpoint's manifest is in S3 with its size and SHA-256
     orphans      worker pods whose FineTuneJob is gone, and trainer processes no live pod accounts for
     duplicates   two live worker pods of one rank of one job (seen by the watcher during the run)
-    secrets      the S3 keys' values in pod logs, termination messages, Events, FineTuneJob statuses
-                 or ConfigMaps
+    secrets      the S3 keys' values in pod logs, termination messages, pod annotations (the trainer's
+                 config travels in one), Events, FineTuneJob statuses or ConfigMaps
     steps lost   per restart, the last step logged before it minus the step resumed from: at most
                  checkpoint.everySteps, unless the checkpoint saved after the resume point was still
                  uploading (then at most everySteps past the newest save, and more than one
@@ -79,6 +79,7 @@ def find_secrets(kube: Kube, namespaces: list[str], values: list[str], seen: lis
         for pod in kube.pods(ns):
             name = pod["metadata"]["name"]
             places.append((f"{ns}/{name} status", json.dumps(pod.get("status", {}))))
+            places.append((f"{ns}/{name} annotations", json.dumps(pod["metadata"].get("annotations") or {})))
             for previous in (False, True):
                 places.append((f"{ns}/{name} log{' (previous)' if previous else ''}", kube.log(ns, name, previous=previous)))
         places += [(f"{ns} events", json.dumps(kube.json(kube.core.list_namespaced_event, ns)["items"])),
@@ -191,7 +192,7 @@ class Report:
         lines.append(f"committed checkpoints verified: {self.checkpoints.manifests} manifests, "
                      f"{self.checkpoints.files} files, {len(self.checkpoints.problems)} problems")
         lines.append(f"orphan pods or processes: {len(self.orphans)}; duplicate worker pods: {len(self.duplicates)}")
-        lines.append(f"secret values found (logs, Events, statuses, ConfigMaps): {len(self.secrets)}")
+        lines.append(f"secret values found (logs, annotations, Events, statuses, ConfigMaps): {len(self.secrets)}")
         lines += [f"note: {n}" for n in self.notes]
         failures = self.failures()
         lines.append("")

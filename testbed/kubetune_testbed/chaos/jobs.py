@@ -14,6 +14,7 @@ are a restart; what lies between them is the work lost.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,7 +120,7 @@ class Watcher(threading.Thread):
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: list[dict[str, Any]] = []
         self.secret_values = [v for v in secret_values if v]
-        self.secrets_seen: list[str] = []  # the logs read during the run that held a secret value
+        self.secrets_seen: list[str] = []  # logs and annotations seen during the run that held a secret value
         self.duplicate_pods: set[str] = set()
         self._suspects: set[str] = set()
         self.errors = 0
@@ -143,6 +144,10 @@ class Watcher(threading.Thread):
             self.pods = pods
             self._check_duplicates(pods)
             for pod in pods:
+                # Every attempt's pods, before a gang restart deletes them: the trainer's config is an annotation.
+                annotations = json.dumps(pod["metadata"].get("annotations") or {})
+                if any(v in annotations for v in self.secret_values):
+                    self.secrets_seen.append(f"annotations of {pod['metadata']['name']} seen during the run")
                 labels = pod["metadata"].get("labels", {})
                 if labels.get(RANK_LABEL) != "0" or pod.get("status", {}).get("phase") != "Running":
                     continue
