@@ -126,6 +126,27 @@ def test_configmap_secret_and_projected_volumes_become_files_with_modes() -> Non
         volume_files(c, {"name": "v", "persistentVolumeClaim": {"claimName": "c"}}, configmaps, secrets, token)
 
 
+def test_downward_api_annotations_are_written_as_a_kubelet_writes_them() -> None:
+    """One annotation: its value as it is (the operator's config.json travels so); missing: empty. All of
+    them: key="value" lines, sorted, each value quoted as Go's %q quotes it."""
+    p = pod()
+    p["metadata"]["annotations"] = {"kubetune.io/config": '{"a":"b"}',
+                                    "note": 'say "hi"\\\n\t\u00e9\x01\u00a0\U0001f600'}
+    volume = {"name": "v", "downwardAPI": {"items": [
+        {"path": path, "fieldRef": {"fieldPath": field}} for path, field in [
+            ("config.json", "metadata.annotations['kubetune.io/config']"),
+            ("absent", "metadata.annotations['example.com/absent']"),
+            ("all", "metadata.annotations"),
+        ]]}}
+    files = volume_files(ctx(p), volume, configmaps, secrets, token)
+    assert files == {
+        "config.json": (b'{"a":"b"}', 0o644),
+        "absent": (b"", 0o644),
+        "all": (('kubetune.io/config="{\\"a\\":\\"b\\"}"\n'
+                 'note="say \\"hi\\"\\\\\\n\\t\u00e9\\x01\\u00a0\U0001f600"').encode(), 0o644),
+    }
+
+
 def test_configmap_binary_data_is_decoded() -> None:
     cm = {"data": {"a": "text"}, "binaryData": {"b": base64.b64encode(b"\x00\x01").decode()}}
     assert configmap_data(cm) == {"a": b"text", "b": b"\x00\x01"}

@@ -72,6 +72,29 @@ def expand(text: str, env: Mapping[str, str]) -> str:
 
 
 _SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
+               '"': '\\"', "\\": "\\\\"}
+
+
+def go_quote(text: str) -> str:
+    """Go's strconv.Quote (fmt's %q): how a kubelet writes each value of metadata.labels or
+    metadata.annotations. Python's isprintable() is Go's IsPrint (letters, marks, numbers,
+    punctuation, symbols and the ASCII space)."""
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
 
 
 def field_value(ctx: PodContext, path: str) -> str:
@@ -92,7 +115,7 @@ def field_value(ctx: PodContext, path: str) -> str:
         return str(simple[path])
     if path in ("metadata.labels", "metadata.annotations"):
         items = meta.get(path.split(".")[1]) or {}
-        return "\n".join(f'{k}="{v}"' for k, v in sorted(items.items()))
+        return "\n".join(f"{k}={go_quote(v)}" for k, v in sorted(items.items()))
     if m := _SUBSCRIPT.match(path):
         return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
     raise Unsupported(f"fieldRef.fieldPath {path!r} is not supported by the node agent")
