@@ -45,7 +45,9 @@ class ResourcesSpec(ApiModel):
     requests: _Quantities | None = Field(
         default=None,
         description='Resources each worker pod requests besides GPUs, e.g. {cpu: "32", '
-        "memory: 256Gi}. Unset: none beyond the GPUs.",
+        "memory: 256Gi}. The pod's CPU (limits.cpu, else requests.cpu) shared by its training "
+        "processes sets the threads each may use (OMP_NUM_THREADS, at least 1; spec.env may "
+        "override it). Unset: none beyond the GPUs.",
     )
     limits: _Quantities | None = Field(
         default=None,

@@ -244,3 +244,28 @@ def test_every_worker_carries_the_trainer_config_that_its_config_volume_makes_a_
         assert env["KUBETUNE_CONFIG"] == f"{CONFIG_MOUNT}/{CONFIG_FILE}"
     # One gang, one config: every rank carries the same bytes.
     assert len({p["metadata"]["annotations"][CONFIG_ANNOTATION] for p in pods}) == 1 and len(pods) == 3
+
+
+@pytest.mark.parametrize(("resources", "env_value", "expected"), [
+    # The pod's CPU shared by its training processes (one per GPU), at least one each.
+    ({"gpusPerNode": 4, "requests": {"cpu": "16"}}, None, "4"),
+    ({"gpusPerNode": 1, "requests": {"cpu": "500m"}}, None, "1"),
+    ({"gpusPerNode": 8, "requests": {"cpu": "4"}}, None, "1"),
+    # The limit, where there is one, over the request.
+    ({"gpusPerNode": 2, "requests": {"cpu": "2"}, "limits": {"cpu": "9"}}, None, "4"),
+    ({"gpusPerNode": 0, "requests": {"cpu": 3}}, None, "3"),
+    # No CPU named: torchrun's default stands (the variable is not set).
+    ({"gpusPerNode": 1, "requests": {"memory": "8Gi"}}, None, None),
+    # The user's own setting wins: spec.env comes after the operator's variables.
+    ({"gpusPerNode": 1, "requests": {"cpu": "8"}}, "6", "6"),
+])
+def test_training_processes_get_the_threads_of_the_pods_cpu(resources: dict[str, Any], env_value: str | None,
+                                                            expected: str | None) -> None:
+    """OMP_NUM_THREADS follows the CPU the pod asks for, so processes sharing cores do not oversubscribe them."""
+    extra = {"env": [{"name": "OMP_NUM_THREADS", "value": env_value}]} if env_value else {}
+    job = parse_job(ftj("threads", nodes=1, resources=resources, **extra))
+    pod = build_worker_pod(JobRef(name="threads", namespace=NAMESPACE, uid=UID), job.spec, 0, 1)
+    env = pod["spec"]["containers"][0]["env"]
+    values = [e["value"] for e in env if e["name"] == "OMP_NUM_THREADS"]
+    # A kubelet takes the last of repeated names.
+    assert (values[-1] if values else None) == expected
