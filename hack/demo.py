@@ -54,7 +54,10 @@ class Timeline:
     processes_started: float
     rendezvous: float
     model_loaded: float
+    engine_ready: float
     first_step: float
+    base_eval: float | None = None
+    """When the base model's evaluation ended (spec.evaluation at step 0), or None without one."""
     first_step_number: int = 1
     """The first step the log shows (spec.training.logEverySteps apart)."""
 
@@ -62,26 +65,41 @@ class Timeline:
     def of(cls, applied_at: float, pods_seen: float, running_seen: float, events: list[dict[str, Any]]) -> Timeline:
         """From when the worker pods were first seen, and first seen all running (polled), and
         rank 0's log events (the trainer's clock)."""
-        def first(name: str, **match: Any) -> float:
+        def first(name: str, **match: Any) -> float | None:
             for e in events:
                 if e["event"] == name and all(e.get(k) == v for k, v in match.items()):
                     return float(e["time"]) - applied_at
-            raise ValueError(f"no {name} event in the rank 0 log")
+            return None
+
+        def need(name: str) -> float:
+            at = first(name)
+            if at is None:
+                raise ValueError(f"no {name} event in the rank 0 log")
+            return at
 
         return cls(pods_created=pods_seen - applied_at, processes_started=running_seen - applied_at,
-                   rendezvous=first("rendezvous"), model_loaded=first("model_loaded"), first_step=first("step"),
+                   rendezvous=need("rendezvous"), model_loaded=need("model_loaded"),
+                   engine_ready=need("train_start"), base_eval=first("eval", step=0), first_step=need("step"),
                    first_step_number=next(int(e["step"]) for e in events if e["event"] == "step"))
 
     def lines(self) -> Iterator[str]:
         previous = 0.0
-        for label, at in (("pods created (operator)", self.pods_created),
-                          ("processes started (scheduler + node agent)", self.processes_started),
-                          ("rendezvous done (imports, data, process group)", self.rendezvous),
-                          ("model loaded", self.model_loaded),
-                          ("first step done" if self.first_step_number == 1
-                           else f"step {self.first_step_number} done (the first logged)", self.first_step)):
+        steps = [("pods created (operator)", self.pods_created),
+                 ("processes started (scheduler + node agent)", self.processes_started),
+                 ("rendezvous done (imports, data, process group)", self.rendezvous),
+                 ("model loaded", self.model_loaded),
+                 ("DeepSpeed engine ready", self.engine_ready)]
+        if self.base_eval is not None:
+            steps.append(("base model evaluated", self.base_eval))
+        steps.append(("first step done" if self.first_step_number == 1
+                      else f"step {self.first_step_number} done (the first logged)", self.first_step))
+        for label, at in steps:
             yield f"  {label:<46} {at:6.1f} s  (+{max(at - previous, 0.0):.1f} s)"
             previous = at
+        if self.base_eval is not None:
+            evaluation = self.base_eval - self.engine_ready
+            yield (f"  {'apply to first step, base evaluation excluded':<46} "
+                   f"{self.first_step - evaluation:6.1f} s  (the evaluation took {evaluation:.1f} s)")
 
 
 # -- the demo ----------------------------------------------------------------------------------
