@@ -20,7 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from kubetune_api import FineTuneJobSpec, FineTuneJobStatus, Manifest, RestartsStatus, WorkersStatus
+from kubetune_api import (
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    Manifest,
+    RestartsStatus,
+    WorkersStatus,
+    parse_timestamp,
+)
 from kubetune_api.constants import (
     CONDITION_READY,
     CONDITION_RECONCILING,
@@ -65,6 +72,10 @@ QUICK_STOP_SECONDS = 1
 # takes up to a minute to store its report; this is the backstop for a watchdog that cannot fire
 # (a process frozen by SIGSTOP, a node gone silent).
 HANG_MARGIN_SECONDS = 120.0
+# How long a worker may keep running after another one completed. A trainer exits 0 only after the
+# final barrier, which every rank reached after the export and the last commit: a rank still
+# running is only shutting down, and one that takes longer is stuck (stopped, or hung on exit).
+EXIT_GRACE_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,31 @@ def _attempt(pod: Manifest) -> int:
 
 def _finished(pod: Manifest) -> bool:
     return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
+def _succeeded(pod: Manifest) -> bool:
+    return pod.get("status", {}).get("phase") == "Succeeded"
+
+
+def _finished_at(pod: Manifest) -> datetime | None:
+    times = [parse_timestamp(t) for c in pod.get("status", {}).get("containerStatuses") or ()
+             if (t := ((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))]
+    return max(times) if times else None
+
+
+def _stragglers(b: _Builder, spec: FineTuneJobSpec, live: list[Manifest]) -> list[str] | None:
+    """Workers still running EXIT_GRACE_SECONDS after another one completed (see there), which the
+    job no longer needs; None while there are none (and when to look again, while in the grace)."""
+    done = [p for p in live if _succeeded(p)]
+    running = [p["metadata"]["name"] for p in live if not _succeeded(p) and not p["metadata"].get("deletionTimestamp")]
+    if not done or not running or len(live) != spec.resources.nodes:
+        return None
+    since = min((t for p in done if (t := _finished_at(p)) is not None), default=b.obs.now)
+    remaining = EXIT_GRACE_SECONDS - (b.obs.now - since).total_seconds()
+    if remaining > 0:
+        b.plan.requeue_after = _sooner(b.plan.requeue_after, remaining)
+        return None
+    return sorted(running)
 
 
 def _is_ready(pod: Manifest) -> bool:
@@ -289,13 +325,20 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
     if failure is not None:
         return _after_failure(b, spec, failure, live)
 
-    if len(live) == spec.resources.nodes and all(p.get("status", {}).get("phase") == "Succeeded" for p in live):
+    stragglers = _stragglers(b, spec, live)
+    if stragglers is not None:
+        b.plan.delete_pods += stragglers
+        b.plan.delete_grace = QUICK_STOP_SECONDS  # nothing left to save: the trainer committed and exported
+    if len(live) == spec.resources.nodes and (stragglers or all(_succeeded(p) for p in live)):
         early = obs.status.evaluation.stopped_early if obs.status.evaluation else None
         if early is not None:  # the trainer ended training early and said why
             message = f"stopped early after step {early.step}: {early.message}"
             b.event("Normal", REASON_EARLY_STOPPED, message)
             return b.finish(Phase.SUCCEEDED, REASON_EARLY_STOPPED, message)
         message = f"all {spec.resources.nodes} workers completed"
+        if stragglers:
+            message = (f"training complete; {', '.join(stragglers)} still running {EXIT_GRACE_SECONDS:.0f} s "
+                       f"after another worker completed, deleted")
         b.event("Normal", REASON_TRAINING_COMPLETE, message)
         return b.finish(Phase.SUCCEEDED, REASON_TRAINING_COMPLETE, message)
 

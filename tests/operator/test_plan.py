@@ -14,7 +14,13 @@ from harness import ftj
 
 from kubetune_api import FineTuneJobStatus, RestartsStatus, format_timestamp, parse_spec
 from kubetune_operator.failures import Cause, classify, gang_failure
-from kubetune_operator.plan import HANG_MARGIN_SECONDS, Observed, plan, plan_invalid
+from kubetune_operator.plan import (
+    EXIT_GRACE_SECONDS,
+    HANG_MARGIN_SECONDS,
+    Observed,
+    plan,
+    plan_invalid,
+)
 from kubetune_operator.status import read_status
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
@@ -26,10 +32,11 @@ def ts(dt: datetime) -> str:
 
 def pod(rank: int, attempt: int = 1, phase: str = "Running", ready: bool = True, exit_code: int | None = None,
         message: str = "", reason: str | None = None, deleting: bool = False, disruption: str | None = None,
-        job: str = "j") -> dict[str, Any]:
+        job: str = "j", finished_at: datetime = NOW) -> dict[str, Any]:
     status: dict[str, Any] = {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
     if exit_code is not None:
-        status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "message": message}}}]
+        status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": {
+            "exitCode": exit_code, "message": message, "finishedAt": ts(finished_at)}}}]
     if reason:
         status["reason"] = reason
     if disruption:
@@ -143,6 +150,24 @@ class TestPlan:
         done = [pod(0, phase="Succeeded", exit_code=0), pod(1, phase="Succeeded", exit_code=0)]
         p = plan(spec(), observed(launched(), done))
         assert p.status.phase == "Succeeded" and not p.delete_pods
+
+    def test_a_worker_still_running_after_another_completed_gets_a_grace_then_is_deleted(self) -> None:
+        # A trainer exits 0 only after the final barrier: a rank still running is shutting down, or
+        # stuck there (a stopped process), and the job must not wait for it forever.
+        def workers(completed_ago: float) -> list[dict[str, Any]]:
+            return [pod(0, phase="Succeeded", exit_code=0, finished_at=NOW - timedelta(seconds=completed_ago)),
+                    pod(1)]
+
+        waiting = plan(spec(), observed(launched(), workers(completed_ago=20)))
+        assert waiting.status.phase == "Running" and not waiting.delete_pods
+        assert waiting.requeue_after is not None and waiting.requeue_after <= EXIT_GRACE_SECONDS - 20
+
+        done = plan(spec(), observed(launched(), workers(completed_ago=EXIT_GRACE_SECONDS + 1)))
+        assert done.status.phase == "Succeeded"
+        assert done.delete_pods == ["j-worker-1"] and done.delete_grace == 1
+        assert done.status.message == ("training complete; j-worker-1 still running 120 s after another "
+                                       "worker completed, deleted")
+        assert [e.reason for e in done.events] == ["TrainingComplete"]
 
     def test_a_job_the_trainer_stopped_early_succeeds_with_reason_early_stopped(self) -> None:
         done = [pod(0, phase="Succeeded", exit_code=0), pod(1, phase="Succeeded", exit_code=0)]
