@@ -241,15 +241,18 @@ class Kueue:
 
     def queue(self, name: str, gpus: int, node_labels: dict[str, str], tolerations: Sequence[dict[str, Any]] = (),
               preempt_lower_priority: bool = False) -> str:
-        """A flavor, a ClusterQueue of `gpus` nvidia.com/gpu on it (for this namespace only) and a
-        LocalQueue `name` pointing at it; returns the LocalQueue's name."""
+        """A flavor, a ClusterQueue of `gpus` nvidia.com/gpu on it (for this namespace only; cpu and
+        memory covered too, without limiting: Kueue admits no pod requesting a resource its
+        ClusterQueue does not cover) and a LocalQueue `name` pointing at it; returns the LocalQueue's name."""
         api = "kueue.x-k8s.io/v1beta2"
         self._apply({"apiVersion": api, "kind": "ResourceFlavor", "metadata": {"name": name},
                      "spec": {"nodeLabels": node_labels, "tolerations": list(tolerations)}})
         cq: dict[str, Any] = {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.ns}},
-            "resourceGroups": [{"coveredResources": ["nvidia.com/gpu"], "flavors": [
-                {"name": name, "resources": [{"name": "nvidia.com/gpu", "nominalQuota": gpus}]}]}]}
+            "resourceGroups": [{"coveredResources": ["cpu", "memory", "nvidia.com/gpu"], "flavors": [
+                {"name": name, "resources": [{"name": "cpu", "nominalQuota": 1000},
+                                             {"name": "memory", "nominalQuota": "4Ti"},
+                                             {"name": "nvidia.com/gpu", "nominalQuota": gpus}]}]}]}
         if preempt_lower_priority:
             cq["preemption"] = {"withinClusterQueue": "LowerPriority"}
         self._apply({"apiVersion": api, "kind": "ClusterQueue", "metadata": {"name": name}, "spec": cq})
