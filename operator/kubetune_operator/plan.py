@@ -142,18 +142,18 @@ def _finished_at(pod: Manifest) -> datetime | None:
     return max(times) if times else None
 
 
-def _stragglers(b: _Builder, spec: FineTuneJobSpec, live: list[Manifest]) -> list[str] | None:
+def _stragglers(b: _Builder, spec: FineTuneJobSpec, live: list[Manifest]) -> list[str]:
     """Workers still running EXIT_GRACE_SECONDS after another one completed (see there), which the
-    job no longer needs; None while there are none (and when to look again, while in the grace)."""
+    job no longer needs; none yet while in the grace (and when to look again)."""
     done = [p for p in live if _succeeded(p)]
     running = [p["metadata"]["name"] for p in live if not _succeeded(p) and not p["metadata"].get("deletionTimestamp")]
     if not done or not running or len(live) != spec.resources.nodes:
-        return None
+        return []
     since = min((t for p in done if (t := _finished_at(p)) is not None), default=b.obs.now)
     remaining = EXIT_GRACE_SECONDS - (b.obs.now - since).total_seconds()
     if remaining > 0:
         b.plan.requeue_after = _sooner(b.plan.requeue_after, remaining)
-        return None
+        return []
     return sorted(running)
 
 
@@ -326,7 +326,7 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
         return _after_failure(b, spec, failure, live)
 
     stragglers = _stragglers(b, spec, live)
-    if stragglers is not None:
+    if stragglers:
         b.plan.delete_pods += stragglers
         b.plan.delete_grace = QUICK_STOP_SECONDS  # nothing left to save: the trainer committed and exported
     if len(live) == spec.resources.nodes and (stragglers or all(_succeeded(p) for p in live)):
