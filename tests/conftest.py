@@ -126,8 +126,10 @@ def bucket(s3: Any, request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def crd(cluster: ClusterHandle) -> None:
-    """The FineTuneJob CRD installed and Established: all the operator needs of a cluster."""
-    for path in sorted((REPO / "crds").glob("*.yaml")):
+    """The FineTuneJob CRD installed and Established, and the admission policy that keeps each worker to its own
+    job's status (the chart installs both): all the operator needs of a cluster."""
+    policy = REPO / "charts" / "kubetune" / "files" / "worker-status-policy.yaml"
+    for path in [*sorted((REPO / "crds").glob("*.yaml")), policy]:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
     names = [n for n in cluster.kubectl("get", "crd", "-o", "name").stdout.split() if "kubetune.io" in n]
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)

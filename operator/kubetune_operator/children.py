@@ -18,6 +18,11 @@ RENDEZVOUS_PORT = 29500
 # Where the trainer finds its config (trainer_config) in a worker pod.
 CONFIG_FILE = "config.json"
 CONFIG_MOUNT = "/etc/kubetune"
+# The identity of every worker pod in a namespace (namespace_identity): a ServiceAccount, and a Role bound to it
+# that lets it read and patch the status of FineTuneJobs. The ValidatingAdmissionPolicy in
+# charts/kubetune/files/worker-status-policy.yaml narrows that to the job the pod works for: its token names the
+# pod, and only pods named `<job>-worker-<rank>` may patch `<job>`.
+WORKER_SERVICE_ACCOUNT = "kubetune-worker"
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class JobRef:
 
     @property
     def service_account_name(self) -> str:
-        return f"{self.name}-worker"
+        return WORKER_SERVICE_ACCOUNT
 
     def worker_name(self, rank: int) -> str:
         return f"{self.name}-worker-{rank}"
@@ -92,42 +97,26 @@ def trainer_config(job: JobRef, spec: FineTuneJobSpec) -> str:
     return json.dumps(trainer_job(job, spec).to_manifest(), sort_keys=True, separators=(",", ":"))
 
 
-def build_service_account(job: JobRef) -> Manifest:
-    return {
-        "apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": metadata(job, job.service_account_name, "worker-identity"),
-    }
-
-
-def build_role(job: JobRef) -> Manifest:
-    """The workers may read and patch the status of their own FineTuneJob, and nothing else."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": metadata(job, job.service_account_name, "worker-identity"),
-        "rules": [{
-            "apiGroups": [GROUP],
-            "resources": [f"{PLURAL}/status"],
-            "resourceNames": [job.name],
-            "verbs": ["get", "patch"],
-        }],
-    }
-
-
-def build_role_binding(job: JobRef) -> Manifest:
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": metadata(job, job.service_account_name, "worker-identity"),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": job.service_account_name},
-        "subjects": [{"kind": "ServiceAccount", "name": job.service_account_name, "namespace": job.namespace}],
-    }
+def namespace_identity(namespace: str) -> list[Manifest]:
+    """The ServiceAccount of every worker pod in `namespace`, and the Role and RoleBinding that let it read and
+    patch the status of FineTuneJobs (the admission policy allows a pod only its own job's). They belong to the
+    namespace, not to a job: created once, when the namespace's first job starts, and kept, as the namespace's
+    `default` ServiceAccount is. One identity per namespace instead of one per job spares three creates per job."""
+    def meta() -> Manifest:
+        return {"name": WORKER_SERVICE_ACCOUNT, "namespace": namespace,
+                "labels": {"app.kubernetes.io/name": "kubetune", "app.kubernetes.io/component": "worker-identity",
+                           "app.kubernetes.io/managed-by": "kubetune-operator"}}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(),
+         "rules": [{"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta(),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WORKER_SERVICE_ACCOUNT},
+         "subjects": [{"kind": "ServiceAccount", "name": WORKER_SERVICE_ACCOUNT, "namespace": namespace}]},
+    ]
 
 
 def build_children(job: JobRef) -> list[Manifest]:
     """Everything a job owns besides its workers, in the order it is created. (The trainer's config
-    travels in each worker pod: workers.py.)"""
-    return [
-        build_service_account(job),
-        build_role(job),
-        build_role_binding(job),
-        build_service(job),
-    ]
+    travels in each worker pod: workers.py; their identity is the namespace's: namespace_identity.)"""
+    return [build_service(job)]

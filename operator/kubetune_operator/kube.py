@@ -3,9 +3,13 @@
 Only reconcile.py uses it; everything below reconcile is pure. It reads jobs
 and pods, creates children if absent, deletes pods (guarded by their uid, so a
 newer pod of the same name is never hit), patches status and records Events. Calls are
-rate limited on the client side (QPS with a burst), Events in the background
-through a bucket of their own (EventSink), and every API error is counted by
-operation for the metrics.
+rate limited on the client side (QPS with a burst) per client, as client-go limits
+each clientset: one bucket for the built-in kinds (pods, Services, the workers'
+identity), one for kubetune's and Kueue's kinds (FineTuneJobs, their status,
+Workloads), and one for Events, which go out in the background (EventSink). The
+Kubeflow training operator has the same three: its Kubernetes clientset,
+controller-runtime's client and its event recorder's. Every API error is counted
+by operation for the metrics.
 """
 
 from __future__ import annotations
@@ -111,12 +115,17 @@ class Kube:
     def __init__(self, api_client: client.ApiClient, qps: float = 50.0, burst: int = 100) -> None:
         self.rest = Rest(api_client)
         self.custom = client.CustomObjectsApi(api_client)
-        self.limiter = RateLimiter(qps, burst)
+        self.limiter = RateLimiter(qps, burst)  # built-in kinds, through `Rest`
+        self.custom_limiter = RateLimiter(qps, burst)  # custom resources, through the custom objects API
         self.events = EventSink(self.rest, RateLimiter(qps, burst))
         self.requests = 0  # API calls made, for the benchmark and metrics
 
+    def _limiter(self, fn: Callable[..., Any]) -> RateLimiter:
+        target = fn.func if isinstance(fn, partial) else fn
+        return self.limiter if target is self.rest else self.custom_limiter
+
     def _call(self, operation: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        self.limiter.acquire()
+        self._limiter(fn).acquire()
         self.requests += 1
         metrics.API_REQUESTS.labels(operation).inc()
         try:

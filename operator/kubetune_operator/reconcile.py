@@ -26,11 +26,13 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from kubernetes.client.rest import ApiException
+
 from kubetune_api import Manifest, SpecError, parse_spec, utc_now
 from kubetune_api.constants import KUEUE_PRIORITY_LABEL, TERMINAL_PHASES
 
 from . import kueue, metrics
-from .children import JobRef, build_children
+from .children import JobRef, build_children, namespace_identity
 from .informer import View
 from .kube import Kube
 from .plan import Observed, Plan, plan, plan_invalid
@@ -97,6 +99,7 @@ class Reconciler:
         self.kueue = kueue  # jobs labelled kueue.x-k8s.io/queue-name wait for Kueue's admission
         self._slots: defaultdict[JobKey, _Slot] = defaultdict(_Slot)
         self._slots_guard = threading.Lock()
+        self._identities: set[str] = set()  # namespaces whose worker identity this process created or found
 
     def reconcile(self, namespace: str, name: str, now: datetime | None = None) -> Plan | None:
         """Bring one job's children and status in line with its spec.
@@ -150,6 +153,14 @@ class Reconciler:
         if pod is not None and self.view is not None:
             self.view.pods.write(pod)
 
+    def _ensure_identity(self, namespace: str) -> None:
+        """The namespace's worker ServiceAccount, Role and RoleBinding, created if absent: once per namespace
+        and process, before its first worker pod."""
+        if namespace not in self._identities:
+            for manifest in namespace_identity(namespace):
+                self._kube.create_if_absent(manifest)
+            self._identities.add(namespace)
+
     def _pass(self, namespace: str, name: str, now: datetime) -> Plan | None:
         kube, view = self._kube, self._ready_view()
         job = view.jobs.get(namespace, name) if view is not None else kube.get_job(namespace, name)
@@ -183,9 +194,17 @@ class Reconciler:
                 for child in build_children(ref):
                     kube.create_if_absent(child)
             where = self._placement(queue) if decision.create_ranks else None
+            if decision.create_ranks:
+                self._ensure_identity(namespace)
             for rank in decision.create_ranks:
                 worker = build_worker_pod(ref, spec, rank, decision.attempt, self.trainer_image)
-                self._remember(kube.create_if_absent(kueue.place(worker, where) if where else worker))
+                try:
+                    self._remember(kube.create_if_absent(kueue.place(worker, where) if where else worker))
+                except ApiException:
+                    # Someone may have deleted the namespace's worker identity (a pod naming a missing
+                    # ServiceAccount is refused): the next pass creates it again.
+                    self._identities.discard(namespace)
+                    raise
 
         if needs_write(stored, decision.status):
             written = kube.patch_status(namespace, name, status_patch(decision.status))

@@ -15,8 +15,10 @@ The Helm chart sets these; `python -m kubetune_operator --help` prints this list
                            Lease; past it, it exits (default 10)
   KUBETUNE_RETRY_PERIOD_SECONDS    how often the leader renews and a standby tries (default 2)
   KUBETUNE_WORKERS         reconciles that may run at once (default 8)
-  KUBETUNE_API_QPS         sustained Kubernetes API calls per second (default 50)
-  KUBETUNE_API_BURST       API calls allowed at once above the QPS (default 100)
+  KUBETUNE_API_QPS         sustained Kubernetes API calls per second, per client (default 50;
+                           three clients, as client-go has one limit per clientset: built-in
+                           kinds, kubetune's and Kueue's kinds, Events)
+  KUBETUNE_API_BURST       API calls allowed at once above the QPS, per client (default 100)
   KUBETUNE_RESYNC_SECONDS  how often jobs due for another look (a deadline, a TTL, workers
                            still starting) are reconciled without an event; deadlines and
                            TTLs are met at this granularity (default 5)
@@ -79,9 +81,10 @@ class Settings:
     workers: int
     """KUBETUNE_WORKERS: reconciles that may run at once (thread pool size). Default 8."""
     api_qps: float
-    """KUBETUNE_API_QPS: sustained Kubernetes API calls per second for reconciles. Default 50."""
+    """KUBETUNE_API_QPS: sustained Kubernetes API calls per second, per client (built-in kinds, custom
+    resources, Events: kube.py). Default 50."""
     api_burst: int
-    """KUBETUNE_API_BURST: API calls allowed at once above the QPS. Default 100."""
+    """KUBETUNE_API_BURST: API calls allowed at once above the QPS, per client. Default 100."""
     resync_seconds: float
     """KUBETUNE_RESYNC_SECONDS: how often jobs due for another look are reconciled. Default 5."""
     log_level: str

@@ -162,6 +162,14 @@ def test_the_rendered_crd_is_the_repository_crd_plus_labels_and_keep(default, pl
     assert rendered == source
 
 
+def test_the_chart_installs_the_worker_status_policy_as_its_file_says(default) -> None:
+    """The admission policy that keeps each worker to its own job's status: rendered as the plain file that
+    the tests (and users running the operator without the chart) apply with kubectl."""
+    expected = list(yaml.safe_load_all((CHART / "files/worker-status-policy.yaml").read_text()))
+    rendered = [one(default, m["kind"], m["metadata"]["name"]) for m in expected]
+    assert rendered == expected
+
+
 def test_crd_options() -> None:
     crds = find(render(values={"crds": {"keep": False}}), "CustomResourceDefinition")
     assert len(crds) == 2 and all("annotations" not in c["metadata"] for c in crds)

@@ -35,8 +35,10 @@ from kubetune_api.constants import CONFIG_ANNOTATION
 from kubetune_operator.children import (
     CONFIG_FILE,
     CONFIG_MOUNT,
+    WORKER_SERVICE_ACCOUNT,
     JobRef,
     build_children,
+    namespace_identity,
     trainer_job,
 )
 from kubetune_operator.workers import build_worker_pod
@@ -215,7 +217,7 @@ def test_every_worker_carries_the_trainer_config_that_its_config_volume_makes_a_
     job = parse_job(case.job)
     ref = JobRef(name="scheduled", namespace=NAMESPACE, uid=UID)
     built = build(case)
-    assert [m["kind"] for m in built if m["kind"] != "Pod"] == ["ServiceAccount", "Role", "RoleBinding", "Service"]
+    assert [m["kind"] for m in built if m["kind"] != "Pod"] == ["Service"]  # the pods' identity is the namespace's
     pods = [m for m in built if m["kind"] == "Pod"]
     for pod in pods:
         annotations = pod["metadata"]["annotations"]
@@ -269,3 +271,23 @@ def test_training_processes_get_the_threads_of_the_pods_cpu(resources: dict[str,
     values = [e["value"] for e in env if e["name"] == "OMP_NUM_THREADS"]
     # A kubelet takes the last of repeated names.
     assert (values[-1] if values else None) == expected
+
+
+def test_the_workers_identity_belongs_to_the_namespace_and_may_only_write_job_status() -> None:
+    ref = JobRef(name="any", namespace=NAMESPACE, uid=UID)
+    sa, role, binding = namespace_identity(NAMESPACE)
+    assert [m["kind"] for m in (sa, role, binding)] == ["ServiceAccount", "Role", "RoleBinding"]
+    # Not owned by a job: deleting the namespace's first job must not take the identity of the others.
+    assert not any("ownerReferences" in m["metadata"] for m in (sa, role, binding))
+    assert sa["metadata"]["name"] == ref.service_account_name == WORKER_SERVICE_ACCOUNT
+    assert role["rules"] == [{"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"],
+                              "verbs": ["get", "patch"]}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": WORKER_SERVICE_ACCOUNT, "namespace": NAMESPACE}]
+    # The admission policy that narrows the Role to the pod's own job names the same account and pod names
+    # (tests/operator/test_operator_kwok.py proves it at the API server).
+    policy, policy_binding = yaml.safe_load_all((REPO / "charts/kubetune/files/worker-status-policy.yaml").read_text())
+    assert f"':{WORKER_SERVICE_ACCOUNT}'" in policy["spec"]["matchConditions"][0]["expression"]
+    check = policy["spec"]["validations"][0]["expression"]
+    suffix = ref.worker_name(0).removeprefix(ref.name)[:-1]  # "-worker-"
+    assert f"'{suffix}'" in check and f"size(object.metadata.name) + {len(suffix)}" in check
+    assert policy_binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}

@@ -105,21 +105,34 @@ def _request(cluster, method: str, path: str, token: str, body: dict[str, Any] |
         return int(e.code)
 
 
-def test_a_jobs_service_account_may_patch_only_its_own_status(operator, jobs: Jobs, cluster) -> None:
+def test_a_workers_token_may_patch_only_its_own_jobs_status(operator, jobs: Jobs, cluster) -> None:
     jobs.apply(ftj("mine", nodes=1))
     jobs.apply(ftj("theirs", nodes=1))
     running(jobs, "mine")
     running(jobs, "theirs")
     ns = jobs.ns
-    token = cluster.kubectl("create", "token", "mine-worker", "-n", ns).stdout.strip()
+    # Every worker in the namespace runs as the one ServiceAccount the operator created for it ...
+    assert {p["spec"]["serviceAccountName"] for p in jobs.pods("mine") + jobs.pods("theirs")} == {"kubetune-worker"}
+
+    def token(pod: str) -> str:
+        """A token as the kubelet mounts it in `pod`: of its ServiceAccount, bound to the pod."""
+        uid = cluster.kubectl("get", "pod", pod, "-n", ns, "-o", "jsonpath={.metadata.uid}").stdout.strip()
+        return cluster.kubectl("create", "token", "kubetune-worker", "-n", ns, "--bound-object-kind=Pod",
+                               f"--bound-object-name={pod}", f"--bound-object-uid={uid}").stdout.strip()
+
     base = f"/apis/kubetune.io/v1alpha1/namespaces/{ns}/finetunejobs"
     progress = {"status": {"progress": {"step": 7, "totalSteps": 100}}}
-    assert _request(cluster, "PATCH", f"{base}/mine/status", token, progress) == 200
+    mine = token("mine-worker-0")
+    assert _request(cluster, "PATCH", f"{base}/mine/status", mine, progress) == 200
     assert jobs.status("mine")["progress"]["step"] == 7
-    assert _request(cluster, "PATCH", f"{base}/theirs/status", token, progress) == 403
-    assert _request(cluster, "PATCH", f"{base}/mine", token, {"spec": {"image": "evil"}}) == 403
-    assert _request(cluster, "GET", f"/api/v1/namespaces/{ns}/secrets", token) == 403
-    who = f"--as=system:serviceaccount:{ns}:mine-worker"
+    # ... and the admission policy lets a pod write only the status of the job it works for.
+    assert _request(cluster, "PATCH", f"{base}/theirs/status", mine, progress) == 403
+    assert _request(cluster, "PATCH", f"{base}/theirs/status", token("theirs-worker-0"), progress) == 200
+    unbound = cluster.kubectl("create", "token", "kubetune-worker", "-n", ns).stdout.strip()
+    assert _request(cluster, "PATCH", f"{base}/mine/status", unbound, progress) == 403
+    assert _request(cluster, "PATCH", f"{base}/mine", mine, {"spec": {"image": "evil"}}) == 403
+    assert _request(cluster, "GET", f"/api/v1/namespaces/{ns}/secrets", mine) == 403
+    who = f"--as=system:serviceaccount:{ns}:kubetune-worker"
     assert cluster.kubectl("auth", "can-i", "get", "secrets", "-n", ns, who, check=False).stdout.strip() == "no"
 
 

@@ -260,21 +260,27 @@ class Minio:
 
 
 def job_reporting_access(cluster: Any, namespace: str, name: str, folder: Path) -> dict[str, str]:
-    """What a worker pod of FineTuneJob `name` has for reporting: the operator's ServiceAccount, Role
-    and RoleBinding, a token of that account, the cluster's CA, and the API server's address."""
-    from kubetune_operator.children import (
-        JobRef,
-        build_role,
-        build_role_binding,
-        build_service_account,
-    )
+    """What a worker pod of FineTuneJob `name` has for reporting: the namespace's worker identity as the
+    operator creates it (ServiceAccount, Role, RoleBinding), a token of that account bound to a pod named as
+    rank 0 is (the admission policy lets only `<job>-worker-<rank>` write `<job>`'s status), the cluster's
+    CA, and the API server's address. The pod is held by a scheduling gate: it never runs, and it lives as
+    long as the namespace, so its token stays valid."""
+    from kubetune_operator.children import JobRef, namespace_identity
 
-    uid = cluster.kubectl("get", "finetunejob", name, "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
-    job = JobRef(name, namespace, uid)
-    for manifest in (build_service_account(job), build_role(job), build_role_binding(job)):
+    job = JobRef(name, namespace, "")
+    for manifest in namespace_identity(namespace):
         cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-    token = cluster.kubectl("create", "token", job.service_account_name, "-n", namespace,
-                            "--duration=1h").stdout.strip()
+    holder = {"apiVersion": "v1", "kind": "Pod",
+              "metadata": {"name": job.worker_name(0), "namespace": namespace},
+              "spec": {"serviceAccountName": job.service_account_name,
+                       "schedulingGates": [{"name": "kubetune.io/token-holder"}],
+                       "containers": [{"name": "never-runs", "image": "none"}]}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(holder))
+    uid = cluster.kubectl("get", "pod", job.worker_name(0), "-n", namespace, "-o",
+                          "jsonpath={.metadata.uid}").stdout.strip()
+    token = cluster.kubectl("create", "token", job.service_account_name, "-n", namespace, "--duration=1h",
+                            "--bound-object-kind=Pod", f"--bound-object-name={job.worker_name(0)}",
+                            f"--bound-object-uid={uid}").stdout.strip()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "token").write_text(token)
     (folder / "ca.crt").write_bytes((cluster.local.pki / "ca.crt").read_bytes())

@@ -13,8 +13,9 @@ running the operator with this ServiceAccount's token through a job's life.
   resources: [finetunejobs]
   verbs: [get, list, watch, patch, delete]
 # The operator writes the status (patch). It never reads the subresource (get):
-# it holds get only because each job's Role grants get and patch on that one
-# job's status to the job's pods, and RBAC lets a subject grant only what it holds.
+# it holds get only because the workers' Role in each namespace grants get and
+# patch on FineTuneJob status (the admission policy worker-status-policy.yaml
+# narrows that to a pod's own job), and RBAC lets a subject grant only what it holds.
 - apiGroups: [kubetune.io]
   resources: [finetunejobs/status]
   verbs: [get, patch]
@@ -29,8 +30,10 @@ running the operator with this ServiceAccount's token through a job's life.
 - apiGroups: [""]
   resources: [pods]
   verbs: [create, list, watch, delete]
-# A job's other children are only ever created (if absent): never read,
-# changed or deleted; the garbage collector deletes them with their job.
+# A job's headless Service is only ever created (if absent): never read,
+# changed or deleted; the garbage collector deletes it with its job. So is the
+# workers' identity in a namespace (ServiceAccount kubetune-worker, its Role and
+# RoleBinding), once, before the namespace's first worker pod; it stays.
 # (No ConfigMaps: each worker pod carries the trainer's config itself.)
 - apiGroups: [""]
   resources: [services, serviceaccounts]

@@ -39,6 +39,9 @@ def job_manifest(name: str, bucket: str, max_steps: int, every_steps: int, nodes
     s["dataset"].update(train=f"s3://{bucket}/data/train.jsonl", eval=f"s3://{bucket}/data/eval.jsonl")
     s["training"].update(maxSteps=max_steps, evalEverySteps=max_steps, globalBatchSize=4 * nodes)
     s["resources"]["nodes"] = nodes
+    # The quick start's half core per worker: two jobs' four workers and the operator's two replicas would
+    # want more than the test bed's 2-core node has, and a worker left Pending (Unschedulable) takes no fault.
+    s["resources"]["requests"] = {"cpu": "250m"}
     s["checkpoint"] = {"everySteps": every_steps, "keepLast": 1000}  # every commit stays, to be verified
     s["output"]["uri"] = f"s3://{bucket}/output/{name}/"
     s["storage"]["credentialsSecret"] = S3_SECRET
