@@ -462,9 +462,8 @@ def _silent_too_long(b: _Builder, spec: FineTuneJobSpec) -> WorkerFailure | None
     ready = obs.status.condition(CONDITION_READY)
     running_since = ready.last_transition_time if ready is not None and ready.status == "True" else obs.now
     progress = obs.status.progress
-    if progress is not None and progress.step is not None and progress.total_steps is not None \
-            and progress.step >= progress.total_steps:
-        return None  # training is done; the export retries storage on its own schedule
+    # After the last step too: rank 0 reports every interval while it exports (its heartbeat), however long
+    # the export retries storage; only a frozen or vanished rank 0 goes silent.
     if progress is not None and progress.step is not None and progress.updated_at is not None \
             and progress.updated_at > running_since:
         last, limit, what = progress.updated_at, policy.progress_deadline_seconds, "progressDeadlineSeconds"

@@ -51,8 +51,10 @@ def test_two_node_job_gets_its_children_and_runs(operator, jobs: Jobs, cluster) 
     svc = json.loads(cluster.kubectl("get", "service", "llama", "-n", ns, "-o", "json").stdout)
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"] == {"kubetune.io/job-name": "llama"}
+    # The workers' identity is the namespace's, and outlives the job.
     for kind in ("serviceaccount", "role", "rolebinding"):
-        cluster.kubectl("get", kind, "llama-worker", "-n", ns)
+        found = json.loads(cluster.kubectl("get", kind, "kubetune-worker", "-n", ns, "-o", "json").stdout)
+        assert "ownerReferences" not in found["metadata"]
     # No ConfigMap: each worker carries the trainer's config.
     assert cluster.kubectl("get", "configmaps", "-n", ns, "-l", "kubetune.io/job-name=llama",
                            "-o", "name").stdout.strip() == ""

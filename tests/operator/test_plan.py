@@ -287,9 +287,15 @@ class TestHang:
         assert silent.status.restarts.hang == 1 and conditions(silent)["Stalled"] == ("True", "Hang")
         assert "no progress reported for 420 s" in silent.status.message
 
-        exporting = {**reported, "progress": {"step": 50, "totalSteps": 50, "updatedAt": ts(last)}}
-        done = plan(s, observed(exporting, [pod(0), pod(1)], now=last + timedelta(hours=1)))
-        assert done.status.phase == "Running", "after the last step, the export retries storage on its own"
+        # After the last step rank 0 reports every interval while it exports (however long storage takes):
+        # a heartbeat 10 s old is an export under way, a silent one is a rank 0 frozen in its export.
+        exported_at = last + timedelta(hours=1)
+        exporting = {**reported, "progress": {"step": 50, "totalSteps": 50, "updatedAt": ts(exported_at)}}
+        busy = plan(s, observed(exporting, [pod(0), pod(1)], now=exported_at + timedelta(seconds=10)))
+        assert busy.status.phase == "Running" and not busy.delete_pods
+        frozen = plan(s, observed(exporting, [pod(0), pod(1)],
+                                  now=exported_at + timedelta(seconds=300 + HANG_MARGIN_SECONDS)))
+        assert frozen.restart_cause is Cause.HANG and "no progress reported for 420 s" in frozen.status.message
 
     def test_a_first_step_that_never_comes_is_a_hang_after_the_startup_deadline(self) -> None:
         s = spec(runPolicy={"startupDeadlineSeconds": 600})

@@ -1,10 +1,14 @@
 """Rank 0 reports progress on its FineTuneJob: status.progress, checkpoints, evaluation and output.
 
 A JSON merge patch on the job's status subresource, sent with the pod's own
-service account (whose Role may get and patch that one job's status and nothing
-else). Patches are throttled (settings.status_interval_seconds) and sent from a
+service account (kubetune-worker: its Role may get and patch FineTuneJob status,
+and the chart's admission policy lets a pod write only its own job's). Patches are throttled (settings.status_interval_seconds) and sent from a
 background thread, so a slow or unreachable API server never slows training;
 a commit, an early stop, the end of training and the output are sent at once.
+After the last step the report goes out every interval even when nothing changed
+(progress.updatedAt is the heartbeat): the export and the last uploads report no
+steps, and the operator tells a rank 0 that is still exporting from one that is
+frozen by that heartbeat alone.
 Reporting is best effort: a failed patch is logged and the next one carries
 the news.
 Outside a cluster there is nothing to patch, and the log lines are the report.
@@ -172,6 +176,7 @@ class ProgressReporter(BackgroundWorker, Callback):
         self.patcher, self.interval = patcher, interval
         self._report = Report()
         self._dirty = self._urgent = False
+        self._heartbeat = False  # after the last step: send every interval, changed or not
         self._last_sent = 0.0
         self._last_error_logged = -math.inf
         self.start()
@@ -205,6 +210,8 @@ class ProgressReporter(BackgroundWorker, Callback):
         self._update(urgent=True, metric=metric, parameters=(trainable, total))
 
     def on_train_end(self, step: int) -> None:
+        with self._cond:
+            self._heartbeat = True
         self._update(urgent=True, step=step, eta_seconds=0.0)
 
     def on_commit(self, commit: Commit) -> None:
@@ -227,11 +234,12 @@ class ProgressReporter(BackgroundWorker, Callback):
             with self._cond:
                 while True:
                     wait = self._last_sent + self.interval - time.monotonic()
-                    if self._dirty and (self._urgent or self.stopping or wait <= 0):
+                    due = self._dirty or (self._heartbeat and not self.stopping)
+                    if due and (self._urgent or self.stopping or wait <= 0):
                         break
                     if self.stopping:
                         return
-                    self._cond.wait(wait if self._dirty else None)
+                    self._cond.wait(wait if due else None)
                 report, self._dirty, self._urgent = self._report, False, False
                 stopping = self.stopping
             self._send(report)
