@@ -98,19 +98,20 @@ def test_after_the_last_step_the_report_is_a_heartbeat_sent_every_interval() -> 
     """The export reports no steps: rank 0 sends its report anyway, every interval, with a new updatedAt, so
     the operator can tell an export under way from a frozen rank 0. Nothing is sent unchanged before that."""
     sent: list[dict[str, Any]] = []
-    reporter = ProgressReporter(lambda body: sent.append(body["status"]), interval=0.2)
+    reporter = ProgressReporter(lambda body: sent.append(body["status"]), interval=0)
     try:
         reporter.on_train_start(0, 2)
         reporter.on_step_end(metrics(1))
-        time.sleep(0.5)
+        time.sleep(0.3)
         training = len(sent)
-        time.sleep(0.6)
+        time.sleep(1.5)
         assert len(sent) == training, "while training, only changes are sent"
         reporter.on_train_end(2)
-        time.sleep(2.2)
+        time.sleep(3.5)
     finally:
         reporter.close()
     beats = sent[training:]
-    assert len(beats) >= 6 and all(b["progress"]["step"] == 2 for b in beats)
+    # Interval 0 sends every change at once, and the heartbeat once a second (HEARTBEAT_MIN_SECONDS).
+    assert 3 <= len(beats) <= 5 and all(b["progress"]["step"] == 2 for b in beats)
     stamps = [b["progress"]["updatedAt"] for b in beats]  # RFC 3339, whole seconds
     assert stamps == sorted(stamps) and len(set(stamps)) >= 2

@@ -48,6 +48,8 @@ from kubetune_trainer.metrics import Evaluation
 from kubetune_trainer.settings import Settings
 
 Patcher = Callable[[Manifest], None]
+# The heartbeat after the last step goes out at most this often, whatever the interval (which may be 0).
+HEARTBEAT_MIN_SECONDS = 1.0
 
 
 def _finite(value: float | None) -> float | None:
@@ -233,13 +235,17 @@ class ProgressReporter(BackgroundWorker, Callback):
         while True:
             with self._cond:
                 while True:
-                    wait = self._last_sent + self.interval - time.monotonic()
-                    due = self._dirty or (self._heartbeat and not self.stopping)
-                    if due and (self._urgent or self.stopping or wait <= 0):
+                    now = time.monotonic()
+                    wait = self._last_sent + self.interval - now
+                    if self._dirty and (self._urgent or self.stopping or wait <= 0):
                         break
                     if self.stopping:
                         return
-                    self._cond.wait(wait if due else None)
+                    beat = self._last_sent + max(self.interval, HEARTBEAT_MIN_SECONDS) - now
+                    if self._heartbeat and beat <= 0:
+                        break
+                    waits = ([wait] if self._dirty else []) + ([beat] if self._heartbeat else [])
+                    self._cond.wait(min(waits) if waits else None)
                 report, self._dirty, self._urgent = self._report, False, False
                 stopping = self.stopping
             self._send(report)
