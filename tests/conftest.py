@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Jobs, Kueue, OperatorProcess
+from harness import CLUSTER_MANIFESTS, Jobs, Kueue, OperatorProcess
 
-from kubetune_testbed import REPO, LocalCluster, attach, default_run_dir
+from kubetune_testbed import LocalCluster, attach, default_run_dir
 from kubetune_testbed.chart import installed_operators_paused
 
 
@@ -128,8 +128,7 @@ def bucket(s3: Any, request: pytest.FixtureRequest) -> Iterator[str]:
 def crd(cluster: ClusterHandle) -> None:
     """The FineTuneJob CRD installed and Established, and the admission policy that keeps each worker to its own
     job's status (the chart installs both): all the operator needs of a cluster."""
-    policy = REPO / "charts" / "kubetune" / "files" / "worker-status-policy.yaml"
-    for path in [*sorted((REPO / "crds").glob("*.yaml")), policy]:
+    for path in CLUSTER_MANIFESTS:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
     names = [n for n in cluster.kubectl("get", "crd", "-o", "name").stdout.split() if "kubetune.io" in n]
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)

@@ -25,6 +25,11 @@ from kubetune_testbed.nodes import FAKE_NODE_TOLERATION
 from kubetune_testbed.ports import free_port
 from kubetune_testbed.quickstart import QUICKSTART
 
+# What a cluster needs before the operator: the CRDs, and the admission policy that keeps each worker to its
+# own job's status (the chart installs both; the `crd` fixture applies them with kubectl).
+CLUSTER_MANIFESTS = [*sorted((REPO / "crds").glob("*.yaml")),
+                     REPO / "charts" / "kubetune" / "files" / "worker-status-policy.yaml"]
+
 # kwok's fake nodes: pods placed there are marked Running and run nothing. Pods that do not
 # tolerate their taint (FAKE_NODE_TOLERATION) go to the node agent's node and really run.
 FAKE_NODE_SELECTOR = {"type": "kwok"}

@@ -8,6 +8,8 @@ import socket
 
 
 def free_port() -> int:
+    """A port free on every address: the operator's endpoints listen on 0.0.0.0, which a listener on any
+    one address (a pod of the node agent on 10.244.0.x) blocks, though loopback has the port free."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))
         return int(s.getsockname()[1])

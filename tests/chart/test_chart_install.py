@@ -33,7 +33,7 @@ from chartcluster import (
     token_kubeconfig,
 )
 from gitopscheck import assert_health_of
-from harness import FAKE_NODE_SELECTOR, Recorder, wait_for
+from harness import CLUSTER_MANIFESTS, FAKE_NODE_SELECTOR, Recorder, wait_for
 from helmchart import (
     CHART,
     CI_VALUES,
@@ -47,7 +47,6 @@ from helmchart import (
 )
 
 from kubetune_api.constants import REASON_CREATING_WORKERS
-from kubetune_testbed import REPO
 from kubetune_testbed.nodes import FAKE_NODE_TOLERATION, NODE_AGENT_NODE
 from kubetune_testbed.ports import free_port
 
@@ -137,8 +136,9 @@ def new_namespace(cluster: Any, prefix: str, *labels: str) -> str:
 
 
 def restore_crds(cluster: Any) -> None:
-    """Leave the CRDs installed and Established for the tests after these (the `crd` fixture's state)."""
-    for path in sorted((REPO / "crds").glob("*.yaml")):
+    """Leave the CRDs installed and Established, and the worker status policy (which `helm uninstall`
+    deleted) in place, for the tests after these (the `crd` fixture's state)."""
+    for path in CLUSTER_MANIFESTS:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.kubetune.io")
 
@@ -209,13 +209,14 @@ def test_the_operator_as_its_service_account_runs_jobs_through_their_lives(
         status = jobs.running("tuned")
         assert status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 0}
         assert_untouched(applied, jobs.get("tuned"))
-        for kind, name in [("serviceaccount", "tuned-worker"), ("role", "tuned-worker"),
-                           ("rolebinding", "tuned-worker"), ("service", "tuned")]:
+        for kind, name in [("serviceaccount", "kubetune-worker"), ("role", "kubetune-worker"),
+                           ("rolebinding", "kubetune-worker"), ("service", "tuned")]:
             cluster.kubectl("get", kind, name, "-n", namespace)
-        # The job's pods may patch their own job's status and nothing else.
-        rows = release.rows(tmp_path, "tuned-worker", namespace, sa_namespace=namespace)
-        assert rows == {("finetunejobs.kubetune.io/status", "", "tuned", "get"),
-                        ("finetunejobs.kubetune.io/status", "", "tuned", "patch")}
+        # The workers may read and patch FineTuneJob status and nothing else (the chart's admission policy
+        # narrows the patch to a pod's own job: tests/operator/test_operator_kwok.py).
+        rows = release.rows(tmp_path, "kubetune-worker", namespace, sa_namespace=namespace)
+        assert rows == {("finetunejobs.kubetune.io/status", "", "", "get"),
+                        ("finetunejobs.kubetune.io/status", "", "", "patch")}
 
         # A worker lost: the whole gang restarts.
         cluster.kubectl("delete", "pod", "tuned-worker-1", "-n", namespace, "--wait=false")
