@@ -2,8 +2,8 @@
 
 A JSON merge patch on the job's status subresource, sent with the pod's own
 service account (kubetune-worker: its Role may get and patch FineTuneJob status,
-and the chart's admission policy lets a pod write only its own job's). Patches are throttled (settings.status_interval_seconds) and sent from a
-background thread, so a slow or unreachable API server never slows training;
+and the chart's admission policy lets a pod write only its own job's). Patches
+are throttled (settings.status_interval_seconds) and sent from a background thread, so a slow or unreachable API server never slows training;
 a commit, an early stop, the end of training and the output are sent at once.
 After the last step the report goes out every interval even when nothing changed
 (progress.updatedAt is the heartbeat): the export and the last uploads report no
