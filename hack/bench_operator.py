@@ -123,6 +123,8 @@ def job(i: int, nodes: int) -> dict[str, Any]:
                      "training": {"maxSteps": 1000, "microBatchSize": 1},
                      "resources": {"nodes": nodes, "gpusPerNode": 1, **KWOK_ONLY},
                      "image": "registry.example.com/kubetune/trainer:bench",
+                     # Worker start-up is measured; kwok cannot run a preflight's checks.
+                     "preflight": {"enabled": False},
                      "output": {"uri": f"s3://out/bench-{i:04d}/"}}}
 
 

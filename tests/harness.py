@@ -63,7 +63,9 @@ def ftj(name: str, nodes: int = 2, gpus: int = 8, metadata: dict[str, Any] | Non
     and `metadata` (labels, annotations) into its metadata.
 
     Its workers tolerate the fake nodes' taint and select them, so they never land on
-    the node agent's node, where they would really run.
+    the node agent's node, where they would really run. Its preflight is off: a preflight pod
+    runs the trainer's checks for real, which kwok's pods cannot (tests of the preflight turn it on
+    and run it on the node agent's node, or finish its pod themselves).
     """
     base = {
         "model": {"uri": "s3://models/smollm2-135m-instruct/"},
@@ -74,6 +76,7 @@ def ftj(name: str, nodes: int = 2, gpus: int = 8, metadata: dict[str, Any] | Non
         "image": "registry.example.com/kubetune/trainer:test",
         "output": {"uri": f"s3://models/{name}/"},
         "storage": {"endpoint": "http://minio.example:9000", "credentialsSecret": "s3-credentials"},
+        "preflight": {"enabled": False},
     }
     return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
             "metadata": deep_merge({"name": name}, metadata or {}), "spec": deep_merge(base, spec)}

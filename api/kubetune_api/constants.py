@@ -32,6 +32,10 @@ CONFIG_ANNOTATION: Final = f"{GROUP}/config"
 # such as "-worker-12".
 MAX_JOB_NAME_LENGTH: Final = 50
 
+# Node label that NVIDIA GPU feature discovery sets to the memory of each GPU, in MiB; a
+# spec.resources.nodeSelector naming it tells the preflight how much memory each GPU has.
+GPU_MEMORY_LABEL: Final = "nvidia.com/gpu.memory"
+
 # The GPU resource every worker pod requests (spec.resources.gpusPerNode of it).
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 
@@ -99,6 +103,9 @@ REASON_DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
 REASON_HANG: Final = "Hang"
 REASON_HANG_LIMIT_EXCEEDED: Final = "HangLimitExceeded"
 REASON_WORKERS_NOT_STARTED: Final = "WorkersNotStarted"
+# The preflight pod (spec.preflight) checks storage, model and data on CPU before any worker exists.
+REASON_PREFLIGHT: Final = "Preflight"
+REASON_PREFLIGHT_FAILED: Final = "PreflightFailed"
 # The first word of a trainer's termination message when its watchdog found it hung.
 HANG_MESSAGE_PREFIX: Final = "Hang:"
 # The beginning of a trainer's termination message when it stopped on SIGTERM after committing a

@@ -10,8 +10,9 @@ from typing import Annotated
 from pydantic import Field
 
 from .base import ApiModel, EmptyMeansUnset, Rule
-from .constants import GPU_RESOURCE
+from .constants import GPU_MEMORY_LABEL, GPU_RESOURCE
 from .kube import FreeForm, ObjectName, Quantity
+from .uris import OptionalStoreUri
 
 _Quantities = Annotated[dict[str, Quantity], Field(max_length=16)]
 
@@ -54,6 +55,12 @@ class ResourcesSpec(ApiModel):
         description="Resource limits of each worker pod besides GPUs, e.g. {memory: 300Gi}. "
         "Unset: none beyond the GPUs.",
     )
+    gpu_memory: Quantity | None = Field(
+        default=None,
+        description="Memory of each GPU, e.g. 80Gi. The preflight fails a job whose estimated memory "
+        f"per GPU exceeds it. Unset: the nodeSelector's {GPU_MEMORY_LABEL} (MiB, the label GPU feature "
+        "discovery sets) when it names one; else the estimate is reported but not checked.",
+    )
     node_selector: (
         Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] | None
     ) = Field(
@@ -95,3 +102,46 @@ class ResourcesSpec(ApiModel):
     @property
     def total_gpus(self) -> int:
         return self.nodes * self.gpus_per_node
+
+
+class PreflightResources(ApiModel):
+    """Resources of the preflight pod, as in a container."""
+
+    requests: _Quantities | None = Field(
+        default=None,
+        description='What the preflight pod requests, e.g. {cpu: "2", memory: 8Gi}. Unset: nothing.',
+    )
+    limits: _Quantities | None = Field(
+        default=None, description="The preflight pod's limits, e.g. {memory: 16Gi}. Unset: none."
+    )
+
+    RULES = (_no_gpu_rule("requests"), _no_gpu_rule("limits"))
+
+
+class PreflightSpec(ApiModel):
+    """The CPU-only check of storage, model and data that runs before any worker pod."""
+
+    enabled: bool = Field(
+        default=True,
+        description="true: before the first worker pod, one pod without GPUs checks that the "
+        "credentials can read the model and data and write the checkpoint and output prefixes, that "
+        "the model and tokenizer load, reads and tokenizes every record (failing with the file:line "
+        "of the first bad one), estimates the memory per GPU, and stores the tokenized data in the "
+        "cache, which the workers then read instead of tokenizing. A failure is phase Failed, reason "
+        "PreflightFailed, before any GPU is requested. It runs once per job, not again on restarts. "
+        "false: the workers read and tokenize the data themselves.",
+    )
+    resources: PreflightResources | None = Field(
+        default=None,
+        description='Requests and limits of the preflight pod. Unset: requests {cpu: "1", memory: '
+        "2Gi}, no limits.",
+    )
+    cache_uri: OptionalStoreUri = Field(
+        default=None,
+        description="s3:// or pvc:// prefix of the tokenized-data cache, shared by every job that "
+        "names it: a data set is tokenized once per content, tokenizer and settings. Unset: "
+        "kubetune-cache/ at the root of the checkpoint location's bucket or claim.",
+    )
+
+    def resources_or_default(self) -> PreflightResources:
+        return self.resources or PreflightResources(requests={"cpu": "1", "memory": "2Gi"})

@@ -43,7 +43,7 @@ from .locations import (
     OutputSpec,
     StorageSpec,
 )
-from .resources import ResourcesSpec
+from .resources import PreflightResources, PreflightSpec, ResourcesSpec
 from .training import (
     DeepSpeedSpec,
     FreezeSpec,
@@ -76,6 +76,8 @@ __all__ = [
     "Offload",
     "OutputSpec",
     "Precision",
+    "PreflightResources",
+    "PreflightSpec",
     "ResourcesSpec",
     "RunPolicySpec",
     "StorageSpec",
@@ -215,6 +217,11 @@ class FineTuneJobSpec(ApiModel):
     )
     resources: ResourcesSpec = defaulted(
         ResourcesSpec, "How many machines and GPUs the job uses, and where its pods may run."
+    )
+    preflight: PreflightSpec = defaulted(
+        PreflightSpec,
+        "The CPU-only check of storage, model and data before any worker pod, and the "
+        "tokenized-data cache it fills.",
     )
     image: Annotated[
         Annotated[
@@ -379,9 +386,18 @@ class FineTuneJobSpec(ApiModel):
         """Where checkpoints go: checkpoint.uri, or <output.uri>/checkpoints/."""
         return self.checkpoint.uri or parse_uri(self.output.uri).child("checkpoints") + "/"
 
+    @property
+    def cache_uri(self) -> str:
+        """The tokenized-data cache: preflight.cacheUri, or kubetune-cache/ at the root of the
+        checkpoint location's bucket or claim."""
+        if self.preflight.cache_uri:
+            return self.preflight.cache_uri.rstrip("/") + "/"
+        location = parse_uri(self.checkpoint_uri)
+        return f"{location.scheme}://{location.location}/kubetune-cache/"
+
     def pvc_claims(self) -> list[str]:
         """PersistentVolumeClaims named by pvc:// URIs, which every worker must mount."""
         uris = [self.model.uri, self.dataset.train, self.dataset.eval, self.checkpoint_uri]
-        uris.append(self.output.uri)
+        uris += [self.output.uri, self.cache_uri if self.preflight.enabled else None]
         claims = {parse_uri(u).location for u in uris if u and u.startswith("pvc://")}
         return sorted(claims)

@@ -217,6 +217,65 @@ class OutputStatus(StatusModel):
     )
 
 
+class PreflightStatus(StatusModel):
+    """What the preflight pod found (spec.preflight), before any worker pod."""
+
+    result: Literal["Succeeded", "Failed"] | None = Field(
+        default=None, description="Succeeded, or Failed (then the job failed with reason PreflightFailed)."
+    )
+    message: str | None = Field(
+        default=None, max_length=4096, description="The problem it found, or a one-line summary."
+    )
+    records: Count | None = Field(default=None, description="Training records read.")
+    eval_records: Count | None = Field(default=None, description="Evaluation records read.")
+    sequences: Count | None = Field(
+        default=None, description="Training sequences after tokenization (and packing)."
+    )
+    tokens: Count | None = Field(default=None, description="Training tokens after tokenization.")
+    truncated: Count | None = Field(
+        default=None, description="Training records longer than training.maxSeqLength, cut (without packing)."
+    )
+    dropped: Count | None = Field(
+        default=None, description="Training sequences dropped for having no token to learn from."
+    )
+    labels: Annotated[dict[str, Count], Field(max_length=64)] | None = Field(
+        default=None, description="Training records per label (classification; the first 64 labels)."
+    )
+    steps_per_epoch: Count | None = Field(default=None, description="Optimizer steps per epoch.")
+    total_steps: Count | None = Field(default=None, description="Optimizer steps of the whole run.")
+    memory_per_gpu: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Estimated memory each GPU needs, with its parts (parameters, gradients, "
+        "optimizer state, activations).",
+    )
+    memory_per_gpu_bytes: Count | None = Field(
+        default=None, description="The estimate in bytes."
+    )
+    gpu_memory_bytes: Count | None = Field(
+        default=None,
+        description="Memory of each GPU it was checked against (spec.resources.gpuMemory or the "
+        "nodeSelector's nvidia.com/gpu.memory); unset: not checked.",
+    )
+    cache_uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Folder of the tokenized data set the workers read; its name is the cache key, "
+        "a hash of everything that determines it.",
+    )
+    cached: bool | None = Field(
+        default=None,
+        description="true: the cache already held this data set (tokenized by an earlier job), "
+        "so nothing was tokenized.",
+    )
+    seconds: float | None = Field(default=None, ge=0, description="How long the preflight took.")
+
+    @property
+    def cache_key(self) -> str | None:
+        """The tokenized data set's name in the cache (the last part of cache_uri)."""
+        return self.cache_uri.rstrip("/").rsplit("/", 1)[-1] if self.cache_uri else None
+
+
 class FineTuneJobStatus(StatusModel):
     """Observed state of a FineTuneJob."""
 
@@ -264,6 +323,9 @@ class FineTuneJobStatus(StatusModel):
     )
     output: OutputStatus | None = Field(
         default=None, description="The fine-tuned model, once written."
+    )
+    preflight: PreflightStatus | None = Field(
+        default=None, description="What the preflight found (spec.preflight)."
     )
     message: str | None = Field(
         default=None, max_length=32768, description="Human-readable summary of the last transition."

@@ -41,6 +41,10 @@ class JobRef:
     def service_account_name(self) -> str:
         return WORKER_SERVICE_ACCOUNT
 
+    @property
+    def preflight_name(self) -> str:
+        return f"{self.name}-preflight"
+
     def worker_name(self, rank: int) -> str:
         return f"{self.name}-worker-{rank}"
 

@@ -24,6 +24,7 @@ from kubetune_api import (
     FineTuneJobSpec,
     FineTuneJobStatus,
     Manifest,
+    PreflightStatus,
     RestartsStatus,
     WorkersStatus,
     parse_timestamp,
@@ -43,6 +44,8 @@ from kubetune_api.constants import (
     REASON_HANG_LIMIT_EXCEEDED,
     REASON_INVALID_SPEC,
     REASON_KUEUE_MISSING,
+    REASON_PREFLIGHT,
+    REASON_PREFLIGHT_FAILED,
     REASON_QUEUED,
     REASON_RESTARTING,
     REASON_RESUMED,
@@ -58,7 +61,7 @@ from kubetune_api.constants import (
 from .failures import Cause, WorkerFailure, classify, gang_failure
 from .kueue import KUEUE_GROUP, KUEUE_VERSION, QueueState
 from .status import conditions_for
-from .workers import ATTEMPT_LABEL, RANK_LABEL
+from .workers import ATTEMPT_LABEL, PREFLIGHT_COMPONENT, RANK_LABEL, TRAINER_CONTAINER
 
 # How soon to look again while workers start or go. Their pod events wake the
 # operator anyway; this is the fallback should one be missed, kept long so that
@@ -92,7 +95,7 @@ class Observed:
     name: str  # the job's name
     generation: int
     status: FineTuneJobStatus  # the job's .status as stored (read leniently; may be empty)
-    pods: list[Manifest]  # the job's worker pods, any attempt
+    pods: list[Manifest]  # the job's pods: its workers, any attempt, and its preflight pod
     now: datetime  # aware, UTC, to the second
     queue: QueueState | None = None  # admission by Kueue; None: the job is not queued (kueue.py)
 
@@ -104,6 +107,7 @@ class Plan:
     status: FineTuneJobStatus = field(default_factory=FineTuneJobStatus)
     attempt: int = 1
     ensure_children: bool = False
+    create_preflight: bool = False
     create_ranks: list[int] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
     # The grace period of those deletions; None: the pods' own (runPolicy.terminationGracePeriodSeconds).
@@ -190,6 +194,7 @@ class _Builder:
                          "hang": restarts.hang}
         self.launched = old.workers.launched if old.workers else False
         self.start_time: datetime = old.start_time or obs.now
+        self.preflight: PreflightStatus | None = old.preflight
         self.nodes = nodes
         self.plan = Plan()
 
@@ -214,6 +219,7 @@ class _Builder:
             completion_time=completion,
             workers=WorkersStatus(ready=ready, total=self.nodes, launched=self.launched, attempt=self.attempt),
             restarts=RestartsStatus(**self.restarts),
+            preflight=self.preflight,
             message=message,
         )
         self.plan.attempt = self.attempt
@@ -276,13 +282,16 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
     if b.old_phase is not None and b.old_phase in TERMINAL_PHASES:
         return _terminal(b, spec, b.old_phase)
 
-    live = [p for p in obs.pods if not _being_replaced(p, b.attempt)]
-    stale = [p for p in obs.pods if _being_replaced(p, b.attempt)]
+    preflights = [p for p in obs.pods if _is_preflight(p)]
+    workers = [p for p in obs.pods if not _is_preflight(p)]
+    live = [p for p in workers if not _being_replaced(p, b.attempt)]
+    stale = [p for p in workers if _being_replaced(p, b.attempt)]
     b.plan.delete_pods = [p["metadata"]["name"] for p in stale if not p["metadata"].get("deletionTimestamp")]
 
     if spec.run_policy.suspend:
         b.launched = False
-        b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")]
+        b.plan.delete_pods += [p["metadata"]["name"] for p in live + preflights
+                               if not p["metadata"].get("deletionTimestamp") and not _finished(p)]
         if b.old_phase != Phase.SUSPENDED:
             b.event("Normal", REASON_SUSPENDED, "suspended: worker pods deleted; resume continues from the last checkpoint")
         if obs.queue is not None and obs.queue.workload is not None:
@@ -297,6 +306,11 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
     if b.old_phase == Phase.SUSPENDED:
         b.start_time = obs.now  # like a Job: the active deadline restarts on resume
         b.event("Normal", REASON_RESUMED, "resumed: recreating worker pods")
+
+    if spec.preflight.enabled and not b.launched and not live and not _passed(b.preflight):
+        checking = _preflight(b, preflights)
+        if checking is not None:
+            return checking
 
     if obs.queue is not None:
         queued = _admission(b, obs.queue, live)
@@ -386,6 +400,73 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
         return b.finish(phase, REASON_WORKERS_NOT_STARTED, message, ready, stalled=True)
     b.plan.requeue_after = _sooner(b.plan.requeue_after, -late)
     return b.finish(phase, reason, message, ready)
+
+
+def _is_preflight(pod: Manifest) -> bool:
+    return pod["metadata"].get("labels", {}).get("app.kubernetes.io/component") == PREFLIGHT_COMPONENT
+
+
+def _passed(preflight: PreflightStatus | None) -> bool:
+    return preflight is not None and preflight.result == "Succeeded"
+
+
+def _termination(pod: Manifest) -> Manifest:
+    for status in pod.get("status", {}).get("containerStatuses") or ():
+        if status.get("name") == TRAINER_CONTAINER:
+            return dict((status.get("state") or {}).get("terminated") or {})
+    return {}
+
+
+def _preflight(b: _Builder, preflights: list[Manifest]) -> Plan | None:
+    """Before the first worker: run the preflight pod and wait for its verdict. A Plan while it runs or
+    when it failed (the job fails, no worker is ever created); None once it passed (b.preflight holds its
+    report), and this pass goes on to create the workers."""
+    obs = b.obs
+    pod = next((p for p in preflights if not p["metadata"].get("deletionTimestamp")), None)
+    if pod is None:
+        if preflights:  # the last one is still going away
+            b.plan.requeue_after = _sooner(b.plan.requeue_after, POLL_SECONDS)
+            return b.finish(Phase.PENDING, REASON_PREFLIGHT, "preflight: waiting for the previous preflight pod to go")
+        b.plan.create_preflight = True
+        if b.old_phase is None:
+            b.event("Normal", REASON_PREFLIGHT, f"running the preflight in pod {obs.name}-preflight (no GPU)")
+        b.plan.requeue_after = _sooner(b.plan.requeue_after, POLL_SECONDS)
+        return b.finish(Phase.PENDING, REASON_PREFLIGHT,
+                        "preflight: checking storage, the model and every record on CPU before requesting GPUs")
+    name = pod["metadata"]["name"]
+    phase = pod.get("status", {}).get("phase")
+    terminated = _termination(pod)
+    text = (terminated.get("message") or "").strip()
+    if phase == "Succeeded":
+        try:
+            report = PreflightStatus.model_validate_json(text)
+        except ValueError:
+            report = None
+        if report is not None and report.result == "Succeeded":
+            b.preflight = report
+            b.event("Normal", REASON_PREFLIGHT, report.message or "preflight passed")
+            return None
+        return _preflight_failed(b, f"preflight pod {name} completed without a report; see `kubectl logs {name}`")
+    if phase == "Failed":
+        failure = classify(pod)
+        if failure is not None and failure.cause is Cause.INFRASTRUCTURE and not terminated:
+            # Evicted or its node lost before it could say anything: run it again.
+            b.plan.delete_pods.append(name)
+            b.plan.requeue_after = _sooner(b.plan.requeue_after, POLL_SECONDS)
+            return b.finish(Phase.PENDING, REASON_PREFLIGHT, f"preflight pod {name}: {failure.message}; running it again")
+        if terminated.get("reason") == "OOMKilled":
+            return _preflight_failed(b, f"preflight pod {name} ran out of memory (OOMKilled); raise "
+                                        "spec.preflight.resources.limits.memory")
+        last = text.splitlines()[-1] if text else (failure.message if failure else "no reason given")
+        return _preflight_failed(b, last)
+    b.plan.requeue_after = _sooner(b.plan.requeue_after, POLL_SECONDS)
+    return b.finish(Phase.PENDING, REASON_PREFLIGHT, f"preflight running in pod {name}" + _waiting_reason([pod]))
+
+
+def _preflight_failed(b: _Builder, message: str) -> Plan:
+    b.preflight = PreflightStatus(result="Failed", message=message[:4096])
+    b.event("Warning", REASON_PREFLIGHT_FAILED, message)
+    return b.finish(Phase.FAILED, REASON_PREFLIGHT_FAILED, f"preflight failed: {message}")
 
 
 def _holding(pods: list[Manifest]) -> bool:

@@ -37,7 +37,7 @@ from .informer import View
 from .kube import Kube
 from .plan import Observed, Plan, plan, plan_invalid
 from .status import needs_write, read_status, status_patch
-from .workers import DEFAULT_TRAINER_IMAGE, build_worker_pod
+from .workers import DEFAULT_TRAINER_IMAGE, build_preflight_pod, build_worker_pod
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -194,12 +194,16 @@ class Reconciler:
                 for child in build_children(ref):
                     kube.create_if_absent(child)
             where = self._placement(queue) if decision.create_ranks else None
-            if decision.create_ranks:
+            if decision.create_ranks or decision.create_preflight:
                 self._ensure_identity(namespace)
-            for rank in decision.create_ranks:
-                worker = build_worker_pod(ref, spec, rank, decision.attempt, self.trainer_image)
+            creating = [build_preflight_pod(ref, spec, self.trainer_image)] if decision.create_preflight else []
+            preflight = decision.status.preflight
+            creating += [build_worker_pod(ref, spec, rank, decision.attempt, self.trainer_image,
+                                      data_cache_key=preflight.cache_key if preflight else None)
+                     for rank in decision.create_ranks]
+            for pod in creating:
                 try:
-                    self._remember(kube.create_if_absent(kueue.place(worker, where) if where else worker))
+                    self._remember(kube.create_if_absent(kueue.place(pod, where) if where else pod))
                 except ApiException:
                     # Someone may have deleted the namespace's worker identity (a pod naming a missing
                     # ServiceAccount is refused): the next pass creates it again.

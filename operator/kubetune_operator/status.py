@@ -30,7 +30,7 @@ from kubetune_api.status import ConditionStatus
 # Field names of FineTuneJobStatus; together the two cover every field (a test checks).
 OPERATOR_FIELDS = frozenset({
     "observed_generation", "phase", "conditions", "start_time", "completion_time",
-    "workers", "restarts", "message",
+    "workers", "restarts", "preflight", "message",
 })
 TRAINER_FIELDS = frozenset({"progress", "progress_text", "checkpoints", "evaluation", "parameters", "output"})
 

@@ -26,7 +26,6 @@ from .children import (
     CONFIG_MOUNT,
     RENDEZVOUS_PORT,
     JobRef,
-    labels,
     metadata,
     trainer_config,
 )
@@ -52,17 +51,10 @@ def _secret_key(secret: str, key: str, optional: bool = False) -> dict[str, Any]
     return {"secretKeyRef": ref}
 
 
-def worker_env(job: JobRef, spec: FineTuneJobSpec, attempt: int) -> list[Manifest]:
-    """The trainer's environment (each variable is read by the trainer's settings). S3 keys are
-    references to the user's Secret, never copied."""
-    env: list[Manifest] = [
-        {"name": "KUBETUNE_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
-        {"name": "KUBETUNE_JOB_NAME", "value": job.name},
-        {"name": "KUBETUNE_NAMESPACE", "valueFrom": _downward("metadata.namespace")},
-        {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)},
-        {"name": "KUBETUNE_SCRATCH_DIR", "value": SCRATCH_MOUNT},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-    ]
+def storage_env(spec: FineTuneJobSpec) -> list[Manifest]:
+    """How the trainer reaches the store of s3:// URIs. S3 keys are references to the user's Secret, never
+    copied."""
+    env: list[Manifest] = []
     storage = spec.storage
     if storage.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
@@ -77,6 +69,28 @@ def worker_env(job: JobRef, spec: FineTuneJobSpec, attempt: int) -> list[Manifes
         ]
         if not storage.endpoint:  # the Secret may say where the store is, beside its keys
             env.append({"name": "AWS_ENDPOINT_URL", "valueFrom": _secret_key(secret, S3_ENDPOINT_URL_KEY, optional=True)})
+    return env
+
+
+def _base_env(job: JobRef) -> list[Manifest]:
+    return [
+        {"name": "KUBETUNE_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
+        {"name": "KUBETUNE_JOB_NAME", "value": job.name},
+        {"name": "KUBETUNE_NAMESPACE", "valueFrom": _downward("metadata.namespace")},
+    ]
+
+
+def worker_env(job: JobRef, spec: FineTuneJobSpec, attempt: int, data_cache_key: str | None = None) -> list[Manifest]:
+    """The trainer's environment (each variable is read by the trainer's settings)."""
+    env: list[Manifest] = [
+        *_base_env(job),
+        {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)},
+        {"name": "KUBETUNE_SCRATCH_DIR", "value": SCRATCH_MOUNT},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if data_cache_key:  # the preflight's tokenized data set: the workers read it instead of tokenizing
+        env.append({"name": "KUBETUNE_DATA_CACHE_KEY", "value": data_cache_key})
+    env += storage_env(spec)
     if (threads := threads_per_process(spec)) is not None:
         env.append({"name": "OMP_NUM_THREADS", "value": str(threads)})
     # The user's variables come last so they can override ours (e.g. NCCL settings).
@@ -162,11 +176,85 @@ def _resources(spec: FineTuneJobSpec) -> Manifest:
     return out
 
 
-def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int,
-                     default_image: str = DEFAULT_TRAINER_IMAGE) -> Manifest:
-    """Worker `rank` of gang attempt `attempt`; `default_image` runs it when spec.image is unset."""
+_CONTAINER_SECURITY: Manifest = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+}
+_POD_SECURITY: Manifest = {
+    "runAsNonRoot": True,
+    "runAsUser": WORKER_UID,
+    "runAsGroup": WORKER_UID,
+    "fsGroup": WORKER_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _pod_metadata(job: JobRef, spec: FineTuneJobSpec, name: str, component: str,
+                  extra_labels: dict[str, str]) -> Manifest:
+    meta = metadata(job, name, component)
+    extra = spec.pod_metadata
+    # The user's labels and annotations beside the operator's: admission refuses the operator's keys,
+    # and ours win anyway.
+    meta["labels"] = {**((extra and extra.labels) or {}), **meta["labels"], **extra_labels}
+    meta["annotations"] = {**((extra and extra.annotations) or {}), CONFIG_ANNOTATION: trainer_config(job, spec)}
+    return meta
+
+
+PREFLIGHT_COMPONENT = "preflight"
+
+
+def build_preflight_pod(job: JobRef, spec: FineTuneJobSpec, default_image: str = DEFAULT_TRAINER_IMAGE) -> Manifest:
+    """The job's preflight: `python -m kubetune_trainer.preflight` in one pod without GPUs, with the
+    workers' image, config, storage credentials and volumes, and spec.preflight.resources. It needs no
+    API access (the operator reads its result from its termination message) and no GPU node: none of
+    spec.resources' placement applies."""
     volumes, mounts = _volumes(spec)
-    meta_labels = {**labels(job, "worker"), RANK_LABEL: str(rank), ATTEMPT_LABEL: str(attempt)}
+    res = spec.preflight.resources_or_default()
+    resources: Manifest = {}
+    if res.requests:
+        resources["requests"] = {k: str(v) for k, v in res.requests.items()}
+    if res.limits:
+        resources["limits"] = {k: str(v) for k, v in res.limits.items()}
+    container: Manifest = {
+        "name": TRAINER_CONTAINER,
+        "image": spec.image or default_image,
+        "command": ["python", "-m", "kubetune_trainer.preflight"],
+        "env": [*_base_env(job), {"name": "KUBETUNE_SCRATCH_DIR", "value": SCRATCH_MOUNT},
+                {"name": "PYTHONUNBUFFERED", "value": "1"}, *storage_env(spec),
+                *[e.to_manifest() for e in spec.env or ()]],
+        "resources": resources,
+        "volumeMounts": mounts,
+        # Its report (JSON) or its one-line failure; the operator copies it into status.preflight.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": dict(_CONTAINER_SECURITY),
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    if spec.env_from:
+        container["envFrom"] = [e.to_manifest() for e in spec.env_from]
+    pod_spec: Manifest = {
+        "restartPolicy": "Never",
+        "serviceAccountName": job.service_account_name,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": dict(_POD_SECURITY),
+    }
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [s.to_manifest() for s in spec.image_pull_secrets]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": _pod_metadata(job, spec, job.preflight_name, PREFLIGHT_COMPONENT, {}),
+            "spec": pod_spec}
+
+
+def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int,
+                     default_image: str = DEFAULT_TRAINER_IMAGE, data_cache_key: str | None = None) -> Manifest:
+    """Worker `rank` of gang attempt `attempt`; `default_image` runs it when spec.image is unset;
+    `data_cache_key` names the preflight's tokenized data set, which it reads instead of tokenizing."""
+    volumes, mounts = _volumes(spec)
+    meta_labels = {RANK_LABEL: str(rank), ATTEMPT_LABEL: str(attempt)}
     container: Manifest = {
         "name": TRAINER_CONTAINER,
         "image": spec.image or default_image,
@@ -174,17 +262,13 @@ def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int
         # commit a checkpoint within the grace period (torchrun alone kills them after 30 s).
         "command": ["python", "-m", "kubetune_trainer.launch"],
         "args": ["torchrun", *torchrun_args(job, spec, rank)],
-        "env": worker_env(job, spec, attempt),
+        "env": worker_env(job, spec, attempt, data_cache_key),
         "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
         "resources": _resources(spec),
         "volumeMounts": mounts,
         # The trainer writes its one-line failure reason here; the operator reports it.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-        },
+        "securityContext": dict(_CONTAINER_SECURITY),
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
@@ -201,13 +285,7 @@ def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int
         "enableServiceLinks": False,
         "containers": [container],
         "volumes": volumes,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": WORKER_UID,
-            "runAsGroup": WORKER_UID,
-            "fsGroup": WORKER_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": dict(_POD_SECURITY),
     }
     if res.node_selector:
         pod_spec["nodeSelector"] = dict(res.node_selector)
@@ -222,12 +300,7 @@ def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [s.to_manifest() for s in spec.image_pull_secrets]
 
-    meta = metadata(job, job.worker_name(rank), "worker")
-    extra = spec.pod_metadata
-    # The user's labels and annotations beside the operator's: admission refuses the operator's keys,
-    # and ours win anyway.
-    meta["labels"] = {**((extra and extra.labels) or {}), **meta_labels}
-    meta["annotations"] = {**((extra and extra.annotations) or {}), CONFIG_ANNOTATION: trainer_config(job, spec)}
+    meta = _pod_metadata(job, spec, job.worker_name(rank), "worker", meta_labels)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
 
 

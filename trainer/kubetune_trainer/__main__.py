@@ -36,7 +36,12 @@ def write_termination_message(path: Path, message: str) -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
+Body = Callable[[str, "Settings", Callable[[str], None]], None]
+"""What a command does with its config path, settings and a way to write the termination message."""
+
+
+def main(argv: list[str] | None = None, body: Body | None = None) -> int:
+    """Run `body` (default: training) and turn its failure into a one-line message and an exit code."""
     from kubetune_trainer.errors import EXIT_FAILED, TrainerError
     from kubetune_trainer.settings import TERMINATION_LOG, settings_from_env
 
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         path = args[0] if args else settings.config_path
         if not path:
             return fail("no config; pass its path or set KUBETUNE_CONFIG", 2)
-        _run(path, settings, lambda line: write_termination_message(termination_log, line))
+        (body or _run)(path, settings, lambda line: write_termination_message(termination_log, line))
     except TrainerError as e:
         return fail(str(e), e.exit_code)
     except Exception as e:

@@ -9,6 +9,7 @@ same on every rank, so every rank takes the same early-stopping decision.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
 
 
 @torch.no_grad()
-def evaluate(engine: Any, samples: list[Any], collate: Collate, *, step: int, task: Task,
+def evaluate(engine: Any, samples: Sequence[Any], collate: Collate, *, step: int, task: Task,
              labels: list[str] | None, micro_batch_size: int, env: DistEnv) -> Evaluation:
     """The task's metrics over `samples` at `step` (call on every rank, with the same samples)."""
     engine.eval()
@@ -45,7 +46,7 @@ def evaluate(engine: Any, samples: list[Any], collate: Collate, *, step: int, ta
     return Evaluation(step, summary, details)
 
 
-def _batches(samples: list[Any], collate: Collate, micro_batch_size: int,
+def _batches(samples: Sequence[Any], collate: Collate, micro_batch_size: int,
              env: DistEnv) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """This rank's batches and, for each, which rows are real (not fillers)."""
     out = []
@@ -56,7 +57,7 @@ def _batches(samples: list[Any], collate: Collate, micro_batch_size: int,
     return out
 
 
-def _language_model_sums(engine: Any, samples: list[Any], collate: Collate, labels: list[str] | None,
+def _language_model_sums(engine: Any, samples: Sequence[Any], collate: Collate, labels: list[str] | None,
                          micro_batch_size: int, env: DistEnv) -> list[float]:
     """[summed loss, correctly predicted tokens, tokens] over the trained-on tokens."""
     loss_sum, correct, tokens = 0.0, 0, 0
@@ -73,7 +74,7 @@ def _language_model_sums(engine: Any, samples: list[Any], collate: Collate, labe
     return [loss_sum, float(correct), float(tokens)]
 
 
-def _classification_sums(engine: Any, samples: list[Any], collate: Collate, labels: list[str] | None,
+def _classification_sums(engine: Any, samples: Sequence[Any], collate: Collate, labels: list[str] | None,
                          micro_batch_size: int, env: DistEnv) -> list[float]:
     """[summed loss, confusion matrix counts (row-major: true label, predicted label)]."""
     assert labels is not None

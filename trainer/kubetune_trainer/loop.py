@@ -11,7 +11,7 @@ decisions (best step, stop) from the same all-reduced metrics.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -67,8 +67,8 @@ class LoopPlan:
 class LoopData:
     """What the loop trains and evaluates on."""
 
-    train: list[Any]
-    eval: list[Any]
+    train: Sequence[Any]
+    eval: Sequence[Any]
     collate: Collate
     labels: list[str] | None = None
 

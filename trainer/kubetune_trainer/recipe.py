@@ -21,7 +21,8 @@ from kubetune_api import FineTuneJob
 from kubetune_trainer.callbacks import Callback, CallbackList, LogLines
 from kubetune_trainer.checkpoint import TrainState, load_checkpoint, seed_all
 from kubetune_trainer.context import RunContext
-from kubetune_trainer.data import BatchLayout, build_datasets
+from kubetune_trainer.data import BatchLayout, Datasets, build_datasets, cached_datasets
+from kubetune_trainer.data.cache import fetch_entry
 from kubetune_trainer.data.sampler import steps_per_epoch
 from kubetune_trainer.distributed import (
     DistEnv,
@@ -52,7 +53,7 @@ from kubetune_trainer.progress import ProgressReporter, kube_status_patcher
 from kubetune_trainer.resume import download_checkpoint, newest_committed, remove_uncommitted
 from kubetune_trainer.selection import MetricTracker
 from kubetune_trainer.settings import Settings
-from kubetune_trainer.staging import UriFiles, path_slug
+from kubetune_trainer.staging import UriFiles, node_lock, path_slug
 from kubetune_trainer.stopping import STOPPED_MESSAGE_PREFIX, Stopped, StopSignal
 from kubetune_trainer.storage import Store, open_store, retry
 from kubetune_trainer.streaming import CheckpointCommitter, CheckpointUploader
@@ -92,9 +93,8 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
     # way on every rank.
     check_task_head(context.model_dir, spec)
     preprocessor = load_preprocessor(context.model_dir, spec)
+    data = load_data(job, context, preprocessor, settings)
     text = spec.task != "image-classification"
-    data = build_datasets(spec.dataset, training, preprocessor, task=spec.task, files=UriFiles(settings, spec.storage),
-                          max_positions=max_positions(context.model_dir, spec.model.trust_remote_code) if text else None)
     policy = spec.run_policy
     # Collectives time out only after the watchdog would have fired: a hang is reported as one.
     init_distributed(env, timeout_seconds=max(policy.startup_deadline_seconds, policy.progress_deadline_seconds) + 300)
@@ -214,6 +214,32 @@ def run(job: FineTuneJob, context: RunContext, *, settings: Settings | None = No
         for item in reversed(closing):
             item.close()
         destroy_distributed()
+
+
+def load_data(job: FineTuneJob, context: RunContext, preprocessor: Any, settings: Settings) -> Datasets:
+    """The training and eval samples: the preflight's tokenized data set from the cache (fetched once per
+    node), or, without one, spec.dataset read and tokenized here."""
+    spec = job.spec
+    if settings.data_cache_key:
+        key = settings.data_cache_key
+        store = open_store(spec.cache_uri, spec.storage, settings)
+        try:
+            with node_lock(settings.scratch_dir / "data-cache" / ".lock"):
+                entry, folder = fetch_entry(store, key, settings.scratch_dir / "data-cache" / key,
+                                            give_up_after=min(settings.upload_give_up_seconds, 600))
+        finally:
+            store.close()
+        if context.world.is_main:
+            log_event("data_loaded", source="cache", uri=f"{spec.cache_uri}{key}/",
+                      train_sequences=entry.samples("train"), eval_sequences=entry.samples("eval"))
+        return cached_datasets(entry, folder, preprocessor)
+    text = spec.task != "image-classification"
+    data = build_datasets(spec.dataset, spec.training, preprocessor, task=spec.task,
+                          files=UriFiles(settings, spec.storage),
+                          max_positions=max_positions(context.model_dir, spec.model.trust_remote_code) if text else None)
+    if context.world.is_main:
+        log_event("data_loaded", source="tokenized", train_sequences=len(data.train), eval_sequences=len(data.eval))
+    return data
 
 
 def _load_committed(engine: Any, store: Store, step: int, env: DistEnv, into: Path, settings: Settings) -> None:

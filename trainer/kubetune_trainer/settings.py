@@ -56,6 +56,10 @@ class Settings:
     before the run fails."""
     kube_host: str | None = None
     """KUBERNETES_SERVICE_HOST: set by Kubernetes in every pod; unset: no cluster, logs only."""
+    data_cache_key: str | None = None
+    """KUBETUNE_DATA_CACHE_KEY: the tokenized data set the preflight stored under the spec's cache URI
+    (status.preflight.cacheUri); the training processes read it instead of tokenizing. Unset: they
+    read and tokenize spec.dataset themselves."""
     stall_at_step: int | None = None
     """KUBETUNE_TEST_STALL_AT_STEP: fault injection for testing hang handling: after this optimizer
     step the training loop of rank KUBETUNE_TEST_STALL_RANK (default 0) blocks for good, as a hung
@@ -108,6 +112,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         upload_give_up_seconds=number("KUBETUNE_UPLOAD_GIVE_UP_SECONDS", float, 1.0,
                                       defaults.upload_give_up_seconds),
         kube_host=env.get("KUBERNETES_SERVICE_HOST") or None,
+        data_cache_key=env.get("KUBETUNE_DATA_CACHE_KEY") or None,
         stall_at_step=None if (stall := _number(env, "KUBETUNE_TEST_STALL_AT_STEP", int, 1)) is None else int(stall),
         stall_rank=int(number("KUBETUNE_TEST_STALL_RANK", int, 0, defaults.stall_rank)),
     )

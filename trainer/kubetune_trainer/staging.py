@@ -37,6 +37,8 @@ from kubetune_trainer.storage import (
 _COMPLETE = ".kubetune-complete"
 # What a model folder needs; other files under the prefix (e.g. a checkpoints/ folder) are skipped.
 _HF_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.py", "*.tiktoken"]
+# The weights: what the preflight, which reads only the config and the tokenizer, leaves out.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 
 
 @contextlib.contextmanager
@@ -56,12 +58,13 @@ def path_slug(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
-def stage_model(uri: str, settings: Settings, storage: StorageSpec) -> str:
-    """A local folder holding the model of `uri` (s3://, hf:// or pvc://)."""
+def stage_model(uri: str, settings: Settings, storage: StorageSpec, *, weights: bool = True) -> str:
+    """A local folder holding the model of `uri` (s3://, hf:// or pvc://); without `weights`, only
+    its config and tokenizer files (a pvc:// folder is used where it is, weights and all)."""
     if uri.startswith("s3://"):
-        path = _stage_s3_model(uri, settings, storage)
+        path = _stage_s3_model(uri, settings, storage, weights)
     elif uri.startswith("hf://"):
-        path = _stage_hub_model(uri, settings)
+        path = _stage_hub_model(uri, settings, weights)
     else:
         path = mounted_path(uri, settings.pvc_root)
     if not (Path(path) / "config.json").is_file():
@@ -71,15 +74,15 @@ def stage_model(uri: str, settings: Settings, storage: StorageSpec) -> str:
     return path
 
 
-def _stage_s3_model(uri: str, settings: Settings, storage: StorageSpec) -> str:
-    target = settings.scratch_dir / "models" / path_slug(uri)
+def _stage_s3_model(uri: str, settings: Settings, storage: StorageSpec, weights: bool) -> str:
+    target = settings.scratch_dir / "models" / (path_slug(uri) + ("" if weights else "-config"))
     with node_lock(settings.scratch_dir / "models" / ".lock"):
         if (target / _COMPLETE).is_file():
             return str(target)
         store = S3Store(uri.rstrip("/") + "/", s3_client(storage), settings)
         try:
             # A model folder is flat; sub-folders (checkpoints of the job that wrote it) are not needed.
-            keys = [k for k in store.list("") if "/" not in k]
+            keys = [k for k in store.list("") if "/" not in k and (weights or not k.endswith(WEIGHT_SUFFIXES))]
             if not keys:
                 raise ConfigError(f"model.uri {uri}: no files under this prefix; expected a folder written by "
                                   "save_pretrained (config.json, *.safetensors, tokenizer files)")
@@ -106,7 +109,7 @@ def _stage_s3_model(uri: str, settings: Settings, storage: StorageSpec) -> str:
         return str(target)
 
 
-def _stage_hub_model(uri: str, settings: Settings) -> str:
+def _stage_hub_model(uri: str, settings: Settings, weights: bool) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -120,7 +123,9 @@ def _stage_hub_model(uri: str, settings: Settings) -> str:
     with node_lock(settings.scratch_dir / "hf" / ".lock"):
         try:
             path = snapshot_download(location.location, revision=location.revision,
-                                     cache_dir=settings.scratch_dir / "hf", allow_patterns=_HF_PATTERNS)
+                                     cache_dir=settings.scratch_dir / "hf",
+                                     allow_patterns=_HF_PATTERNS if weights else [p for p in _HF_PATTERNS
+                                                                                  if not p.endswith(WEIGHT_SUFFIXES)])
         except RevisionNotFoundError:
             raise ConfigError(f"model.uri {uri}: the repository has no revision {location.revision!r}") from None
         except GatedRepoError:
@@ -143,6 +148,23 @@ class UriFiles:
     def __init__(self, settings: Settings, storage: StorageSpec) -> None:
         self.settings, self.storage = settings, storage
         self._stores: dict[str, S3Store] = {}
+
+    def fingerprint(self, uri: str) -> str:
+        """What identifies one dataset file's content: its S3 ETag and size, else the SHA-256 of its bytes."""
+        if uri.startswith("s3://"):
+            location = parse_uri(uri)
+            store = self._store(uri)
+            info = retry(lambda: store.head(location.path), what=f"reading {uri}",
+                         give_up_after=min(self.settings.upload_give_up_seconds, 300))
+            if info is None:
+                raise DataError(f"{uri}: dataset file not found")
+            if info.etag:
+                return f"etag:{info.etag}:{info.size}"
+        digest = hashlib.sha256()
+        with self.open(uri) as stream:
+            while block := stream.read(8 << 20):
+                digest.update(block)
+        return f"sha256:{digest.hexdigest()}"
 
     def _store(self, uri: str) -> S3Store:
         bucket = parse_uri(uri).location

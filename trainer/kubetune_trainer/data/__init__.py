@@ -9,14 +9,16 @@ order, the same for every task).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from kubetune_api import DatasetSpec, Task, TrainingSpec
+from kubetune_trainer.data.cache import CachedSamples, CacheEntry
 from kubetune_trainer.data.classification import TextSample, collate_texts, text_samples
 from kubetune_trainer.data.formats import IGNORE_INDEX, Example, tokenize_records
 from kubetune_trainer.data.images import ImageBatches, ImageSample, image_samples
@@ -29,7 +31,7 @@ from kubetune_trainer.data.sampler import (
     eval_batches,
     micro_batches,
 )
-from kubetune_trainer.data.sources import FileAccess, Record, read_records
+from kubetune_trainer.data.sources import FileAccess, Problems, Record, read_records
 from kubetune_trainer.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FILLER", "IGNORE_INDEX", "BatchLayout", "Collate", "DataPosition", "Datasets", "Example",
-    "FileAccess", "ImageSample", "Record", "Sample", "TextSample", "build_datasets", "collate",
+    "FileAccess", "ImageSample", "Record", "Sample", "TextSample", "build_datasets", "cached_datasets", "collate",
     "eval_batches", "micro_batches", "split_records",
 ]
 
@@ -49,9 +51,9 @@ Collate = Callable[[list[Any], bool], dict[str, torch.Tensor]]
 class Datasets:
     """What training consumes, plus counts worth a log line."""
 
-    train: list[Any]
+    train: Sequence[Any]
     """Training samples (Sample, TextSample or ImageSample, by task)."""
-    eval: list[Any]
+    eval: Sequence[Any]
     """Eval samples (empty when there is no eval data)."""
     collate: Collate
     """How samples of this task become a batch."""
@@ -65,6 +67,8 @@ class Datasets:
     """Training sequences dropped for having no learnable token (see packing)."""
     first_dropped: str | None
     """Location of the first dropped record, when known."""
+    truncated: int = 0
+    """Training records cut to maxSeqLength (causal-lm without packing)."""
 
 
 def split_records(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
@@ -79,49 +83,70 @@ def split_records(records: list[Record], fraction: float, seed: int) -> tuple[li
 
 
 def build_datasets(dataset: DatasetSpec, training: TrainingSpec, preprocessor: Any, *,
-                   max_positions: int | None, files: FileAccess, task: Task = "causal-lm") -> Datasets:
+                   max_positions: int | None, files: FileAccess, task: Task = "causal-lm",
+                   problems: Problems = None) -> Datasets:
     """Read (through `files`: staging.UriFiles in the trainer) and split spec.dataset's training (and
     eval) records, and turn them into samples of `task`. `preprocessor` is the model's tokenizer
-    (text tasks) or image processor."""
+    (text tasks) or image processor. The first bad record raises DataError, or with `problems` every
+    bad record is recorded there and left out (the preflight's full scan)."""
     if task != "image-classification" and max_positions is not None and training.max_seq_length > max_positions:
         raise ConfigError(f"sequence length {training.max_seq_length} (spec.training.maxSeqLength) exceeds "
                           f"the model's maximum of {max_positions} tokens (max_position_embeddings); lower "
                           f"it to {max_positions} or less")
-    train_records = read_records(dataset.train, files)
+    train_records = read_records(dataset.train, files, problems)
     if dataset.eval is not None:
-        eval_records = read_records(dataset.eval, files)
+        eval_records = read_records(dataset.eval, files, problems)
     elif dataset.eval_split is not None:
         train_records, eval_records = split_records(train_records, dataset.eval_split, training.seed)
     else:
         eval_records = []
     keys = dataset.record_keys()
     if task == "causal-lm":
-        return _language_model_data(dataset, training, preprocessor, train_records, eval_records)
-    labels = LabelIds(label_names(dataset.labels, train_records, keys["label"]), declared=bool(dataset.labels))
+        return _language_model_data(dataset, training, preprocessor, train_records, eval_records, problems)
+    labels = LabelIds(label_names(dataset.labels, train_records, keys["label"], skip_bad=problems is not None),
+                      declared=bool(dataset.labels))
     collate_fn: Collate
     train: list[Any]
     evals: list[Any]
     if task == "sequence-classification":
         pad_id = int(preprocessor.pad_token_id)
-        train = text_samples(train_records, preprocessor, keys, labels, training.max_seq_length)
-        evals = text_samples(eval_records, preprocessor, keys, labels, training.max_seq_length)
-        collate_fn = lambda samples, _training: collate_texts(samples, pad_id)  # noqa: E731
+        train = text_samples(train_records, preprocessor, keys, labels, training.max_seq_length, problems)
+        evals = text_samples(eval_records, preprocessor, keys, labels, training.max_seq_length, problems)
+        collate_fn = text_collate(pad_id)
     else:
-        train = image_samples(train_records, keys, labels, files)
-        evals = image_samples(eval_records, keys, labels, files)
+        train = image_samples(train_records, keys, labels, files, problems)
+        evals = image_samples(eval_records, keys, labels, files, problems)
         collate_fn = ImageBatches(preprocessor, augment=dataset.augment)
     return Datasets(train, evals, collate_fn, labels.names, len(train_records), len(eval_records), 0, None)
 
 
+def text_collate(pad_id: int) -> Collate:
+    return lambda samples, _training: collate_texts(samples, pad_id)
+
+
+def lm_collate(pad_id: int) -> Collate:
+    return lambda samples, _training: collate(samples, pad_id)
+
+
 def _language_model_data(dataset: DatasetSpec, training: TrainingSpec, tokenizer: PreTrainedTokenizerBase,
-                         train_records: list[Record], eval_records: list[Record]) -> Datasets:
+                         train_records: list[Record], eval_records: list[Record], problems: Problems) -> Datasets:
     """Token sequences of training.maxSeqLength tokens (packed or not) with their loss masks."""
     seq_len, keys = training.max_seq_length, dataset.record_keys()
-    train = fit(tokenize_records(train_records, dataset.format, tokenizer, keys), seq_len, training.packing)
-    if not train.samples:
+    train = fit(tokenize_records(train_records, dataset.format, tokenizer, keys, problems), seq_len, training.packing)
+    if not train.samples and not problems:
         raise DataError(f"{dataset.train}: no record has a learnable token within "
                         f"spec.training.maxSeqLength={seq_len} (first: {train.first_dropped})")
-    evals = fit(tokenize_records(eval_records, dataset.format, tokenizer, keys), seq_len, training.packing)
-    pad_id = int(tokenizer.pad_token_id)
-    return Datasets(train.samples, evals.samples, lambda samples, _training: collate(samples, pad_id), None,
-                    len(train_records), len(eval_records), train.dropped, train.first_dropped)
+    evals = fit(tokenize_records(eval_records, dataset.format, tokenizer, keys, problems), seq_len, training.packing)
+    return Datasets(train.samples, evals.samples, lm_collate(int(tokenizer.pad_token_id)), None,
+                    len(train_records), len(eval_records), train.dropped, train.first_dropped, train.truncated)
+
+
+def cached_datasets(entry: CacheEntry, folder: Path, preprocessor: Any) -> Datasets:
+    """The datasets of a tokenized-data cache entry (data/cache.py) fetched into `folder`: the same
+    samples, in the same order, as build_datasets gave the preflight that wrote it."""
+    facts = entry.facts
+    pad_id = int(preprocessor.pad_token_id)
+    train, evals = (CachedSamples(folder, entry.kind, entry.splits.get(split, [])) for split in ("train", "eval"))
+    return Datasets(train, evals, lm_collate(pad_id) if entry.kind == "lm" else text_collate(pad_id),
+                    facts.get("labels"), int(facts["train_records"]), int(facts["eval_records"]),
+                    int(facts.get("dropped", 0)), facts.get("first_dropped"), int(facts.get("truncated", 0)))

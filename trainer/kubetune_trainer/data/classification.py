@@ -15,7 +15,7 @@ import torch
 
 from kubetune_trainer.data.formats import Keys, string_field
 from kubetune_trainer.data.labels import LabelIds
-from kubetune_trainer.data.sources import Record
+from kubetune_trainer.data.sources import Problems, Record, each
 from kubetune_trainer.errors import DataError
 
 if TYPE_CHECKING:
@@ -32,12 +32,13 @@ class TextSample:
 
 
 def text_samples(records: list[Record], tokenizer: PreTrainedTokenizerBase, keys: Keys, labels: LabelIds,
-                 max_length: int) -> list[TextSample]:
-    """Encode every record; the first bad one raises DataError naming its location."""
+                 max_length: int, problems: Problems = None) -> list[TextSample]:
+    """Encode every record; the first bad one raises DataError naming its location (or goes to
+    `problems`)."""
     text_key, pair_key, label_key = keys["text"], keys["text_pair"], keys["label"]
     shape = f'{{"{text_key}": "...", "{label_key}": "..."}} (and optionally "{pair_key}")'
-    samples = []
-    for record in records:
+
+    def sample(record: Record) -> TextSample:
         text = string_field(record, text_key, shape)
         pair = string_field(record, pair_key, shape) if record.data.get(pair_key) is not None else None
         label = labels.of(record, label_key)
@@ -45,8 +46,9 @@ def text_samples(records: list[Record], tokenizer: PreTrainedTokenizerBase, keys
         if not encoded["input_ids"]:
             raise DataError(f"{record.where}: the text encodes to no tokens")
         types = encoded.get("token_type_ids")
-        samples.append(TextSample(list(encoded["input_ids"]), list(types) if types is not None else None, label))
-    return samples
+        return TextSample(list(encoded["input_ids"]), list(types) if types is not None else None, label)
+
+    return each(records, sample, problems)
 
 
 def collate_texts(samples: list[TextSample], pad_id: int) -> dict[str, torch.Tensor]:

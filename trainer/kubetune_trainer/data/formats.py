@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.data.sources import Record
+from kubetune_trainer.data.sources import Problems, Record, each
 from kubetune_trainer.errors import DataError
 
 if TYPE_CHECKING:
@@ -134,12 +134,20 @@ FORMATS: dict[str, Callable[[Record, Any, Keys | None], Example]] = {
 }
 
 
-def tokenize_records(records: list[Record], fmt: str, tokenizer: PreTrainedTokenizerBase,
-                     keys: Keys | None = None) -> list[Example]:
-    """Tokenize every record; the first bad record raises DataError naming its location."""
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, fmt: str) -> None:
+    """The tokenizer can encode records of format `fmt` (an EOS token; a chat template for chat)."""
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no EOS token; set eos_token in the model's tokenizer_config.json")
     if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
-        raise DataError("dataset format 'chat' needs a tokenizer with a chat template; the model has none")
+        raise DataError("dataset format 'chat' needs a tokenizer with a chat template, and the model's "
+                        "tokenizer has none (no chat_template in tokenizer_config.json, no chat_template.jinja); "
+                        "use a model with one, add one to the model folder, or use format prompt-completion")
+
+
+def tokenize_records(records: list[Record], fmt: str, tokenizer: PreTrainedTokenizerBase,
+                     keys: Keys | None = None, problems: Problems = None) -> list[Example]:
+    """Tokenize every record; the first bad record raises DataError naming its location (or, with
+    `problems`, every bad record is recorded there and left out)."""
+    check_tokenizer(tokenizer, fmt)
     to_example = FORMATS[fmt]
-    return [to_example(record, tokenizer, keys) for record in records]
+    return each(records, lambda record: to_example(record, tokenizer, keys), problems)

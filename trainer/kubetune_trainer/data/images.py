@@ -21,7 +21,7 @@ import torch
 
 from kubetune_trainer.data.formats import Keys
 from kubetune_trainer.data.labels import LabelIds
-from kubetune_trainer.data.sources import FileAccess, Record
+from kubetune_trainer.data.sources import FileAccess, Problems, Record, each
 from kubetune_trainer.errors import DataError
 
 if TYPE_CHECKING:
@@ -68,14 +68,17 @@ def decode(data: bytes, where: str = "") -> Image.Image:
         raise DataError(f"{where}: the image does not decode ({str(e).splitlines()[0]})") from None
 
 
-def image_samples(records: list[Record], keys: Keys, labels: LabelIds, files: FileAccess) -> list[ImageSample]:
-    """Read and check every record's image and label; the first bad one raises DataError."""
-    samples = []
-    for record in records:
+def image_samples(records: list[Record], keys: Keys, labels: LabelIds, files: FileAccess,
+                  problems: Problems = None) -> list[ImageSample]:
+    """Read and check every record's image and label; the first bad one raises DataError (or goes
+    to `problems`)."""
+
+    def sample(record: Record) -> ImageSample:
         data = _image_bytes(record, keys["image"], files)
         decode(data, record.where)
-        samples.append(ImageSample(data, labels.of(record, keys["label"]), record.where))
-    return samples
+        return ImageSample(data, labels.of(record, keys["label"]), record.where)
+
+    return each(records, sample, problems)
 
 
 class ImageBatches:

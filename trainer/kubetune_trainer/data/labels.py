@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from kubetune_trainer.data.sources import Record
+from kubetune_trainer.data.sources import Record, each
 from kubetune_trainer.errors import DataError
 
 
@@ -26,11 +26,13 @@ def _raw_label(record: Record, key: str) -> str | int:
     return value
 
 
-def label_names(declared: Sequence[str] | None, records: Iterable[Record], key: str) -> list[str]:
-    """The classification's labels, in class-id order."""
+def label_names(declared: Sequence[str] | None, records: Iterable[Record], key: str,
+                skip_bad: bool = False) -> list[str]:
+    """The classification's labels, in class-id order; `skip_bad`: records without a valid label
+    are left out (the preflight reports them when it encodes them) instead of raising."""
     if declared:
         return list(declared)
-    found = {_raw_label(record, key) for record in records}
+    found = set(each(records, lambda record: _raw_label(record, key), [] if skip_bad else None))
     if all(isinstance(v, int) for v in found):
         return [str(v) for v in sorted(found, key=int)]
     return sorted(str(v) for v in found)

@@ -37,6 +37,8 @@ class Fitted:
     """Examples (without packing) or blocks (with packing) left with no learnable token."""
     first_dropped: str | None
     """Location of the first dropped example, for the log line."""
+    truncated: int = 0
+    """Examples cut to max_seq_length (without packing; with it none are, they continue)."""
 
 
 def _learnable(labels: list[int]) -> bool:
@@ -60,6 +62,7 @@ def pack(examples: list[Example], seq_len: int) -> Fitted:
 def truncate(examples: list[Example], seq_len: int) -> Fitted:
     """One sample per example, cut to seq_len tokens."""
     samples, dropped, first = [], 0, None
+    truncated = sum(len(e.input_ids) > seq_len for e in examples)
     for e in examples:
         sample = Sample(e.input_ids[:seq_len], e.labels[:seq_len])
         if _learnable(sample.labels):
@@ -67,7 +70,7 @@ def truncate(examples: list[Example], seq_len: int) -> Fitted:
         else:
             dropped += 1
             first = first or e.where
-    return Fitted(samples, dropped, first)
+    return Fitted(samples, dropped, first, truncated)
 
 
 def fit(examples: list[Example], seq_len: int, packing: bool) -> Fitted:

@@ -11,14 +11,38 @@ pvc:// and hf://datasets/ URIs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from kubetune_trainer.errors import DataError
 
 SUFFIXES = (".jsonl", ".parquet")
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+Problems = list[str] | None
+"""Where bad records go: None, the first one raises DataError (training); a list, each one's
+message is added to it and the record is skipped (the preflight, which reports them all)."""
+
+
+def each(items: Iterable[T], convert: Callable[[T], U | None], problems: Problems) -> list[U]:
+    """convert(item) for every item, leaving out None; a DataError raises, or with `problems`
+    is recorded there and the item left out."""
+    out = []
+    for item in items:
+        try:
+            value = convert(item)
+        except DataError as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
+            continue
+        if value is not None:
+            out.append(value)
+    return out
 
 
 class FileAccess(Protocol):
@@ -93,26 +117,29 @@ class LocalFiles:
 LOCAL_FILES = LocalFiles()
 
 
-def _jsonl_records(stream: IO[bytes], uri: str) -> Iterator[Record]:
-    for number, raw in enumerate(stream, start=1):
-        where = f"{uri}:{number}"
-        try:
-            line = raw.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise DataError(f"{where}: not UTF-8 text; JSONL files must be UTF-8") from None
-        if not line:
-            continue  # blank lines (e.g. a trailing newline) are not records
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); "
-                            "each line must hold one JSON object") from None
-        if not isinstance(data, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        yield Record(where, data, uri)
+def _jsonl_record(number: int, raw: bytes, uri: str) -> Record | None:
+    where = f"{uri}:{number}"
+    try:
+        line = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: not UTF-8 text; JSONL files must be UTF-8") from None
+    if not line:
+        return None  # blank lines (e.g. a trailing newline) are not records
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); "
+                        "each line must hold one JSON object") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    return Record(where, data, uri)
 
 
-def _parquet_records(stream: IO[bytes], uri: str) -> Iterator[Record]:
+def _jsonl_records(stream: IO[bytes], uri: str, problems: Problems) -> list[Record]:
+    return each(enumerate(stream, start=1), lambda item: _jsonl_record(item[0], item[1], uri), problems)
+
+
+def _parquet_records(stream: IO[bytes], uri: str, _problems: Problems) -> Iterator[Record]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -124,14 +151,14 @@ def _parquet_records(stream: IO[bytes], uri: str) -> Iterator[Record]:
         yield Record(f"{uri} row {number}", row, uri)
 
 
-def read_records(uri: str, files: FileAccess = LOCAL_FILES) -> list[Record]:
+def read_records(uri: str, files: FileAccess = LOCAL_FILES, problems: Problems = None) -> list[Record]:
     """All records of a .jsonl or .parquet file, or of every such file in a folder; no records
-    at all is an error."""
+    at all is an error. Lines that are no record raise, or go to `problems` (see Problems)."""
     records: list[Record] = []
     for file in files.files(uri):
         reader = _jsonl_records if suffix_of(file) == ".jsonl" else _parquet_records
         with files.open(file) as stream:
-            records += reader(stream, file)
+            records += reader(stream, file, problems)
     if not records:
         raise DataError(f"{uri}: the dataset {'file' if suffix_of(uri) in SUFFIXES else 'folder'} "
                         "holds no records")

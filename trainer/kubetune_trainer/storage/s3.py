@@ -167,7 +167,8 @@ class S3Store:
             raise classify(e, self._where(key)) from None
         except Exception as e:
             raise classify(e, self._where(key)) from None
-        return ObjectInfo(int(response["ContentLength"]), response.get("Metadata", {}).get(SHA256_METADATA))
+        return ObjectInfo(int(response["ContentLength"]), response.get("Metadata", {}).get(SHA256_METADATA),
+                          str(response.get("ETag", "")).strip('"') or None)
 
     def list(self, prefix: str = "") -> list[str]:
         full = self._key(prefix)

@@ -23,6 +23,8 @@ class ObjectInfo:
     size: int
     sha256: str | None
     """The SHA-256 the uploader recorded with the object (S3 metadata); None where the store keeps none."""
+    etag: str | None = None
+    """The store's own content tag (S3's ETag); None where the store keeps none."""
 
 
 @dataclass(frozen=True)
