@@ -118,6 +118,7 @@ class Demo:
         self.kubectl_bin = str(cluster.bins.kube("kubectl"))
         self.release = OperatorRelease(cluster)  # release kubetune in kubetune-system, as the README installs it
         self.pods_seen = self.running_seen = 0.0  # when run_job first saw the pods, and them running
+        self.preflight_done = 0.0  # when run_job first saw status.preflight
         import boto3
 
         self.s3 = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"],
@@ -184,7 +185,9 @@ class Demo:
         return dict(json.loads(self.kubectl("get", "ftj", self.qs.name, "-n", NAMESPACE, "-o", "json")))
 
     def pods(self) -> list[dict[str, Any]]:
-        out = self.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"kubetune.io/job-name={self.qs.name}", "-o", "json")
+        """The job's worker pods (not its preflight pod)."""
+        out = self.kubectl("get", "pods", "-n", NAMESPACE, "-l",
+                           f"kubetune.io/job-name={self.qs.name},app.kubernetes.io/component=worker", "-o", "json")
         return sorted(json.loads(out)["items"], key=lambda p: p["metadata"]["name"])
 
     def run_job(self) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
@@ -193,7 +196,7 @@ class Demo:
         applied_at = time.time()
         print(self.kubectl("apply", "-n", NAMESPACE, "-f", str(self.example)).strip())
         last, pods = "", list[dict[str, Any]]()
-        self.pods_seen = self.running_seen = 0.0
+        self.pods_seen = self.running_seen = self.preflight_done = 0.0
         deadline = time.monotonic() + TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             job = self.job()
@@ -205,6 +208,9 @@ class Demo:
                 last = line
             if phase in ("Succeeded", "Failed"):
                 return job, applied_at, pods or self.pods()
+            if status.get("preflight") and not self.preflight_done:
+                self.preflight_done = time.time()
+                print(f"           preflight: {status['preflight'].get('message')}")
             if not self.running_seen:  # watched closely until the processes run: the timeline
                 pods = self.pods()
                 now = time.time()
@@ -224,8 +230,15 @@ class Demo:
         events = parse_log_lines(log)
         self.step("From kubectl apply to the first training step")
         try:
-            for line in Timeline.of(applied_at, self.pods_seen, self.running_seen, events).lines():
+            timeline = Timeline.of(applied_at, self.pods_seen, self.running_seen, events)
+            if self.preflight_done:
+                preflight = status.get("preflight") or {}
+                print(f"  {'preflight passed (pod without GPU)':<46} {self.preflight_done - applied_at:6.1f} s  "
+                      f"(its checks {preflight.get('seconds', 0):.1f} s; tokenized data "
+                      f"{'reused from the cache' if preflight.get('cached') else 'cached'})")
+            for line in timeline.lines():
                 print(line)
+            print(f"  {'worker start to rendezvous':<46} {timeline.rendezvous - timeline.processes_started:6.1f} s")
         except ValueError as e:
             print(f"  (no timeline: {e})")
         finished = parse_timestamp(status["completionTime"]).timestamp() if status.get("completionTime") else time.time()

@@ -136,6 +136,17 @@ class PreflightSpec(ApiModel):
         description='Requests and limits of the preflight pod. Unset: requests {cpu: "1", memory: '
         "2Gi}, no limits.",
     )
+    node_selector: (
+        Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] | None
+    ) = Field(
+        default=None,
+        description="Node labels a machine must have to run the preflight pod (e.g. a CPU pool), as "
+        "in a Pod. Unset: any node; spec.resources' placement is the workers' only.",
+    )
+    tolerations: Annotated[list[FreeForm], Field(max_length=32)] | None = Field(
+        default=None,
+        description="Taints the preflight pod tolerates, as in a Pod's tolerations. Unset: none.",
+    )
     cache_uri: OptionalStoreUri = Field(
         default=None,
         description="s3:// or pvc:// prefix of the tokenized-data cache, shared by every job that "

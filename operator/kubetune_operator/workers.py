@@ -244,6 +244,10 @@ def build_preflight_pod(job: JobRef, spec: FineTuneJobSpec, default_image: str =
     }
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [s.to_manifest() for s in spec.image_pull_secrets]
+    if spec.preflight.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.preflight.node_selector)
+    if spec.preflight.tolerations:
+        pod_spec["tolerations"] = list(spec.preflight.tolerations)
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": _pod_metadata(job, spec, job.preflight_name, PREFLIGHT_COMPONENT, {}),
             "spec": pod_spec}

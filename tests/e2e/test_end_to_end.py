@@ -74,13 +74,22 @@ def test_quickstart_runs_two_nodes_to_success(cluster: Any, e2e: Jobs, store: st
     assert status["output"]["uri"] == f"s3://{store}/output/qs/"
     assert status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 0}
 
-    # Two pods, two ranks in one process group, over the pods' own addresses.
+    # The preflight ran first, without a GPU, and its tokenized data set is what the workers read.
+    preflight = status["preflight"]
+    assert preflight["result"] == "Succeeded" and preflight["records"] > 0 and preflight["totalSteps"] == 6
+    assert preflight["cacheUri"].startswith(f"s3://{store}/kubetune-cache/")
+    assert preflight["memoryPerGpuBytes"] > 0
+
+    # The preflight pod, then two workers: two ranks in one process group, over the pods' own addresses.
     pods = e2e.pods("qs")
-    assert [p["metadata"]["name"] for p in pods] == ["qs-worker-0", "qs-worker-1"]
+    assert [p["metadata"]["name"] for p in pods] == ["qs-preflight", "qs-worker-0", "qs-worker-1"]
     assert all(p["status"]["phase"] == "Succeeded" for p in pods)
-    assert len({p["status"]["podIP"] for p in pods}) == 2
+    assert "nvidia.com/gpu" not in json.dumps(pods[0]["spec"]["containers"][0]["resources"])
+    workers = pods[1:]
+    assert len({p["status"]["podIP"] for p in workers}) == 2
     events = parse_log_lines(logs(cluster, e2e.ns, "qs-worker-0"))
     assert [e["world_size"] for e in events if e["event"] == "rendezvous"] == [2]
+    assert [e["source"] for e in events if e["event"] == "data_loaded"] == ["cache"]
     assert [e["step"] for e in events if e["event"] == "eval"] == [0, 6]  # the base model's loss, then after
 
     # S3: the committed checkpoints (keepLast 2 of steps 3 and 6) and the published model.

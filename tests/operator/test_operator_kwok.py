@@ -8,12 +8,14 @@ pods, Service and RBAC objects that exist.
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 import pytest
-from harness import Jobs, ftj, wait_for
+from harness import FAKE_NODE_SELECTOR, FAKE_NODE_TOLERATION, Jobs, ftj, wait_for
 
 from kubetune_api import parse_job
 
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.cluster
 def running(jobs: Jobs, name: str, attempt: int = 1) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         status = jobs.status(name)
-        pods = jobs.pods(name)
+        pods = [p for p in jobs.pods(name) if p["metadata"]["name"] != f"{name}-preflight"]
         ok = (status.get("phase") == "Running" and (status.get("workers") or {}).get("attempt") == attempt
               and (status.get("workers") or {}).get("ready") == len(pods)
               and all(p["metadata"]["labels"]["kubetune.io/attempt"] == str(attempt) for p in pods))
@@ -256,3 +258,62 @@ def test_workers_that_never_start_make_the_job_stalled_without_spending_a_budget
     assert status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 0}
     assert [e["reason"] for e in jobs.events("stuck") if e["type"] == "Warning"] == ["WorkersNotStarted"]
     assert len(jobs.pods("stuck")) == 3, "nothing deleted: the job waits for room"
+
+
+def preflight_on_kwok(name: str, **spec: Any) -> dict[str, Any]:
+    """A job whose preflight pod lands on a kwok node, where the test plays its kubelet."""
+    return ftj(name, nodes=2, preflight={"enabled": True, "nodeSelector": FAKE_NODE_SELECTOR,
+                                         "tolerations": [FAKE_NODE_TOLERATION]}, **spec)
+
+
+def watch_pod_names(cluster: Any, namespace: str) -> subprocess.Popen[str]:
+    """`kubectl get pods --watch` in `namespace`: every pod that ever exists there is printed."""
+    return subprocess.Popen([str(cluster.local.bins.kube("kubectl")), "--kubeconfig", str(cluster.local.admin_kubeconfig),
+                             "get", "pods", "-n", namespace, "--watch", "-o", "name"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def test_a_failed_preflight_fails_the_job_and_no_worker_pod_ever_exists(operator, jobs: Jobs, cluster) -> None:
+    watch = watch_pod_names(cluster, jobs.ns)
+    try:
+        jobs.apply(preflight_on_kwok("checked"))
+        status = wait_for(lambda: (s := jobs.status("checked")).get("phase") == "Pending" and s, what="Pending")
+        assert condition(status, "Reconciling")["reason"] == "Preflight"
+        pod = wait_for(lambda: next(iter(jobs.pods("checked")), None), what="the preflight pod")
+        assert pod["metadata"]["name"] == "checked-preflight"
+        resources = pod["spec"]["containers"][0]["resources"]
+        assert resources == {"requests": {"cpu": "1", "memory": "2Gi"}}  # no GPU
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        bad = "s3://datasets/chat/train.jsonl:10000: not valid JSON (Expecting ',' delimiter at column 18)"
+        jobs.terminate_worker("checked-preflight", 2, bad)
+        status = wait_for(lambda: (s := jobs.status("checked")).get("phase") == "Failed" and s, what="Failed")
+        assert condition(status, "Failed")["reason"] == "PreflightFailed"
+        assert status["message"] == f"preflight failed: {bad}"
+        assert status["preflight"] == {"result": "Failed", "message": bad}
+        assert any(e["reason"] == "PreflightFailed" for e in jobs.events("checked"))
+        time.sleep(2)  # a worker created after the verdict would show up in the watch by now
+    finally:
+        watch.terminate()
+        seen, _ = watch.communicate(timeout=10)
+    assert set(seen.split()) == {"pod/checked-preflight"}
+
+
+def test_a_passed_preflight_is_reported_and_its_workers_read_its_cache(operator, jobs: Jobs) -> None:
+    jobs.apply(preflight_on_kwok("passed"))
+    wait_for(lambda: jobs.pods("passed"), what="the preflight pod")
+    report = {"result": "Succeeded", "message": "preflight passed: 12 records", "records": 12, "totalSteps": 100,
+              "cacheUri": "s3://models/kubetune-cache/0123abcd/", "cached": False}
+    jobs.terminate_worker("passed-preflight", 0, json.dumps(report))
+    running(jobs, "passed")
+    status = jobs.status("passed")
+    assert status["preflight"] == report
+    workers = [p for p in jobs.pods("passed") if p["metadata"]["name"] != "passed-preflight"]
+    assert len(workers) == 2
+    for worker in workers:
+        env = {e["name"]: e.get("value") for e in worker["spec"]["containers"][0]["env"]}
+        assert env["KUBETUNE_DATA_CACHE_KEY"] == "0123abcd"
+    # A gang restart does not run the preflight again.
+    jobs.terminate_worker("passed-worker-1", 1, "error: CUDA out of memory")
+    running(jobs, "passed", attempt=2)
+    assert jobs.status("passed")["preflight"] == report
+    assert [p["metadata"]["name"] for p in jobs.pods("passed")].count("passed-preflight") == 1
