@@ -342,3 +342,66 @@ class TestStopped:
         p = plan(spec(), observed(launched(), [pod(0, phase="Failed", exit_code=1, message="boom"), pod(1)]))
         assert p.restart_cause is Cause.APPLICATION and sorted(p.delete_pods) == ["j-worker-0", "j-worker-1"]
         assert p.delete_grace == 1
+
+
+def preflight_pod(phase: str = "Running", exit_code: int | None = None, message: str = "",
+                  reason: str | None = None, terminated_reason: str | None = None) -> dict[str, Any]:
+    p = pod(0, phase=phase, exit_code=exit_code, message=message, reason=reason)
+    p["metadata"] = {"name": "j-preflight", "uid": "uid-preflight",
+                     "labels": {"app.kubernetes.io/component": "preflight"}}
+    if terminated_reason:
+        p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = terminated_reason
+    return p
+
+
+class TestPreflight:
+    """spec.preflight: one pod without GPUs before any worker, its verdict in status.preflight."""
+
+    def test_the_first_pass_creates_the_preflight_pod_and_no_worker(self) -> None:
+        decided = plan(spec(preflight={"enabled": True}), observed())
+        assert decided.create_preflight and decided.create_ranks == []
+        assert decided.status.phase == "Pending" and decided.status.conditions is not None
+        assert {c.type: c.reason for c in decided.status.conditions}["Reconciling"] == "Preflight"
+
+    def test_while_it_runs_the_job_waits(self) -> None:
+        decided = plan(spec(preflight={"enabled": True}), observed({"phase": "Pending"}, [preflight_pod()]))
+        assert not decided.create_preflight and decided.create_ranks == []
+        assert decided.status.message == "preflight running in pod j-preflight"
+
+    def test_its_report_is_recorded_and_the_workers_are_created_in_the_same_pass(self) -> None:
+        report = '{"result":"Succeeded","records":12,"cacheUri":"s3://b/kubetune-cache/abc/"}'
+        decided = plan(spec(preflight={"enabled": True}),
+                       observed({"phase": "Pending"}, [preflight_pod("Succeeded", 0, report)]))
+        assert decided.create_ranks == [0, 1]
+        assert decided.status.preflight is not None and decided.status.preflight.cache_key == "abc"
+
+    def test_once_passed_a_gang_restart_does_not_run_it_again(self) -> None:
+        status = {**launched(), "preflight": {"result": "Succeeded"}}
+        decided = plan(spec(preflight={"enabled": True}), observed(status, [pod(0, phase="Failed", exit_code=1)]))
+        assert not decided.create_preflight and decided.status.phase == "Restarting"
+        assert decided.status.preflight is not None and decided.status.preflight.result == "Succeeded"
+
+    @pytest.mark.parametrize(("p", "message"), [
+        (preflight_pod("Failed", 2, "s3://d/t.jsonl:10000: not valid JSON"),
+         "s3://d/t.jsonl:10000: not valid JSON"),
+        (preflight_pod("Failed", 137, "", terminated_reason="OOMKilled"),
+         "preflight pod j-preflight ran out of memory (OOMKilled); raise spec.preflight.resources.limits.memory"),
+        (preflight_pod("Succeeded", 0, "not json"),
+         "preflight pod j-preflight completed without a report; see `kubectl logs j-preflight`"),
+    ])
+    def test_a_failure_fails_the_job_with_its_message(self, p: dict[str, Any], message: str) -> None:
+        decided = plan(spec(preflight={"enabled": True}), observed({"phase": "Pending"}, [p]))
+        assert decided.status.phase == "Failed" and decided.create_ranks == []
+        assert decided.status.message == f"preflight failed: {message}"
+        assert decided.status.preflight is not None and decided.status.preflight.result == "Failed"
+        assert [e.reason for e in decided.events] == ["PreflightFailed"]
+
+    def test_an_evicted_preflight_pod_runs_again(self) -> None:
+        evicted = preflight_pod("Failed", reason="Evicted")
+        decided = plan(spec(preflight={"enabled": True}), observed({"phase": "Pending"}, [evicted]))
+        assert decided.status.phase == "Pending" and decided.delete_pods == ["j-preflight"]
+
+    def test_suspending_during_the_preflight_deletes_its_pod(self) -> None:
+        decided = plan(spec(preflight={"enabled": True}, runPolicy={"suspend": True}),
+                       observed({"phase": "Pending"}, [preflight_pod()]))
+        assert decided.status.phase == "Suspended" and decided.delete_pods == ["j-preflight"]
