@@ -294,7 +294,7 @@ def describe(status: dict[str, Any]) -> str:
     workers = status.get("workers") or {}
     if progress.get("totalSteps"):
         parts.append(f"step {progress.get('step', 0)}/{progress['totalSteps']}")
-    elif workers:
+    elif workers and not (status.get("message") or "").startswith("preflight"):
         parts.append(f"workers {workers.get('ready', 0)}/{workers.get('total', 0)} ready")
     if progress.get("loss") is not None:
         parts.append(f"loss {progress['loss']:.3f}")

@@ -201,9 +201,9 @@ class Reconciler:
             creating += [build_worker_pod(ref, spec, rank, decision.attempt, self.trainer_image,
                                       data_cache_key=preflight.cache_key if preflight else None)
                      for rank in decision.create_ranks]
-            for pod in creating:
+            for child in creating:
                 try:
-                    self._remember(kube.create_if_absent(kueue.place(pod, where) if where else pod))
+                    self._remember(kube.create_if_absent(kueue.place(child, where) if where else child))
                 except ApiException:
                     # Someone may have deleted the namespace's worker identity (a pod naming a missing
                     # ServiceAccount is refused): the next pass creates it again.

@@ -100,7 +100,8 @@ def _write_shard(samples: Sequence[Any], folder: Path, name: str) -> dict[str, A
 
 def write_split(samples: Sequence[Any], folder: Path, split: str) -> list[dict[str, Any]]:
     """Write one split's samples as shards of at most SHARD_TOKENS tokens into `folder`."""
-    shards, start, tokens = [], 0, 0
+    shards: list[dict[str, Any]] = []
+    start, tokens = 0, 0
     for i, sample in enumerate(samples):
         tokens += len(sample.input_ids)
         if tokens > SHARD_TOKENS and i > start:

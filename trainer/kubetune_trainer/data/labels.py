@@ -32,9 +32,9 @@ def label_names(declared: Sequence[str] | None, records: Iterable[Record], key: 
     are left out (the preflight reports them when it encodes them) instead of raising."""
     if declared:
         return list(declared)
-    found = set(each(records, lambda record: _raw_label(record, key), [] if skip_bad else None))
+    found: set[str | int] = set(each(records, lambda record: _raw_label(record, key), [] if skip_bad else None))
     if all(isinstance(v, int) for v in found):
-        return [str(v) for v in sorted(found, key=int)]
+        return [str(v) for v in sorted(int(v) for v in found)]
     return sorted(str(v) for v in found)
 
 
