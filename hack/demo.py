@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kubetune_api import parse_timestamp
 from kubetune_testbed import LocalCluster, attach, default_run_dir
 from kubetune_testbed.chart import OperatorRelease
@@ -119,6 +121,7 @@ class Demo:
         self.release = OperatorRelease(cluster)  # release kubetune in kubetune-system, as the README installs it
         self.pods_seen = self.running_seen = 0.0  # when run_job first saw the pods, and them running
         self.preflight_done = 0.0  # when run_job first saw status.preflight
+        self.preflight = True  # False: the example with spec.preflight.enabled false (--no-preflight)
         import boto3
 
         self.s3 = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"],
@@ -194,7 +197,13 @@ class Demo:
         """Apply the example and follow it; returns the final job, the apply time and the pods."""
         self.step(f"kubectl apply -f examples/{self.example.name}")
         applied_at = time.time()
-        print(self.kubectl("apply", "-n", NAMESPACE, "-f", str(self.example)).strip())
+        if self.preflight:
+            print(self.kubectl("apply", "-n", NAMESPACE, "-f", str(self.example)).strip())
+        else:  # --no-preflight: the example as it is but for spec.preflight.enabled (for comparing start-up)
+            manifest = yaml.safe_load(self.example.read_text())
+            manifest["spec"]["preflight"] = {"enabled": False}
+            print("(with spec.preflight.enabled: false)")
+            print(self.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(manifest)).strip())
         last, pods = "", list[dict[str, Any]]()
         self.pods_seen = self.running_seen = self.preflight_done = 0.0
         deadline = time.monotonic() + TIMEOUT_SECONDS
@@ -333,6 +342,9 @@ def answers(model_dir: Path, conversations: list[list[dict[str, str]]]) -> list[
 def main(demo_class: type[Demo] = Demo, doc: str | None = __doc__) -> int:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=default_run_dir())
+    parser.add_argument("--no-preflight", action="store_true",
+                        help="apply the example with spec.preflight.enabled false (every rank tokenizes), "
+                             "to compare the start-up with and without the preflight's cache")
     args = parser.parse_args()
     cluster = attach(args.run_dir)
     if cluster is None:
@@ -341,6 +353,7 @@ def main(demo_class: type[Demo] = Demo, doc: str | None = __doc__) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     demo = demo_class(cluster)
+    demo.preflight = not args.no_preflight
     started = time.monotonic()
     demo.install()
     base_dir, held_out = demo.upload()

@@ -308,7 +308,8 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
         b.event("Normal", REASON_RESUMED, "resumed: recreating worker pods")
 
     if spec.preflight.enabled and not b.launched and not live and not _passed(b.preflight):
-        checking = _preflight(b, preflights)
+        # Before Kueue's admission: a job that cannot run does not wait for quota. The active deadline counts.
+        checking = _past_deadline(b, spec, preflights) or _preflight(b, preflights)
         if checking is not None:
             return checking
 
@@ -317,15 +318,9 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
         if queued is not None:
             return queued
 
-    deadline = spec.run_policy.active_deadline_seconds
-    if deadline is not None:
-        remaining = (b.start_time + timedelta(seconds=deadline) - obs.now).total_seconds()
-        if remaining <= 0:
-            message = f"exceeded spec.runPolicy.activeDeadlineSeconds ({deadline}s)"
-            b.plan.delete_pods += [p["metadata"]["name"] for p in live if not p["metadata"].get("deletionTimestamp")]
-            b.event("Warning", REASON_DEADLINE_EXCEEDED, message)
-            return b.finish(Phase.FAILED, REASON_DEADLINE_EXCEEDED, message)
-        b.plan.requeue_after = remaining
+    late = _past_deadline(b, spec, live)
+    if late is not None:
+        return late
 
     failures: list[WorkerFailure] = [f for p in live if (f := classify(p)) is not None]
     present = {_rank(p) for p in live}
@@ -467,6 +462,22 @@ def _preflight_failed(b: _Builder, message: str) -> Plan:
     b.preflight = PreflightStatus(result="Failed", message=message[:4096])
     b.event("Warning", REASON_PREFLIGHT_FAILED, message)
     return b.finish(Phase.FAILED, REASON_PREFLIGHT_FAILED, f"preflight failed: {message}")
+
+
+def _past_deadline(b: _Builder, spec: FineTuneJobSpec, pods: list[Manifest]) -> Plan | None:
+    """Failed, and `pods` deleted, once spec.runPolicy.activeDeadlineSeconds have passed since the start;
+    else None (and when to look again)."""
+    deadline = spec.run_policy.active_deadline_seconds
+    if deadline is None:
+        return None
+    remaining = (b.start_time + timedelta(seconds=deadline) - b.obs.now).total_seconds()
+    if remaining > 0:
+        b.plan.requeue_after = _sooner(b.plan.requeue_after, remaining)
+        return None
+    message = f"exceeded spec.runPolicy.activeDeadlineSeconds ({deadline}s)"
+    b.plan.delete_pods += [p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")]
+    b.event("Warning", REASON_DEADLINE_EXCEEDED, message)
+    return b.finish(Phase.FAILED, REASON_DEADLINE_EXCEEDED, message)
 
 
 def _holding(pods: list[Manifest]) -> bool:

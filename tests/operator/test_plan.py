@@ -405,3 +405,10 @@ class TestPreflight:
         decided = plan(spec(preflight={"enabled": True}, runPolicy={"suspend": True}),
                        observed({"phase": "Pending"}, [preflight_pod()]))
         assert decided.status.phase == "Suspended" and decided.delete_pods == ["j-preflight"]
+
+    def test_the_active_deadline_counts_during_the_preflight(self) -> None:
+        status = {"phase": "Pending", "startTime": ts(NOW - timedelta(seconds=61))}
+        decided = plan(spec(preflight={"enabled": True}, runPolicy={"activeDeadlineSeconds": 60}),
+                       observed(status, [preflight_pod()]))
+        assert decided.status.phase == "Failed" and decided.delete_pods == ["j-preflight"]
+        assert decided.status.message == "exceeded spec.runPolicy.activeDeadlineSeconds (60s)"

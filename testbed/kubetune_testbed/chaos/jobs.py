@@ -228,6 +228,7 @@ class Watcher(threading.Thread):
         """The job's worker pods that run now and are not being deleted, by name."""
         with self.lock:
             return sorted((p for p in self.pods if p["metadata"]["labels"].get(JOB_LABEL) == job
+                           and p["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
                            and p.get("status", {}).get("phase") == "Running"
                            and not p["metadata"].get("deletionTimestamp")),
                           key=lambda p: p["metadata"]["name"])
