@@ -133,8 +133,8 @@ class PreflightSpec(ApiModel):
     )
     resources: PreflightResources | None = Field(
         default=None,
-        description='Requests and limits of the preflight pod. Unset: requests {cpu: "1", memory: '
-        "2Gi}, no limits.",
+        description='Requests and limits of the preflight pod. Unset: requests {cpu: 500m, memory: '
+        "1Gi}, no limits (it may use more where the node has it).",
     )
     node_selector: (
         Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] | None
@@ -155,4 +155,4 @@ class PreflightSpec(ApiModel):
     )
 
     def resources_or_default(self) -> PreflightResources:
-        return self.resources or PreflightResources(requests={"cpu": "1", "memory": "2Gi"})
+        return self.resources or PreflightResources(requests={"cpu": "500m", "memory": "1Gi"})

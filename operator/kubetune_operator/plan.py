@@ -291,7 +291,7 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
     if spec.run_policy.suspend:
         b.launched = False
         b.plan.delete_pods += [p["metadata"]["name"] for p in live + preflights
-                               if not p["metadata"].get("deletionTimestamp") and not _finished(p)]
+                               if not p["metadata"].get("deletionTimestamp")]
         if b.old_phase != Phase.SUSPENDED:
             b.event("Normal", REASON_SUSPENDED, "suspended: worker pods deleted; resume continues from the last checkpoint")
         if obs.queue is not None and obs.queue.workload is not None:
@@ -359,7 +359,8 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
             return b.finish(Phase.RESTARTING, REASON_RESTARTING,
                             f"waiting for {len(stale)} worker(s) of the previous attempt to terminate")
         b.plan.create_ranks = sorted(set(range(spec.resources.nodes)) - present)
-        if b.plan.create_ranks and b.old_phase is None:
+        # The job's first workers: on its first pass, or on the pass that recorded the preflight's verdict.
+        if b.plan.create_ranks and (b.old_phase is None or b.preflight is not obs.status.preflight):
             b.event("Normal", REASON_CREATING_WORKERS,
                     f"creating {spec.resources.nodes} worker pod(s) x {spec.resources.processes_per_node} process(es)")
         b.launched = True

@@ -156,8 +156,11 @@ def test_a_deleted_worker_restarts_the_gang_once_even_as_the_operator_leader_is_
     assert step >= seen
     assert resumed["uri"] == f"s3://{store}/output/resume/checkpoints/step-{resumed['step']:08d}/"
 
-    # Nothing duplicated: two workers per attempt, one Restarting event, one gang restart.
-    created = {p["metadata"]["uid"]: p["metadata"]["labels"]["kubetune.io/attempt"] for p in seen_pods}
+    # Nothing duplicated: two workers per attempt, one preflight, one Restarting event, one gang restart.
+    created = {p["metadata"]["uid"]: p["metadata"]["labels"].get("kubetune.io/attempt", "preflight")
+               for p in seen_pods}
+    assert Counter(created.values())["preflight"] == 1, created
+    created = {uid: attempt for uid, attempt in created.items() if attempt != "preflight"}
     assert Counter(created.values()) == {"1": 2, "2": 2}, created
     reasons = Counter(e["reason"] for e in e2e.events("resume"))
     assert reasons[REASON_RESTARTING] == 1 and reasons[REASON_TRAINING_COMPLETE] == 1, reasons
@@ -212,10 +215,27 @@ def test_a_frozen_rank_is_a_hang_and_the_job_resumes_from_its_last_commit(cluste
     assert f"s3://{store}/{key}" in hangs[0]
 
 
+def test_missing_data_fails_the_preflight_and_no_worker_pod_is_ever_created(
+        cluster: Any, e2e: Jobs, store: str, tmp_path: Path) -> None:
+    pods = Recorder(cluster, e2e.ns, tmp_path / "pods.json", kind="pods")
+    e2e.apply(quickstart("nodata", store, dataset={"train": f"s3://{store}/data/missing.jsonl"}))
+    done = kubectl_wait(cluster, e2e.ns, "nodata", "Failed", timeout=300)
+    time.sleep(2)  # a worker created after the verdict would be in the watch by now
+    seen = {p["metadata"]["name"] for p in pods.stop()}
+    assert done.returncode == 0, diagnose(cluster, e2e, "nodata") + done.stderr
+    status = e2e.status("nodata")
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Failed"] == "PreflightFailed"
+    assert status["message"] == f"preflight failed: s3://{store}/data/missing.jsonl: dataset file not found"
+    assert status["preflight"]["result"] == "Failed"
+    assert seen == {"nodata-preflight"}, seen
+    assert "restarts" not in status or status["restarts"] == {"infrastructure": 0, "application": 0, "hang": 0}
+
+
 def test_a_trainer_failure_fails_the_job_with_its_reason_after_backoff(
         cluster: Any, e2e: Jobs, store: str) -> None:
+    # Without the preflight, which would have found the missing file before any worker (the test above).
     e2e.apply(quickstart("baddata", store, dataset={"train": f"s3://{store}/data/missing.jsonl"},
-                         runPolicy={"backoffLimit": 1}))
+                         runPolicy={"backoffLimit": 1}, preflight={"enabled": False}))
     done = kubectl_wait(cluster, e2e.ns, "baddata", "Failed", timeout=600)
     assert done.returncode == 0, diagnose(cluster, e2e, "baddata") + done.stderr
 

@@ -282,7 +282,7 @@ def test_a_failed_preflight_fails_the_job_and_no_worker_pod_ever_exists(operator
         pod = wait_for(lambda: next(iter(jobs.pods("checked")), None), what="the preflight pod")
         assert pod["metadata"]["name"] == "checked-preflight"
         resources = pod["spec"]["containers"][0]["resources"]
-        assert resources == {"requests": {"cpu": "1", "memory": "2Gi"}}  # no GPU
+        assert resources == {"requests": {"cpu": "500m", "memory": "1Gi"}}  # no GPU
         assert pod["spec"]["automountServiceAccountToken"] is False
         bad = "s3://datasets/chat/train.jsonl:10000: not valid JSON (Expecting ',' delimiter at column 18)"
         jobs.terminate_worker("checked-preflight", 2, bad)
