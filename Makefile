@@ -12,7 +12,7 @@ RUN_DIR     ?= .local
 PYTEST_ARGS ?=
 CHAOS_ARGS  ?=
 
-.PHONY: help venv binaries up down status demo demo-classify chaos test test-long lint chart-lint crds operator clean
+.PHONY: help venv binaries up down status demo demo-classify chaos bench-memory test test-long lint chart-lint crds operator clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ demo-classify: up ## a BERT-style encoder fine-tuned for sentiment classificatio
 
 chaos: up ## fault injection: 100 faults into real training jobs on the local cluster, then a table (<= 45 min)
 	$(PY) -m kubetune_testbed.chaos --faults 100 --jobs 2 --time-limit 2700 --run-dir $(RUN_DIR) $(CHAOS_ARGS)
+
+bench-memory: venv ## the per-GPU memory estimate against measured peaks of DeepSpeed runs, ZeRO 0-3, on the CPU (~3 min)
+	$(PY) hack/bench_memory.py
 
 lint: venv ## ruff, mypy and the architecture contracts (.importlinter) on the project's packages and scripts
 	$(VENV)/bin/ruff check api operator trainer testbed hack tests

@@ -242,3 +242,8 @@ def test_parse_memory_quantity(text: str, expected: int) -> None:
 def test_parse_memory_quantity_names_a_bad_quantity(text: str) -> None:
     with pytest.raises(ValueError, match=re.escape(f"{text!r} is not a memory quantity; use e.g. 80Gi")):
         parse_memory_quantity(text)
+
+
+def test_parse_memory_quantity_refuses_an_exponent_out_of_range() -> None:
+    with pytest.raises(ValueError, match=r"'1e999999999' is not a memory quantity: its exponent is out of range"):
+        parse_memory_quantity("1e999999999")

@@ -21,9 +21,12 @@ import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetune_api import FineTuneJobSpec
+
+if TYPE_CHECKING:
+    import torch
 
 GIB = 2**30
 FP32 = 4
@@ -68,6 +71,8 @@ class ModelShape:
     stores_attention_scores: bool = False
     """Whether backward keeps the a x s x s softmax of every block (transformers' eager attention);
     SDPA and flash attention, transformers' default, keep only their output."""
+    lora_input_width: int = 0
+    """Summed input features of the linear layers of one block that carry LoRA adapters."""
 
 
 @dataclass(frozen=True)
@@ -84,19 +89,24 @@ class MemoryEstimate:
     """What the forward pass keeps for backward, and the loss over the logits."""
     overhead: int
     """CUDA context, NCCL and cuBLAS workspaces: a fixed allowance (GPU_OVERHEAD)."""
+    reused: int = 0
+    """Counted in both gradients and activations: the gradient buffers that exist only after
+    backward (see estimate_memory) take memory the activations have freed."""
 
     @property
     def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + self.activations + self.overhead
+        """The peak: the parts' sum, less what they reuse of each other."""
+        return self.parameters + self.gradients + self.optimizer + self.activations + self.overhead - self.reused
 
     def describe(self) -> str:
         """One line, e.g. '9.8 GiB per GPU: parameters 2.0 GiB, gradients 2.0 GiB, ...'."""
         parts = ", ".join(f"{name} {_gib(value)}" for name, value in self._parts().items())
-        return f"{_gib(self.total)} per GPU: {parts}"
+        reused = f"; gradients reuse {_gib(self.reused)} of the activations' memory" if self.reused else ""
+        return f"{_gib(self.total)} per GPU: {parts}{reused}"
 
     def to_status(self) -> dict[str, int]:
         """The byte counts, for logs and the job's status."""
-        return {**self._parts(), "total": self.total}
+        return {**self._parts(), "reused": self.reused, "total": self.total}
 
     def _parts(self) -> dict[str, int]:
         return {"parameters": self.parameters, "gradients": self.gradients, "optimizer": self.optimizer,
@@ -115,7 +125,13 @@ def model_shape(model_dir: str, spec: FineTuneJobSpec, labels: list[str] | None 
     from transformers import AutoConfig
 
     from kubetune_trainer.errors import ConfigError
-    from kubetune_trainer.modeling import _lora, count_parameters, freeze, model_class, transformer_blocks
+    from kubetune_trainer.modeling import (
+        _lora,
+        count_parameters,
+        freeze,
+        model_class,
+        transformer_blocks,
+    )
 
     remote = spec.model.trust_remote_code
     kwargs: dict[str, Any] = {}
@@ -128,7 +144,11 @@ def model_shape(model_dir: str, spec: FineTuneJobSpec, labels: list[str] | None 
         raise ConfigError(f"the model in {model_dir}: cannot read its config.json "
                           f"({str(e).splitlines()[0]})") from None
     with torch.device("meta"):
-        model: Any = model_class(spec.task).from_config(config, trust_remote_code=remote)
+        try:
+            model: Any = model_class(spec.task).from_config(config, trust_remote_code=remote)
+        except ValueError as e:  # transformers: no model of this task for the config's class
+            raise ConfigError(f"spec.task {spec.task}: the model in {model_dir} has no {spec.task} head in "
+                              f"transformers ({str(e).splitlines()[0][:200]})") from None
         attention = getattr(model.config, "_attn_implementation", None) or "eager"
         if spec.method.freeze is not None:
             freeze(model, spec.method.freeze)
@@ -137,17 +157,24 @@ def model_shape(model_dir: str, spec: FineTuneJobSpec, labels: list[str] | None 
             model = _lora(model, lora, spec.task)
     trainable, total = count_parameters(model)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = int(getattr(text, "num_hidden_layers", 0) or len(transformer_blocks(model)))
+    # Vision models without a hidden_size (ResNet) list the widths of their stages.
     hidden = getattr(text, "hidden_size", None) or max(getattr(text, "hidden_sizes", None) or [0])
-    if spec.task == "causal-lm":
-        outputs = int(getattr(text, "vocab_size", 0) or 0)
-    else:
-        outputs = int(getattr(config, "num_labels", 0) or 0)
+    outputs = getattr(text, "vocab_size", None) if spec.task == "causal-lm" else getattr(config, "num_labels", None)
     return ModelShape(
-        params=total, trainable=trainable, hidden_size=int(hidden),
-        layers=int(getattr(text, "num_hidden_layers", 0) or len(transformer_blocks(model))),
-        vocab_size=outputs, heads=int(getattr(text, "num_attention_heads", 0) or 0),
-        stores_attention_scores=attention == "eager",
+        params=total, trainable=trainable, hidden_size=int(hidden), layers=layers, vocab_size=int(outputs or 0),
+        heads=int(getattr(text, "num_attention_heads", None) or 0), stores_attention_scores=attention == "eager",
+        lora_input_width=_lora_inputs(model) // max(layers, 1) if lora is not None else 0,
     )
+
+
+def _lora_inputs(model: torch.nn.Module) -> int:
+    """Summed input features of the model's linear layers that carry LoRA adapters."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    bases = [m.get_base_layer() for m in model.modules() if isinstance(m, LoraLayer)]
+    return sum(base.in_features for base in bases if isinstance(base, torch.nn.Linear))
 
 
 def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
@@ -179,19 +206,25 @@ def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
         gathered = min(P, reuse // 2 + prefetch)
         parameters = p * gathered + (0 if offload else p * shard(P))
 
-    # Gradients, and the fp32 copy the optimizer step reads.
-    if stage == 0:
-        # param.grad, and the engine's flat copy for the all-reduce; mixed precision converts
-        # them to fp32 for the master weights in the step.
-        gradients = p * T + p * min(T, ALLREDUCE_BUCKET) + (FP32 * T if p < FP32 else 0)
-    elif offload:
-        # Reduced through the bucket straight into fp32 buffers in CPU memory.
-        gradients = p * min(T, bucket) if stage < 3 else p * bucket
+    # Gradients: `kept` are allocated as backward starts, beside the activations; `late` exist
+    # only from the end of backward through the optimizer step, in memory the activations have
+    # freed by then (the estimate's `reused`).
+    if offload:
+        # Reduced through the bucket (allocated whole) straight into fp32 buffers in CPU memory;
+        # ZeRO 1/2 stage them through a buffer of the largest parameter's size (a causal LM's
+        # token embeddings, vocab x hidden).
+        largest = min(T, shape.vocab_size * shape.hidden_size) if stage < 3 and spec.task == "causal-lm" else 0
+        kept, late = p * bucket + p * largest, 0
+    elif stage == 0:
+        # param.grad, the engine's flat copy of them for the all-reduce, and with mixed
+        # precision their fp32 copy for the master weights.
+        kept, late = 0, p * T + p * min(T, ALLREDUCE_BUCKET) + (FP32 * T if p < FP32 else 0)
     else:
-        # The contiguous reduce bucket (allocated whole), this rank's partition of the reduced
-        # gradients, and the fp32 gradient partition the step reads; ZeRO 1 also keeps every
-        # gradient in param.grad until the end of backward.
-        gradients = p * bucket + p * shard(T) + FP32 * shard(T) + (p * T if stage == 1 else 0)
+        # The contiguous reduce bucket (allocated whole) and this rank's partition of the reduced
+        # gradients; the step's fp32 copy of that partition; ZeRO 1 also keeps every gradient in
+        # param.grad until the end of backward.
+        kept = p * bucket + p * shard(T)
+        late = FP32 * shard(T) + (p * T if stage == 1 else 0)
 
     # Adam: two fp32 moments per trainable parameter. Without ZeRO the fp32 master weights
     # exist only with mixed precision; ZeRO 1-3 always keep an fp32 copy of their partition.
@@ -202,26 +235,31 @@ def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
     else:
         optimizer = 3 * FP32 * shard(T)
 
-    return MemoryEstimate(parameters=parameters, gradients=gradients, optimizer=optimizer,
-                          activations=activation_bytes(shape, spec), overhead=GPU_OVERHEAD)
+    activations = activation_bytes(shape, spec)
+    return MemoryEstimate(parameters=parameters, gradients=kept + late, optimizer=optimizer,
+                          activations=activations, overhead=GPU_OVERHEAD, reused=min(late, activations))
 
 
 def activation_bytes(shape: ModelShape, spec: FineTuneJobSpec) -> int:
     """What one micro-batch's forward keeps for backward, at the start of backward."""
     training = spec.training
-    b, s, h = training.micro_batch_size, training.max_seq_length, shape.hidden_size
-    scale = PRECISION_BYTES[training.precision] / 2  # the formula counts 16-bit values
-    per_layer = ACTIVATION_BYTES_PER_HIDDEN * s * b * h
-    if shape.stores_attention_scores and shape.heads:
-        per_layer += ATTENTION_SCORE_BYTES * shape.heads * s * s * b
+    b, s, h, p = training.micro_batch_size, training.max_seq_length, shape.hidden_size, \
+        PRECISION_BYTES[training.precision]
+    # Korthikanti's formula counts 16-bit values: p / 2 scales it to the training precision.
+    block = ACTIVATION_BYTES_PER_HIDDEN * s * b * h * p // 2
+    if shape.stores_attention_scores:
+        block += ATTENTION_SCORE_BYTES * shape.heads * s * s * b * p // 2
+    lora = spec.method.effective_lora
+    if lora is not None and lora.dropout > 0:
+        # LoRA's A matrices keep their input after dropout, and dropout its 1-byte mask.
+        block += (p + 1) * s * b * shape.lora_input_width
     if spec.method.gradient_checkpointing:
         # Each block keeps only its input; backward recomputes one block at a time.
-        layers = shape.layers * 2 * s * b * h + per_layer
+        blocks = shape.layers * s * b * h * p + block
     else:
-        layers = shape.layers * per_layer
-    positions = s if spec.task == "causal-lm" else 1  # classifiers have one output per sequence
-    logits = LOSS_BYTES_PER_LOGIT * b * positions * shape.vocab_size
-    return int(layers * scale) + logits
+        blocks = shape.layers * block
+    positions = s if spec.task == "causal-lm" else 1  # a classifier's head sees one position
+    return blocks + LOSS_BYTES_PER_LOGIT * b * positions * shape.vocab_size
 
 
 # A Kubernetes quantity: a number and an optional binary, decimal or exponent suffix.
@@ -239,14 +277,14 @@ def parse_memory_quantity(text: str) -> int:
     match = _QUANTITY.fullmatch(str(text).strip())
     if match is None:
         raise ValueError(f"{text!r} is not a memory quantity; use e.g. 80Gi, 81920Mi or 80G")
+    number, suffix = Decimal(match["number"]), match["suffix"] or ""
     try:
-        number, suffix = Decimal(match["number"]), match["suffix"] or ""
-    except InvalidOperation:  # pragma: no cover - the pattern admits only decimal numbers
-        raise ValueError(f"{text!r} is not a memory quantity; use e.g. 80Gi") from None
-    if suffix in _BINARY:
-        value = number * _BINARY[suffix]
-    elif suffix in _DECIMAL:
-        value = number * _DECIMAL[suffix]
-    else:
-        value = number.scaleb(int(suffix[1:]))
-    return math.ceil(value)
+        if suffix in _BINARY:
+            value = number * _BINARY[suffix]
+        elif suffix in _DECIMAL:
+            value = number * _DECIMAL[suffix]
+        else:
+            value = number.scaleb(int(suffix[1:]))
+        return math.ceil(value)
+    except (OverflowError, InvalidOperation):  # an exponent beyond Decimal's range
+        raise ValueError(f"{text!r} is not a memory quantity: its exponent is out of range") from None
