@@ -269,6 +269,9 @@ class PreflightStatus(StatusModel):
         "so nothing was tokenized.",
     )
     seconds: float | None = Field(default=None, ge=0, description="How long the preflight took.")
+    completed_at: Timestamp | None = Field(
+        default=None, description="When the operator recorded the verdict (the workers' start-up counts from it)."
+    )
 
     @property
     def cache_key(self) -> str | None:

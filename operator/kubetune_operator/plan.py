@@ -318,9 +318,9 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
         if queued is not None:
             return queued
 
-    late = _past_deadline(b, spec, live)
-    if late is not None:
-        return late
+    expired = _past_deadline(b, spec, live)
+    if expired is not None:
+        return expired
 
     failures: list[WorkerFailure] = [f for p in live if (f := classify(p)) is not None]
     present = {_rank(p) for p in live}
@@ -385,6 +385,8 @@ def _plan(spec: FineTuneJobSpec, obs: Observed) -> Plan:
     # Since when the job has been waiting for this attempt's workers (Reconciling turned True).
     reconciling = obs.status.condition(CONDITION_RECONCILING)
     since = reconciling.last_transition_time if reconciling is not None and reconciling.status == "True" else obs.now
+    if b.preflight is not None and b.preflight.completed_at is not None:
+        since = max(since, b.preflight.completed_at)  # the workers were created when the preflight passed
     limit = spec.run_policy.startup_deadline_seconds
     late = (obs.now - since).total_seconds() - limit
     if late >= 0:
@@ -439,7 +441,7 @@ def _preflight(b: _Builder, preflights: list[Manifest]) -> Plan | None:
         except ValueError:
             report = None
         if report is not None and report.result == "Succeeded":
-            b.preflight = report
+            b.preflight = report.model_copy(update={"completed_at": obs.now})
             b.event("Normal", REASON_PREFLIGHT, report.message or "preflight passed")
             return None
         return _preflight_failed(b, f"preflight pod {name} completed without a report; see `kubectl logs {name}`")
@@ -460,7 +462,7 @@ def _preflight(b: _Builder, preflights: list[Manifest]) -> Plan | None:
 
 
 def _preflight_failed(b: _Builder, message: str) -> Plan:
-    b.preflight = PreflightStatus(result="Failed", message=message[:4096])
+    b.preflight = PreflightStatus(result="Failed", message=message[:4096], completed_at=b.obs.now)
     b.event("Warning", REASON_PREFLIGHT_FAILED, message)
     return b.finish(Phase.FAILED, REASON_PREFLIGHT_FAILED, f"preflight failed: {message}")
 

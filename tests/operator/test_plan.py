@@ -412,3 +412,16 @@ class TestPreflight:
                        observed(status, [preflight_pod()]))
         assert decided.status.phase == "Failed" and decided.delete_pods == ["j-preflight"]
         assert decided.status.message == "exceeded spec.runPolicy.activeDeadlineSeconds (60s)"
+
+    def test_the_workers_start_up_deadline_counts_from_the_preflights_verdict(self) -> None:
+        # Pending (Reconciling) for 20 minutes, 19 of them in the preflight: the workers are 1 minute late, not 20.
+        since = NOW - timedelta(minutes=20)
+        status = {"phase": "Pending", "startTime": ts(since),
+                  "conditions": [{"type": "Reconciling", "status": "True", "reason": "WaitingForWorkers",
+                                  "lastTransitionTime": ts(since)}],
+                  "workers": {"launched": True, "ready": 0, "total": 2},
+                  "preflight": {"result": "Succeeded", "completedAt": ts(NOW - timedelta(minutes=1))}}
+        decided = plan(spec(preflight={"enabled": True}, runPolicy={"startupDeadlineSeconds": 600}),
+                       observed(status, [pod(0, phase="Pending", ready=False), pod(1, phase="Pending", ready=False)]))
+        assert decided.status.phase == "Pending" and "WorkersNotStarted" not in str(decided.status.conditions)
+        assert decided.requeue_after is not None and decided.requeue_after <= 540
