@@ -190,6 +190,27 @@ _POD_SECURITY: Manifest = {
 }
 
 
+def _container(spec: FineTuneJobSpec, default_image: str, run: Manifest, env: list[Manifest], resources: Manifest,
+               mounts: list[Manifest], ports: list[Manifest] | None = None) -> Manifest:
+    """The trainer container: the job's image running `run` (command and args)."""
+    container: Manifest = {
+        "name": TRAINER_CONTAINER,
+        "image": spec.image or default_image,
+        **run,
+        "env": env,
+        **({"ports": ports} if ports else {}),
+        "resources": resources,
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": dict(_CONTAINER_SECURITY),
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    if spec.env_from:
+        container["envFrom"] = [e.to_manifest() for e in spec.env_from]
+    return container
+
+
 def _pod_metadata(job: JobRef, spec: FineTuneJobSpec, name: str, component: str,
                   extra_labels: dict[str, str]) -> Manifest:
     meta = metadata(job, name, component)
@@ -216,23 +237,12 @@ def build_preflight_pod(job: JobRef, spec: FineTuneJobSpec, default_image: str =
         resources["requests"] = {k: str(v) for k, v in res.requests.items()}
     if res.limits:
         resources["limits"] = {k: str(v) for k, v in res.limits.items()}
-    container: Manifest = {
-        "name": TRAINER_CONTAINER,
-        "image": spec.image or default_image,
-        "command": ["python", "-m", "kubetune_trainer.preflight"],
-        "env": [*_base_env(job), {"name": "KUBETUNE_SCRATCH_DIR", "value": SCRATCH_MOUNT},
-                {"name": "PYTHONUNBUFFERED", "value": "1"}, *storage_env(spec),
-                *[e.to_manifest() for e in spec.env or ()]],
-        "resources": resources,
-        "volumeMounts": mounts,
-        # Its report (JSON) or its one-line failure; the operator copies it into status.preflight.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": dict(_CONTAINER_SECURITY),
-    }
-    if spec.image_pull_policy:
-        container["imagePullPolicy"] = spec.image_pull_policy
-    if spec.env_from:
-        container["envFrom"] = [e.to_manifest() for e in spec.env_from]
+    env = [*_base_env(job), {"name": "KUBETUNE_SCRATCH_DIR", "value": SCRATCH_MOUNT},
+           {"name": "PYTHONUNBUFFERED", "value": "1"}, *storage_env(spec), *[e.to_manifest() for e in spec.env or ()]]
+    # Its report (JSON) or its one-line failure is its termination message: the operator copies it into
+    # status.preflight.
+    container = _container(spec, default_image, {"command": ["python", "-m", "kubetune_trainer.preflight"]},
+                           env, resources, mounts)
     pod_spec: Manifest = {
         "restartPolicy": "Never",
         "serviceAccountName": job.service_account_name,
@@ -259,25 +269,14 @@ def build_worker_pod(job: JobRef, spec: FineTuneJobSpec, rank: int, attempt: int
     `data_cache_key` names the preflight's tokenized data set, which it reads instead of tokenizing."""
     volumes, mounts = _volumes(spec)
     meta_labels = {RANK_LABEL: str(rank), ATTEMPT_LABEL: str(attempt)}
-    container: Manifest = {
-        "name": TRAINER_CONTAINER,
-        "image": spec.image or default_image,
-        # The launcher runs torchrun and gives the training processes the pod's SIGTERM, so they
-        # commit a checkpoint within the grace period (torchrun alone kills them after 30 s).
+    # The launcher runs torchrun and gives the training processes the pod's SIGTERM, so they commit a
+    # checkpoint within the grace period (torchrun alone kills them after 30 s). The trainer writes its
+    # one-line failure reason as its termination message; the operator reports it.
+    container = _container(spec, default_image, {
         "command": ["python", "-m", "kubetune_trainer.launch"],
         "args": ["torchrun", *torchrun_args(job, spec, rank)],
-        "env": worker_env(job, spec, attempt, data_cache_key),
-        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
-        "resources": _resources(spec),
-        "volumeMounts": mounts,
-        # The trainer writes its one-line failure reason here; the operator reports it.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": dict(_CONTAINER_SECURITY),
-    }
-    if spec.image_pull_policy:
-        container["imagePullPolicy"] = spec.image_pull_policy
-    if spec.env_from:
-        container["envFrom"] = [e.to_manifest() for e in spec.env_from]
+    }, worker_env(job, spec, attempt, data_cache_key), _resources(spec), mounts,
+        ports=[{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}])
 
     res = spec.resources
     pod_spec: Manifest = {

@@ -41,7 +41,7 @@ from kubetune_operator.children import (
     namespace_identity,
     trainer_job,
 )
-from kubetune_operator.workers import build_worker_pod
+from kubetune_operator.workers import build_preflight_pod, build_worker_pod
 from kubetune_testbed import REPO
 from kubetune_testbed.nodeagent.podspec import PodContext, volume_files
 
@@ -142,12 +142,16 @@ _Dumper.add_representer(str, _str)
 
 
 def build(case: Case) -> list[Manifest]:
-    """Everything the operator creates for the job: its children, then one worker per rank."""
+    """Everything the operator creates for the job: its preflight pod (when spec.preflight is on), its
+    children, then one worker per rank (reading the preflight's cache)."""
     job = parse_job(case.job)
     assert job.metadata.name
     ref = JobRef(name=job.metadata.name, namespace=NAMESPACE, uid=UID)
-    workers = [build_worker_pod(ref, job.spec, rank, case.attempt) for rank in range(job.spec.resources.nodes)]
-    return [*build_children(ref), *workers]
+    preflight = [build_preflight_pod(ref, job.spec)] if job.spec.preflight.enabled else []
+    key = "3f2a9c0d" if preflight else None
+    workers = [build_worker_pod(ref, job.spec, rank, case.attempt, data_cache_key=key)
+               for rank in range(job.spec.resources.nodes)]
+    return [*preflight, *build_children(ref), *workers]
 
 
 def render(case: Case, manifests: list[Manifest]) -> str:

@@ -16,7 +16,7 @@ from kubetune_api import format_timestamp, utc_now
 from kubetune_trainer.errors import StorageError
 from kubetune_trainer.logs import log_event
 from kubetune_trainer.manifest import MANIFEST
-from kubetune_trainer.storage import Store, Upload, file_sha256, raise_first_failure, retry
+from kubetune_trainer.storage import Store, Upload, file_sha256, retry, upload_all
 
 OUTPUT_FORMAT = "kubetune.io/model-v1"
 
@@ -30,15 +30,7 @@ def publish_model(folder: Path, store: Store, *, step: int, config: dict[str, An
     uploads = [Upload(p, str(p.relative_to(folder)), file_sha256(p)) for p in files]
     what = f"uploading the model to {store.uri}"
     retry(lambda: store.delete([MANIFEST]), what=what, give_up_after=give_up_after)
-    remaining = list(uploads)
-
-    def upload_remaining() -> None:
-        nonlocal remaining
-        failures = store.upload(remaining)
-        remaining = [u for u in remaining if u.key in failures]
-        raise_first_failure(failures)
-
-    retry(upload_remaining, what=what, give_up_after=give_up_after)
+    upload_all(store, uploads, what=what, give_up_after=give_up_after)
     for u in uploads:
         info = retry(lambda u=u: store.head(u.key), what=what, give_up_after=give_up_after)  # type: ignore[misc]
         if info is None or info.size != u.path.stat().st_size or info.sha256 not in (None, u.sha256):

@@ -21,7 +21,7 @@ from kubetune_trainer.manifest import (
     listing,
     step_folder,
 )
-from kubetune_trainer.storage import Store, file_sha256, raise_first_failure, retry
+from kubetune_trainer.storage import Store, download_all, file_sha256
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,8 @@ def download_checkpoint(store: Store, manifest: CheckpointManifest, *, rank: int
     folder = into / step_folder(manifest.step)
     shutil.rmtree(folder, ignore_errors=True)
     wanted = files_for_rank(manifest, rank)
-    remaining = [(f"{step_folder(manifest.step)}/{f.name}", folder / f.name) for f in wanted]
-
-    def download_remaining() -> None:
-        nonlocal remaining
-        failures = store.download(remaining)
-        remaining = [item for item in remaining if item[0] in failures]
-        raise_first_failure(failures)
-
-    retry(download_remaining, what=f"downloading {where}", give_up_after=give_up_after)
+    download_all(store, [(f"{step_folder(manifest.step)}/{f.name}", folder / f.name) for f in wanted],
+                 what=f"downloading {where}", give_up_after=give_up_after)
     for entry in wanted:
         path = folder / entry.name
         if path.stat().st_size != entry.size or file_sha256(path) != entry.sha256:

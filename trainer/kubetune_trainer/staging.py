@@ -16,9 +16,9 @@ import hashlib
 import io
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from kubetune_api import StorageSpec, parse_uri
 from kubetune_trainer.data.sources import SUFFIXES, list_local, open_local, suffix_of
@@ -28,11 +28,13 @@ from kubetune_trainer.settings import Settings
 from kubetune_trainer.storage import (
     FsStore,
     S3Store,
+    download_all,
     mounted_path,
-    raise_first_failure,
     retry,
     s3_client,
 )
+
+T = TypeVar("T")
 
 _COMPLETE = ".kubetune-complete"
 # What a model folder needs; other files under the prefix (e.g. a checkpoints/ folder) are skipped.
@@ -88,16 +90,8 @@ def _stage_s3_model(uri: str, settings: Settings, storage: StorageSpec, weights:
                                   "save_pretrained (config.json, *.safetensors, tokenizer files)")
             tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
             try:
-                remaining = [(k, tmp / k) for k in keys]
-
-                def download_remaining() -> None:
-                    nonlocal remaining
-                    failures = store.download(remaining)
-                    remaining = [item for item in remaining if item[0] in failures]
-                    raise_first_failure(failures)
-
-                retry(download_remaining, what=f"downloading model.uri {uri}",
-                      give_up_after=min(settings.upload_give_up_seconds, 300))
+                download_all(store, [(k, tmp / k) for k in keys], what=f"downloading model.uri {uri}",
+                             give_up_after=min(settings.upload_give_up_seconds, 300))
                 (tmp / _COMPLETE).touch()
                 shutil.rmtree(target, ignore_errors=True)
                 tmp.rename(target)
@@ -149,15 +143,19 @@ class UriFiles:
         self.settings, self.storage = settings, storage
         self._stores: dict[str, S3Store] = {}
 
+    def _s3(self, uri: str, call: Callable[[S3Store, str], T | None]) -> T:
+        """call(store, key) for an s3:// dataset file, retried while the store is unavailable."""
+        store, key = self._store(uri), parse_uri(uri).path
+        found = retry(lambda: call(store, key), what=f"reading {uri}",
+                      give_up_after=min(self.settings.upload_give_up_seconds, 300))
+        if found is None:
+            raise DataError(f"{uri}: dataset file not found")
+        return found
+
     def fingerprint(self, uri: str) -> str:
         """What identifies one dataset file's content: its S3 ETag and size, else the SHA-256 of its bytes."""
         if uri.startswith("s3://"):
-            location = parse_uri(uri)
-            store = self._store(uri)
-            info = retry(lambda: store.head(location.path), what=f"reading {uri}",
-                         give_up_after=min(self.settings.upload_give_up_seconds, 300))
-            if info is None:
-                raise DataError(f"{uri}: dataset file not found")
+            info = self._s3(uri, lambda store, key: store.head(key))
             if info.etag:
                 return f"etag:{info.etag}:{info.size}"
         digest = hashlib.sha256()
@@ -192,13 +190,7 @@ class UriFiles:
 
     def open(self, uri: str) -> IO[bytes]:
         if uri.startswith("s3://"):
-            location = parse_uri(uri)
-            store = self._store(uri)
-            data = retry(lambda: store.get_bytes(location.path), what=f"reading {uri}",
-                         give_up_after=min(self.settings.upload_give_up_seconds, 300))
-            if data is None:
-                raise DataError(f"{uri}: dataset file not found")
-            return io.BytesIO(data)
+            return io.BytesIO(self._s3(uri, lambda store, key: store.get_bytes(key)))
         if uri.startswith("hf://"):
             return self._hub_open(uri)
         return open_local(mounted_path(uri, self.settings.pvc_root), shown_as=uri)

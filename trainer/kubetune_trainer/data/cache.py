@@ -34,7 +34,7 @@ from kubetune_trainer.data.classification import TextSample
 from kubetune_trainer.data.packing import Sample
 from kubetune_trainer.errors import DataError
 from kubetune_trainer.logs import log_event
-from kubetune_trainer.storage import Store, Upload, file_sha256, raise_first_failure, retry
+from kubetune_trainer.storage import Store, Upload, download_all, file_sha256, retry, upload_all
 
 CACHE_FORMAT = 1
 """Changes whenever the layout or the meaning of an entry changes (it is part of every key)."""
@@ -158,16 +158,9 @@ def publish_entry(store: Store, key: str, train: Sequence[Any], evals: Sequence[
         folder = Path(tmp)
         entry = CacheEntry(_kind(train), {"train": write_split(train, folder, "train"),
                                           "eval": write_split(evals, folder, "eval")}, facts)
-        remaining = [Upload(folder / f, f"{key}/{f}", sha) for shards in entry.splits.values()
-                     for shard in shards for f, sha in shard["files"].items()]
-
-        def upload_remaining() -> None:
-            nonlocal remaining
-            failures = store.upload(remaining)
-            remaining = [u for u in remaining if u.key in failures]
-            raise_first_failure(failures)
-
-        retry(upload_remaining, what=f"writing the tokenized data to {store.uri}{key}/", give_up_after=give_up_after)
+        upload_all(store, [Upload(folder / f, f"{key}/{f}", sha) for shards in entry.splits.values()
+                           for shard in shards for f, sha in shard["files"].items()],
+                   what=f"writing the tokenized data to {store.uri}{key}/", give_up_after=give_up_after)
         retry(lambda: store.put_bytes(f"{key}/{ENTRY}", entry.to_json()), what=f"committing {store.uri}{key}/",
               give_up_after=give_up_after)
     return entry
@@ -193,16 +186,8 @@ def fetch_entry(store: Store, key: str, into: Path, *, give_up_after: float) -> 
     into.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=into.parent))
     try:
-        remaining = [(f"{key}/{f}", tmp / f) for shards in entry.splits.values() for shard in shards
-                     for f in shard["files"]]
-
-        def download_remaining() -> None:
-            nonlocal remaining
-            failures = store.download(remaining)
-            remaining = [item for item in remaining if item[0] in failures]
-            raise_first_failure(failures)
-
-        retry(download_remaining, what=f"downloading {store.uri}{key}/", give_up_after=give_up_after)
+        download_all(store, [(f"{key}/{f}", tmp / f) for shards in entry.splits.values() for shard in shards
+                             for f in shard["files"]], what=f"downloading {store.uri}{key}/", give_up_after=give_up_after)
         for shards in entry.splits.values():
             for shard in shards:
                 for f, sha in shard["files"].items():

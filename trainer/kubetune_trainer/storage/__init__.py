@@ -15,6 +15,9 @@ trying with backoff until a deadline).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from kubetune_api import StorageSpec
 from kubetune_trainer.errors import StorageError
 from kubetune_trainer.settings import Settings
@@ -30,12 +33,14 @@ __all__ = [
     "Store",
     "Upload",
     "child_key",
+    "download_all",
     "file_sha256",
     "mounted_path",
     "open_store",
     "raise_first_failure",
     "retry",
     "s3_client",
+    "upload_all",
 ]
 
 
@@ -46,3 +51,29 @@ def open_store(uri: str, storage: StorageSpec, settings: Settings) -> Store:
     if uri.startswith("pvc://"):
         return FsStore(mounted_path(uri, settings.pvc_root), uri)
     raise StorageError(f"{uri}: only s3:// and pvc:// locations can be written to")
+
+
+def upload_all(store: Store, uploads: Sequence[Upload], *, what: str, give_up_after: float) -> None:
+    """Store every file, retrying the ones that failed (retry's rules) until all are stored."""
+    remaining = list(uploads)
+
+    def upload_remaining() -> None:
+        nonlocal remaining
+        failures = store.upload(remaining)
+        remaining = [u for u in remaining if u.key in failures]
+        raise_first_failure(failures)
+
+    retry(upload_remaining, what=what, give_up_after=give_up_after)
+
+
+def download_all(store: Store, items: Sequence[tuple[str, Path]], *, what: str, give_up_after: float) -> None:
+    """Fetch every (key, local path), retrying the ones that failed (retry's rules) until all are fetched."""
+    remaining = list(items)
+
+    def download_remaining() -> None:
+        nonlocal remaining
+        failures = store.download(remaining)
+        remaining = [item for item in remaining if item[0] in failures]
+        raise_first_failure(failures)
+
+    retry(download_remaining, what=what, give_up_after=give_up_after)
