@@ -213,7 +213,7 @@ def test_a_minimal_job_runs_with_exactly_the_defaults_the_crd_declares(tiny_mode
     # Every part of the spec that has defaults is covered.
     assert {path[0] for path in defaults} == {"task", "model", "dataset", "method", "training", "evaluation",
                                               "deepspeed", "resources", "checkpoint", "output", "storage",
-                                              "runPolicy"}, sorted(defaults)
+                                              "runPolicy", "preflight"}, sorted(defaults)
     for path, default in defaults.items():
         value = spec_value(job.spec, path)
         if value is UNSET:
