@@ -66,7 +66,9 @@ def test_a_preempted_job_commits_its_step_waits_and_resumes_from_it(
     e2e.apply(queued_job(one_node("low", store, 60), queue, low))
     wait_for(lambda: ((e2e.status("low").get("progress") or {}).get("step") or 0) >= 5, timeout=300,
              what="the low-priority job training", interval=0.5)
-    e2e.apply(queued_job(one_node("high", store, 4), queue, high))
+    # The high job skips its preflight (the low one ran its own before it was queued): its ~8 s here would
+    # let the low job finish its 60 steps before it is pre-empted.
+    e2e.apply(deep_merge(queued_job(one_node("high", store, 4), queue, high), {"spec": {"preflight": {"enabled": False}}}))
 
     done = kubectl_wait(cluster, e2e.ns, "high", "Succeeded", timeout=400)
     assert done.returncode == 0, diagnose(cluster, e2e, "high") + diagnose(cluster, e2e, "low")
