@@ -197,3 +197,14 @@ def test_keys_that_cannot_write_the_output_prefix_fail_the_preflight_naming_it(
     # The checkpoint prefix it may write passed, and its probe is gone again.
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="checkpoints/").get("Contents", [])
     assert listed == []
+
+
+def test_the_report_fits_a_termination_message_whatever_the_labels() -> None:
+    from kubetune_api import PreflightStatus
+    from kubetune_trainer.preflight import termination_report
+
+    few = PreflightStatus(result="Succeeded", records=10, labels={"positive": 6, "negative": 4})
+    assert json.loads(termination_report(few))["labels"] == {"positive": 6, "negative": 4}
+    many = PreflightStatus(result="Succeeded", records=6400, labels={f"label number {i} " + "x" * 60: 100 for i in range(64)})
+    report = termination_report(many)
+    assert len(report) < 4000 and "labels" not in json.loads(report) and json.loads(report)["records"] == 6400

@@ -260,9 +260,21 @@ def _body(path: str, settings: Settings, terminate: Callable[[str], None]) -> No
 
     job = load_job(path, settings)
     status = run_preflight(job, settings)
-    report = json.dumps(status.to_manifest(), separators=(",", ":"))
     log_event("preflight", **status.to_manifest())
-    terminate(report)  # the operator copies it into status.preflight
+    terminate(termination_report(status))  # the operator copies it into status.preflight
+
+
+# The kubelet keeps at most 4096 bytes of a termination message (and the trainer writes 4000).
+REPORT_LIMIT = 3900
+
+
+def termination_report(status: PreflightStatus) -> str:
+    """The report as compact JSON that fits a termination message: without the per-label counts
+    (the log line has them) when many long label names would not fit."""
+    report = json.dumps(status.to_manifest(), separators=(",", ":"))
+    if len(report) > REPORT_LIMIT:
+        report = json.dumps(status.model_copy(update={"labels": None}).to_manifest(), separators=(",", ":"))
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
