@@ -48,6 +48,8 @@ log = logging.getLogger("nodeagent")
 
 POLL_SECONDS = 0.2
 CONFIG_RETRY_SECONDS = 2.0
+# How soon a status update the API server refused is sent again (a kubelet's status manager resyncs every 10 s).
+STATUS_RESYNC_SECONDS = 10.0
 # The kubelet's crash-loop (and image-pull) back-off: 10 s, doubling, at most 5 min; forgotten
 # once a container has run for twice the maximum.
 BACKOFF_BASE, BACKOFF_MAX = 10.0, 300.0
@@ -145,7 +147,10 @@ class PodRunner(threading.Thread):
             # container's exit code and termination message.
             self._end("Succeeded" if all(c.exit_code == 0 for c in self.mains) else "Failed")
         while not self.deleting and not self.shutting_down:
-            self._sleep(60)
+            # As a kubelet's status manager does, a status the API server did not take (it was down) is sent
+            # again until it does; without that a pod that ended meanwhile would show Running for good.
+            self._report()
+            self._sleep(STATUS_RESYNC_SECONDS if self.status() != self.reported else 60)
         if self.shutting_down:
             return
         try:
@@ -185,8 +190,8 @@ class PodRunner(threading.Thread):
             c.state = container_state("waiting", reason="CreateContainerError", message=message)
         self.api.event(self.pod, "Warning", "Failed", f"Error: {message}")
         self._report()
-        while not self._sleep(60):
-            pass
+        while not self._sleep(STATUS_RESYNC_SECONDS if self.status() != self.reported else 60):
+            self._report()
 
     def _end(self, phase: str, reason: str = "", message: str = "") -> None:
         """The pod is terminal; `reason` is set when the node agent, not a container, ended it."""
