@@ -100,9 +100,9 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         """One line, e.g. '9.8 GiB per GPU: parameters 2.0 GiB, gradients 2.0 GiB, ...'."""
-        parts = ", ".join(f"{name} {_gib(value)}" for name, value in self._parts().items())
-        reused = f"; gradients reuse {_gib(self.reused)} of the activations' memory" if self.reused else ""
-        return f"{_gib(self.total)} per GPU: {parts}{reused}"
+        parts = ", ".join(f"{name} {gib(value)}" for name, value in self._parts().items())
+        reused = f"; gradients reuse {gib(self.reused)} of the activations' memory" if self.reused else ""
+        return f"{gib(self.total)} per GPU: {parts}{reused}"
 
     def to_status(self) -> dict[str, int]:
         """The byte counts, for logs and the job's status."""
@@ -113,7 +113,7 @@ class MemoryEstimate:
                 "activations": self.activations, "overhead": self.overhead}
 
 
-def _gib(n: int) -> str:
+def gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB"
 
 

@@ -33,12 +33,13 @@ from typing import Any
 
 from kubetune_api import FineTuneJob, FineTuneJobSpec, PreflightStatus
 from kubetune_api.constants import GPU_MEMORY_LABEL
-from kubetune_trainer.data import Datasets, build_datasets
+from kubetune_trainer.data import Datasets, build_datasets, check_seq_length
 from kubetune_trainer.data.cache import CACHE_FORMAT, CacheEntry, find_entry, publish_entry
 from kubetune_trainer.data.formats import check_tokenizer
 from kubetune_trainer.data.sampler import BatchLayout, steps_per_epoch
 from kubetune_trainer.errors import ConfigError, DataError, StorageError
 from kubetune_trainer.logs import log_event
+from kubetune_trainer.memory import gib
 from kubetune_trainer.settings import Settings
 from kubetune_trainer.staging import (
     WEIGHT_SUFFIXES,
@@ -47,7 +48,7 @@ from kubetune_trainer.staging import (
     check_writable,
     stage_model,
 )
-from kubetune_trainer.storage import open_store
+from kubetune_trainer.storage import file_sha256, open_store
 
 # Files of a model folder that do not change how records tokenize: left out of the cache key, so
 # that models sharing a tokenizer share tokenized data.
@@ -79,7 +80,7 @@ def tokenizer_digest(model_dir: str) -> dict[str, str]:
     digests = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name not in _NOT_TOKENIZER:
-            digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+            digests[path.name] = file_sha256(path)
     return digests
 
 
@@ -122,10 +123,6 @@ def gpu_memory(spec: FineTuneJobSpec) -> int | None:
     return None
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
-
-
 def check_memory(spec: FineTuneJobSpec, model_dir: str, labels: list[str] | None) -> dict[str, Any]:
     """The memory estimate per GPU, and a ConfigError with the numbers when it does not fit."""
     from kubetune_trainer.memory import estimate_memory, model_shape
@@ -136,7 +133,7 @@ def check_memory(spec: FineTuneJobSpec, model_dir: str, labels: list[str] | None
     if limit is not None and estimate.total > limit:
         raise ConfigError(
             f"the model does not fit the GPUs: it needs about {estimate.describe()}, but each GPU has "
-            f"{_gib(limit)} (spec.resources.gpuMemory or the {GPU_MEMORY_LABEL} node label); lower "
+            f"{gib(limit)} (spec.resources.gpuMemory or the {GPU_MEMORY_LABEL} node label); lower "
             "spec.training.microBatchSize or maxSeqLength, set spec.method.gradientCheckpointing, use "
             "spec.method.type lora, a higher spec.deepspeed.zeroStage or offload cpu, or more GPUs")
     return {"memory_per_gpu": estimate.describe(), "memory_per_gpu_bytes": estimate.total, "gpu_memory_bytes": limit}
@@ -191,10 +188,7 @@ def run_preflight(job: FineTuneJob, settings: Settings) -> PreflightStatus:
     positions = max_positions(model_dir, spec.model.trust_remote_code) if text else None
     if spec.task == "causal-lm":
         check_tokenizer(preprocessor, spec.dataset.format)
-    if positions is not None and spec.training.max_seq_length > positions:
-        raise ConfigError(f"sequence length {spec.training.max_seq_length} (spec.training.maxSeqLength) exceeds "
-                          f"the model's maximum of {positions} tokens (max_position_embeddings); lower it to "
-                          f"{positions} or less")
+    check_seq_length(spec.training, positions)
     log_event("preflight_model", path=model_dir, task=spec.task)
     # 3. Memory (the head's size needs the labels only roughly: declared ones, or two).
     memory = check_memory(spec, model_dir, list(spec.dataset.labels or ["0", "1"]))
@@ -249,7 +243,7 @@ def summary(status: PreflightStatus) -> str:
     parts.append(f"{status.steps_per_epoch} steps/epoch, {status.total_steps} in all")
     if status.memory_per_gpu:
         parts.append(f"memory {status.memory_per_gpu.split(':')[0]}"
-                     + (f" of {_gib(status.gpu_memory_bytes)}" if status.gpu_memory_bytes else ""))
+                     + (f" of {gib(status.gpu_memory_bytes)}" if status.gpu_memory_bytes else ""))
     if status.cache_uri:
         parts.append("tokenized data reused from the cache" if status.cached else "tokenized data cached")
     return "preflight passed: " + ", ".join(parts)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FILLER", "IGNORE_INDEX", "BatchLayout", "Collate", "DataPosition", "Datasets", "Example",
-    "FileAccess", "ImageSample", "Record", "Sample", "TextSample", "build_datasets", "cached_datasets", "collate",
+    "FileAccess", "ImageSample", "Record", "Sample", "TextSample", "build_datasets", "cached_datasets", "check_seq_length", "collate",
     "eval_batches", "micro_batches", "split_records",
 ]
 
@@ -82,6 +82,14 @@ def split_records(records: list[Record], fraction: float, seed: int) -> tuple[li
     return train, [r for i, r in enumerate(records) if i in held_out]
 
 
+def check_seq_length(training: TrainingSpec, max_positions: int | None) -> None:
+    """spec.training.maxSeqLength fits the model's positions (None: the model sets no limit)."""
+    if max_positions is not None and training.max_seq_length > max_positions:
+        raise ConfigError(f"sequence length {training.max_seq_length} (spec.training.maxSeqLength) exceeds "
+                          f"the model's maximum of {max_positions} tokens (max_position_embeddings); lower "
+                          f"it to {max_positions} or less")
+
+
 def build_datasets(dataset: DatasetSpec, training: TrainingSpec, preprocessor: Any, *,
                    max_positions: int | None, files: FileAccess, task: Task = "causal-lm",
                    problems: Problems = None) -> Datasets:
@@ -89,10 +97,8 @@ def build_datasets(dataset: DatasetSpec, training: TrainingSpec, preprocessor: A
     eval) records, and turn them into samples of `task`. `preprocessor` is the model's tokenizer
     (text tasks) or image processor. The first bad record raises DataError, or with `problems` every
     bad record is recorded there and left out (the preflight's full scan)."""
-    if task != "image-classification" and max_positions is not None and training.max_seq_length > max_positions:
-        raise ConfigError(f"sequence length {training.max_seq_length} (spec.training.maxSeqLength) exceeds "
-                          f"the model's maximum of {max_positions} tokens (max_position_embeddings); lower "
-                          f"it to {max_positions} or less")
+    if task != "image-classification":
+        check_seq_length(training, max_positions)
     train_records = read_records(dataset.train, files, problems)
     if dataset.eval is not None:
         eval_records = read_records(dataset.eval, files, problems)
